@@ -1,0 +1,463 @@
+// Package coordinator is the pure state machine that drives one group's
+// epoch changes (DESIGN §4, coordinator side).
+//
+// The machine is level-triggered: the driver hands it the whole View of the
+// group's keys whenever they change (Update) and the current monotonic time
+// whenever a deadline passes (Tick); the machine compares what is with what
+// should be and emits the store writes that move the group forward. Every
+// epoch write is a compare-and-swap on the revision of the epoch record the
+// decision was based on, so two coordinators can never both decide an epoch
+// (G1), and a coordinator that takes over needs nothing but the view.
+//
+// What the machine keeps in memory is only timing it observed itself: when
+// it first saw an epoch quiescing (the quiesce deadline) and when it saw a
+// departed member's lease gone (the lease wait). A new coordinator restarts
+// both from its own observations, which only makes it wait longer.
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/proto"
+)
+
+// Config is the coordinator's policy for one group.
+type Config struct {
+	Group string
+	// Mode is how departed members are handled (default proto.ModeLease).
+	Mode proto.Mode
+	// QuiesceTimeout is how long survivors have to acknowledge quiesce
+	// before those that have not are dropped in a further epoch.
+	QuiesceTimeout time.Duration
+	// Rho and Margin are the lease drift bound and safety margin; the wait
+	// for a departed member is TTL·(1+Rho)+Margin from when its lease was
+	// seen gone.
+	Rho    float64
+	Margin time.Duration
+	// Policy is topology determination (default DropSuspect).
+	Policy Policy
+}
+
+// ErrConfig is wrapped by every error Validate returns.
+var ErrConfig = errors.New("idc: invalid coordinator config")
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.Mode == "" {
+		c.Mode = proto.ModeLease
+	}
+	if c.Policy == nil {
+		c.Policy = DropSuspect{}
+	}
+	return c
+}
+
+// Validate checks c after defaults.
+func (c Config) Validate() error {
+	switch {
+	case !c.Mode.Valid():
+		return fmt.Errorf("%w: mode %q (want lease, fence or both)", ErrConfig, c.Mode)
+	case c.QuiesceTimeout <= 0:
+		return fmt.Errorf("%w: quiesce timeout %v must be positive", ErrConfig, c.QuiesceTimeout)
+	case c.Rho < 0 || c.Rho >= 0.5:
+		return fmt.Errorf("%w: drift bound ρ=%v must be in [0, 0.5)", ErrConfig, c.Rho)
+	case c.Margin < 0:
+		return fmt.Errorf("%w: margin %v must not be negative", ErrConfig, c.Margin)
+	}
+	return proto.CheckName("group", c.Group)
+}
+
+// Action is a store operation the driver must carry out, then report back
+// (WriteFailed, Revoked, RevokeFailed).
+type Action interface{ action() }
+
+// WriteEpoch: write Record to the group's epoch key if and only if the
+// key's mod revision is still ExpectRevision (0: the key must not exist).
+// In the same transaction delete the records Cleanup names.
+type WriteEpoch struct {
+	Record         proto.EpochRecord
+	ExpectRevision int64
+	Cleanup        *Cleanup
+}
+
+// Cleanup names records made obsolete by a connect.
+type Cleanup struct {
+	// Before: delete acks, fault reports and fence acks of epochs before it.
+	Before uint64
+	// Left: delete these domains' leave markers.
+	Left []string
+}
+
+// Revoke: revoke the lease of Member's membership, then call Revoked with
+// the time the store answered (or RevokeFailed).
+type Revoke struct{ Member proto.Member }
+
+func (WriteEpoch) action() {}
+func (Revoke) action()     {}
+
+// Machine is the coordinator of one group.
+type Machine struct {
+	cfg  Config
+	view View
+	now  time.Duration
+
+	// pending is the revision an epoch write in flight was conditioned on;
+	// no new decision is taken until the view has moved past it or the
+	// write failed.
+	pending    int64
+	hasPending bool
+	// retryAt holds decisions back after a failed write.
+	retryAt time.Duration
+	// quiescing is the quiescing epoch last seen and quiescingAt when.
+	quiescing   uint64
+	quiescingAt time.Duration
+	// goneAt is when each departed or excluded incarnation was seen gone.
+	goneAt   map[proto.Ref]time.Duration
+	revoking map[proto.Ref]bool
+
+	actions []Action
+}
+
+// New returns a coordinator for cfg.Group. cfg must have been validated.
+func New(cfg Config) *Machine {
+	cfg = cfg.WithDefaults()
+	return &Machine{
+		cfg:      cfg,
+		view:     NewView(cfg.Group),
+		goneAt:   map[proto.Ref]time.Duration{},
+		revoking: map[proto.Ref]bool{},
+	}
+}
+
+// Ready returns the actions accumulated since the last call and clears them.
+func (m *Machine) Ready() []Action {
+	a := m.actions
+	m.actions = nil
+	return a
+}
+
+// View returns the last view handed in.
+func (m *Machine) View() View { return m.view }
+
+// Update hands in the group's view at local time now.
+func (m *Machine) Update(v View, now time.Duration) {
+	if m.hasPending && v.EpochRevision != m.pending || v.EpochRevision != m.view.EpochRevision {
+		m.hasPending = false
+		m.retryAt = 0 // the view moved: no reason to hold back
+	}
+	m.view = v
+	m.advance(now)
+	m.step()
+}
+
+// Tick advances the local monotonic clock.
+func (m *Machine) Tick(now time.Duration) {
+	m.advance(now)
+	m.step()
+}
+
+func (m *Machine) advance(now time.Duration) {
+	if now > m.now {
+		m.now = now
+	}
+}
+
+// RetryDelay is how long after a failed epoch write the machine decides
+// again (sooner if the view changes).
+const RetryDelay = 50 * time.Millisecond
+
+// WriteFailed reports that an epoch write did not apply at local time now
+// (the compare failed or the store did not answer). The machine decides
+// afresh on the next view, or at the latest RetryDelay later.
+func (m *Machine) WriteFailed(now time.Duration) {
+	m.advance(now)
+	m.hasPending = false
+	m.retryAt = m.now + RetryDelay
+}
+
+// Revoked reports that the store answered the revocation of r's lease at
+// local time at (including "no such lease": it is gone either way).
+func (m *Machine) Revoked(r proto.Ref, at time.Duration) {
+	delete(m.revoking, r)
+	m.markGone(r, at)
+	m.advance(at)
+	m.step()
+}
+
+// RevokeFailed reports that a revocation was not answered at local time
+// now; it is retried RetryDelay later.
+func (m *Machine) RevokeFailed(r proto.Ref, now time.Duration) {
+	m.advance(now)
+	delete(m.revoking, r)
+	m.retryAt = m.now + RetryDelay
+}
+
+func (m *Machine) markGone(r proto.Ref, at time.Duration) {
+	if _, ok := m.goneAt[r]; !ok {
+		m.goneAt[r] = at
+	}
+}
+
+func (m *Machine) wait(mem proto.Member) time.Duration {
+	return lease.Config{TTL: mem.TTL, Rho: m.cfg.Rho, Margin: m.cfg.Margin}.Wait()
+}
+
+// NextDeadline returns the earliest local time at which a Tick may change
+// the machine's decision, and false if none is pending.
+func (m *Machine) NextDeadline() (time.Duration, bool) {
+	var next time.Duration
+	found := false
+	consider := func(t time.Duration) {
+		if !found || t < next {
+			next, found = t, true
+		}
+	}
+	if m.retryAt > m.now {
+		consider(m.retryAt)
+	}
+	rec := m.view.Epoch
+	if rec == nil || rec.State != proto.Quiescing {
+		return next, found
+	}
+	for _, s := range rec.Survivors() {
+		if !m.view.acked(rec.Number, s.Ref()) {
+			consider(m.quiescingAt + m.cfg.QuiesceTimeout)
+			break
+		}
+	}
+	if m.cfg.Mode.UsesLease() {
+		for _, d := range rec.Departed() {
+			if at, ok := m.goneAt[d.Ref()]; ok && !m.view.left(d.Ref()) {
+				consider(at + m.wait(d))
+			}
+		}
+	}
+	return next, found
+}
+
+func (m *Machine) write(rec proto.EpochRecord, cleanup *Cleanup) {
+	m.pending, m.hasPending = m.view.EpochRevision, true
+	m.actions = append(m.actions, WriteEpoch{Record: rec, ExpectRevision: m.view.EpochRevision, Cleanup: cleanup})
+}
+
+// step takes the next decision, if any.
+func (m *Machine) step() {
+	if m.hasPending || m.now < m.retryAt {
+		return
+	}
+	v := &m.view
+	rec := v.Epoch
+	if rec == nil {
+		if len(v.Live) > 0 {
+			ms := m.liveMembers(nil)
+			m.write(proto.EpochRecord{
+				Group: m.cfg.Group, Number: 1, State: proto.Connected, Mode: m.cfg.Mode,
+				Members: ms, Reason: "formed by " + strings.Join(proto.IDs(ms), ", "),
+			}, nil)
+		}
+		return
+	}
+	if rec.State == proto.Quiescing && m.quiescing != rec.Number {
+		m.quiescing, m.quiescingAt = rec.Number, m.now
+	}
+	for _, d := range append(rec.Departed(), rec.Excluded...) {
+		if !v.live(d.Ref()) {
+			m.markGone(d.Ref(), m.now)
+		}
+	}
+
+	drop := m.dropped(rec)
+	desired := m.liveMembers(drop)
+	if !proto.SameMembers(desired, rec.Members) {
+		m.change(rec, desired, drop)
+		return
+	}
+	if rec.State == proto.Connected {
+		m.prune(rec)
+		return
+	}
+	m.revokeDeparted(rec)
+	if m.connectable(rec) {
+		next := *rec
+		next.State = proto.Connected
+		next.Prev, next.PrevNumber = nil, 0
+		next.Excluded = m.stillLive(rec.Excluded)
+		var left []string
+		for _, d := range rec.Departed() {
+			if v.left(d.Ref()) {
+				left = append(left, d.ID)
+			}
+		}
+		m.write(next, &Cleanup{Before: rec.Number, Left: left})
+	}
+}
+
+// prune forgets timing kept for incarnations the connected epoch rec no
+// longer names.
+func (m *Machine) prune(rec *proto.EpochRecord) {
+	for r := range m.goneAt {
+		if !proto.Contains(rec.Excluded, r) {
+			delete(m.goneAt, r)
+		}
+	}
+}
+
+// dropped returns the incarnations that must not be members of the next
+// epoch, with the reason for each.
+func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
+	v := &m.view
+	drop := map[proto.Ref]string{}
+	for _, x := range rec.Excluded {
+		drop[x.Ref()] = "excluded"
+	}
+	for _, d := range rec.Departed() {
+		drop[d.Ref()] = "departed"
+	}
+	// Valid fault reports: the reporter is a live member of the current
+	// epoch, the suspect a member, the report from the last connected epoch.
+	since := rec.Number
+	if rec.State == proto.Quiescing {
+		since = rec.PrevNumber
+	}
+	var reports []proto.FaultReport
+	for _, f := range v.Faults {
+		rep := proto.Ref{ID: f.Reporter, Incarnation: f.ReporterIncarnation}
+		if f.Epoch >= since && proto.Contains(rec.Members, rep) && v.live(rep) {
+			if _, ok := proto.Find(rec.Members, f.Suspect); ok {
+				reports = append(reports, f)
+			}
+		}
+	}
+	slices.SortFunc(reports, func(a, b proto.FaultReport) int {
+		return strings.Compare(a.Reporter+"/"+a.Suspect, b.Reporter+"/"+b.Suspect)
+	})
+	for r, why := range m.cfg.Policy.Drop(rec.Members, reports) {
+		if _, ok := drop[r]; !ok {
+			drop[r] = why
+		}
+	}
+	if rec.State == proto.Quiescing && m.now >= m.quiescingAt+m.cfg.QuiesceTimeout {
+		for _, s := range rec.Survivors() {
+			if !v.acked(rec.Number, s.Ref()) {
+				if _, ok := drop[s.Ref()]; !ok {
+					drop[s.Ref()] = fmt.Sprintf("%s did not quiesce within %v", s.ID, m.cfg.QuiesceTimeout)
+				}
+			}
+		}
+	}
+	return drop
+}
+
+// liveMembers returns the live member records not in drop, sorted by ID.
+func (m *Machine) liveMembers(drop map[proto.Ref]string) []proto.Member {
+	var out []proto.Member
+	for _, lm := range m.view.Live {
+		if _, ok := drop[lm.Ref()]; !ok {
+			out = append(out, lm)
+		}
+	}
+	return proto.SortMembers(out)
+}
+
+// stillLive returns those of ms whose membership record is still present.
+func (m *Machine) stillLive(ms []proto.Member) []proto.Member {
+	var out []proto.Member
+	for _, x := range ms {
+		if m.view.live(x.Ref()) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// change writes the next epoch, quiescing, with the desired members.
+func (m *Machine) change(rec *proto.EpochRecord, desired []proto.Member, drop map[proto.Ref]string) {
+	prev, prevNum := rec.Members, rec.Number
+	if rec.State == proto.Quiescing {
+		prev, prevNum = rec.Prev, rec.PrevNumber
+	}
+	var excluded []proto.Member
+	for _, lm := range m.view.Live {
+		if _, ok := drop[lm.Ref()]; ok {
+			excluded = append(excluded, lm)
+		}
+	}
+	m.write(proto.EpochRecord{
+		Group: m.cfg.Group, Number: rec.Number + 1, State: proto.Quiescing, Mode: m.cfg.Mode,
+		Members: desired, Prev: prev, PrevNumber: prevNum,
+		Excluded: proto.SortMembers(excluded),
+		Reason:   m.reason(rec, desired, drop),
+	}, nil)
+}
+
+func (m *Machine) reason(rec *proto.EpochRecord, desired []proto.Member, drop map[proto.Ref]string) string {
+	var parts []string
+	for _, d := range desired {
+		if !proto.Contains(rec.Members, d.Ref()) {
+			parts = append(parts, d.ID+" joined")
+		}
+	}
+	for _, old := range rec.Members {
+		if proto.Contains(desired, old.Ref()) {
+			continue
+		}
+		switch why, ok := drop[old.Ref()]; {
+		case ok:
+			parts = append(parts, why)
+		case m.view.left(old.Ref()):
+			parts = append(parts, old.ID+" left")
+		default:
+			parts = append(parts, old.ID+" lease gone")
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(slices.Compact(parts), "; ")
+}
+
+// revokeDeparted revokes the lease of every departed or excluded member
+// whose membership is still live (DESIGN §5: a member cut off from its
+// peers only would otherwise renew forever).
+func (m *Machine) revokeDeparted(rec *proto.EpochRecord) {
+	for _, d := range append(rec.Departed(), rec.Excluded...) {
+		r := d.Ref()
+		if lm, ok := m.view.Live[r.ID]; ok && lm.Incarnation == r.Incarnation && !m.revoking[r] {
+			if _, gone := m.goneAt[r]; !gone {
+				m.revoking[r] = true
+				m.actions = append(m.actions, Revoke{Member: lm})
+			}
+		}
+	}
+}
+
+// connectable reports whether the quiescing epoch rec may connect: every
+// survivor acknowledged quiesce (G3) and every departed member is proven
+// stopped or fenced (G4).
+func (m *Machine) connectable(rec *proto.EpochRecord) bool {
+	v := &m.view
+	for _, s := range rec.Survivors() {
+		if !v.acked(rec.Number, s.Ref()) {
+			return false
+		}
+	}
+	departed := rec.Departed()
+	if m.cfg.Mode.UsesFence() && len(departed) > 0 && !v.fenced(rec.Number) {
+		return false
+	}
+	if m.cfg.Mode.UsesLease() {
+		for _, d := range departed {
+			if v.left(d.Ref()) {
+				continue
+			}
+			at, ok := m.goneAt[d.Ref()]
+			if !ok || m.now < at+m.wait(d) {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,49 @@
+// Package idc is fault-tolerant inter-domain communication: domains join a
+// group, are connected in an epoch, are told when it is disconnected,
+// quiesce every operation of it, and are connected again in the next epoch,
+// which carries nothing stale. Every change is decided in an etcd store; a
+// domain that may have lost its lease stops itself.
+//
+// A domain joins with Join and takes epochs with Domain.Next. Work in an
+// epoch is bracketed as an operation (Epoch.Begin and Op.End, or Epoch.Do);
+// the epoch's context ends at disconnect, and the member acknowledges
+// quiesce only when the epoch's last operation has ended.
+//
+// The coordinator that decides epochs runs in `idc store` (package
+// coordinator); the protocol itself lives in pure state machines under
+// core/. See docs/ARCHITECTURE.md.
+package idc
+
+import (
+	"errors"
+
+	"github.com/idc-dev/idc/proto"
+)
+
+// Member is a member of an epoch.
+type Member = proto.Member
+
+// Token is what a request carries to a resource to prove its authority.
+type Token = proto.Token
+
+// Errors. Test for them with errors.Is.
+var (
+	// ErrFenced: the membership stopped itself; nothing more is done under
+	// this incarnation. It wraps ErrLeaseExpired or ErrEvicted.
+	ErrFenced = proto.ErrFenced
+	// ErrLeaseExpired: the lease may have lapsed by the local clock.
+	ErrLeaseExpired = proto.ErrLeaseExpired
+	// ErrEvicted: the coordinator dropped the member from the group.
+	ErrEvicted = proto.ErrEvicted
+	// ErrLeft: the membership left the group.
+	ErrLeft = proto.ErrLeft
+	// ErrEpochEnded: the epoch is no longer connected.
+	ErrEpochEnded = proto.ErrEpochEnded
+	// ErrNotConnected: there is no connected epoch at the moment.
+	ErrNotConnected = proto.ErrNotConnected
+	// ErrAlreadyLive: another incarnation of the domain is a live member
+	// of the group; it holds the membership until its lease ends.
+	ErrAlreadyLive = errors.New("idc: domain already live in the group")
+	// ErrNotMember: the named domain is not a member of the epoch.
+	ErrNotMember = errors.New("idc: not a member")
+)

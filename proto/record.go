@@ -1,0 +1,210 @@
+// Package proto holds the records idc keeps in its store and the key layout
+// under which it keeps them. It is pure data: no I/O, no clocks. The
+// coordinator and member state machines (package core/...) read and produce
+// these records; the drivers encode them into etcd.
+package proto
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// State is the state of an epoch record.
+type State string
+
+const (
+	// Quiescing means the epoch has been decided but its surviving members
+	// may still be quiescing the epoch before it.
+	Quiescing State = "quiescing"
+	// Connected means every survivor has quiesced the previous epoch and
+	// every departed member has been handled: the epoch is live.
+	Connected State = "connected"
+)
+
+// Mode says how a group handles members that depart an epoch while they may
+// still be running (DESIGN §4 step 3).
+type Mode string
+
+const (
+	// ModeLease waits until the departed member's lease has certainly run out.
+	ModeLease Mode = "lease"
+	// ModeFence has every resource of the group apply the fence of the new
+	// epoch and acknowledge it.
+	ModeFence Mode = "fence"
+	// ModeBoth does both.
+	ModeBoth Mode = "both"
+)
+
+// Valid reports whether m is one of the known modes.
+func (m Mode) Valid() bool { return m == ModeLease || m == ModeFence || m == ModeBoth }
+
+// UsesLease reports whether departed members are waited out by lease.
+func (m Mode) UsesLease() bool { return m == ModeLease || m == ModeBoth }
+
+// UsesFence reports whether departed members are fenced at resources.
+func (m Mode) UsesFence() bool { return m == ModeFence || m == ModeBoth }
+
+// Ref names one incarnation of a domain.
+type Ref struct {
+	ID          string `json:"id"`
+	Incarnation uint64 `json:"incarnation"`
+}
+
+func (r Ref) String() string { return fmt.Sprintf("%s/%x", r.ID, r.Incarnation) }
+
+// Member is a domain's membership in a group, as it registers it in the
+// store. The record lives under the member's lease for that group, so it
+// vanishes when the lease expires or is revoked.
+type Member struct {
+	ID          string `json:"id"`
+	Incarnation uint64 `json:"incarnation"`
+	// Lease is the etcd lease ID of this membership.
+	Lease int64 `json:"lease"`
+	// TTL is the lease's time to live as granted by the store.
+	TTL time.Duration `json:"ttl"`
+	// Priority breaks ties in topology determination: when two members
+	// report each other, the one of higher priority stays.
+	Priority int `json:"priority,omitempty"`
+}
+
+// Ref returns the member's incarnation reference.
+func (m Member) Ref() Ref { return Ref{ID: m.ID, Incarnation: m.Incarnation} }
+
+// EpochRecord is the single record per group that the coordinator
+// compare-and-swaps to decide epochs.
+type EpochRecord struct {
+	Group  string `json:"group"`
+	Number uint64 `json:"number"`
+	State  State  `json:"state"`
+	Mode   Mode   `json:"mode"`
+	// Members of this epoch, sorted by ID.
+	Members []Member `json:"members"`
+	// PrevNumber and Prev name the last connected epoch and its members while
+	// this epoch is quiescing; both are empty once it is connected.
+	PrevNumber uint64   `json:"prev_number,omitempty"`
+	Prev       []Member `json:"prev,omitempty"`
+	// Excluded lists incarnations dropped by topology determination whose
+	// membership may still be live; they are never admitted again.
+	Excluded []Member `json:"excluded,omitempty"`
+	// Reason says, for people, what triggered the epoch.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Find returns the member with the given ID, if any.
+func Find(ms []Member, id string) (Member, bool) {
+	for _, m := range ms {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// Contains reports whether ms holds exactly the incarnation r.
+func Contains(ms []Member, r Ref) bool {
+	m, ok := Find(ms, r.ID)
+	return ok && m.Incarnation == r.Incarnation
+}
+
+// Survivors returns the members of the last connected epoch that are also
+// members of this one: they must acknowledge quiesce before it connects.
+func (r *EpochRecord) Survivors() []Member {
+	var out []Member
+	for _, m := range r.Members {
+		if Contains(r.Prev, m.Ref()) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Departed returns the members of the last connected epoch that are not
+// members of this one: they must be proven stopped or fenced before it
+// connects.
+func (r *EpochRecord) Departed() []Member {
+	var out []Member
+	for _, m := range r.Prev {
+		if !Contains(r.Members, m.Ref()) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// SameMembers reports whether a and b name the same incarnations.
+func SameMembers(a, b []Member) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, m := range a {
+		if !Contains(b, m.Ref()) {
+			return false
+		}
+	}
+	return true
+}
+
+// SortMembers sorts ms by ID in place and returns it.
+func SortMembers(ms []Member) []Member {
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
+	return ms
+}
+
+// IDs returns the IDs of ms, in order.
+func IDs(ms []Member) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// Ack is a survivor's acknowledgement that it has quiesced every operation
+// of every epoch before Epoch.
+type Ack struct {
+	Epoch       uint64 `json:"epoch"`
+	ID          string `json:"id"`
+	Incarnation uint64 `json:"incarnation"`
+}
+
+// FaultReport says that Reporter lost its peer Suspect while connected in
+// Epoch.
+type FaultReport struct {
+	Epoch               uint64 `json:"epoch"`
+	Reporter            string `json:"reporter"`
+	ReporterIncarnation uint64 `json:"reporter_incarnation"`
+	Suspect             string `json:"suspect"`
+}
+
+// Left is written by a member that left gracefully after quiescing: that
+// incarnation will do nothing more in the group, so the coordinator need not
+// wait its lease out.
+type Left struct {
+	ID          string `json:"id"`
+	Incarnation uint64 `json:"incarnation"`
+}
+
+// FenceAck is a resource guard's acknowledgement that it applied the fence
+// of Epoch: it refuses every request with an older token from then on.
+type FenceAck struct {
+	Epoch    uint64 `json:"epoch"`
+	Resource string `json:"resource"`
+}
+
+// Resource registers a guarded resource in a group.
+type Resource struct {
+	Name string `json:"name"`
+}
+
+// Token is what a request carries to a resource to prove its authority
+// (DESIGN §2): the group and epoch it was issued in and the domain
+// incarnation that issued it. The guard admits it only while the epoch is
+// not fenced.
+type Token struct {
+	Group       string `json:"group"`
+	Epoch       uint64 `json:"epoch"`
+	Domain      string `json:"domain"`
+	Incarnation uint64 `json:"incarnation"`
+}
