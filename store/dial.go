@@ -18,7 +18,7 @@ var ErrUnavailable = errors.New("idc: store unavailable")
 // DialConfig says how to reach the store.
 type DialConfig struct {
 	Endpoints []string
-	// AttemptTimeout bounds each attempt to reach the store (default 2 s).
+	// AttemptTimeout bounds each attempt to reach the store (default 1 s).
 	AttemptTimeout time.Duration
 	// Logger receives one warning per failed attempt (default slog.Default()).
 	Logger *slog.Logger
@@ -31,7 +31,7 @@ func Dial(ctx context.Context, c DialConfig) (*clientv3.Client, error) {
 		return nil, fmt.Errorf("%w: no endpoints given", ErrUnavailable)
 	}
 	if c.AttemptTimeout <= 0 {
-		c.AttemptTimeout = 2 * time.Second
+		c.AttemptTimeout = time.Second
 	}
 	log := c.Logger
 	if log == nil {

@@ -17,12 +17,13 @@ import (
 type History struct {
 	mu      sync.Mutex
 	recs    map[string][]proto.EpochRecord
+	acks    map[string][]proto.Ack
 	changed chan struct{}
 }
 
 // Record starts recording epoch records under keys until the test ends.
 func Record(t testing.TB, cli *clientv3.Client, keys proto.Keys) *History {
-	h := &History{recs: map[string][]proto.EpochRecord{}, changed: make(chan struct{})}
+	h := &History{recs: map[string][]proto.EpochRecord{}, acks: map[string][]proto.Ack{}, changed: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	wch := cli.Watch(ctx, keys.Groups(), clientv3.WithPrefix())
@@ -30,7 +31,19 @@ func Record(t testing.TB, cli *clientv3.Client, keys proto.Keys) *History {
 		for wr := range wch {
 			for _, ev := range wr.Events {
 				p, ok := keys.Parse(string(ev.Kv.Key))
-				if !ok || p.Kind != proto.KindEpoch || ev.Type != clientv3.EventTypePut {
+				if !ok || ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				if p.Kind == proto.KindAcks {
+					var a proto.Ack
+					if json.Unmarshal(ev.Kv.Value, &a) == nil {
+						h.mu.Lock()
+						h.acks[p.Group] = append(h.acks[p.Group], a)
+						h.mu.Unlock()
+					}
+					continue
+				}
+				if p.Kind != proto.KindEpoch {
 					continue
 				}
 				var rec proto.EpochRecord
@@ -53,6 +66,13 @@ func (h *History) Records(g string) []proto.EpochRecord {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]proto.EpochRecord(nil), h.recs[g]...)
+}
+
+// Acks returns the quiesce acknowledgements written in group g so far.
+func (h *History) Acks(g string) []proto.Ack {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]proto.Ack(nil), h.acks[g]...)
 }
 
 // WaitFor waits until a record of group g satisfies ok and returns it.
