@@ -94,4 +94,3 @@ func TestJoinUnreachableStore(t *testing.T) {
 	}
 	t.Log(err)
 }
-
