@@ -87,14 +87,14 @@ func Join(ctx context.Context, cfg Config) (*Domain, error) {
 	d.mu.Lock()
 	d.rearm()
 	d.mu.Unlock()
-	rev, err := d.readEpoch(ctx)
+	wch, err := d.watchEpoch(ctx)
 	if err != nil {
 		d.abandon()
 		return nil, err
 	}
 	d.wg.Add(2)
 	go d.renewLoop()
-	go d.watchLoop(rev)
+	go d.watchLoop(wch)
 	d.log.Info("joined", "incarnation", fmt.Sprintf("%x", cfg.Incarnation), "lease", int64(d.lease), "ttl", cfg.LeaseTTL)
 	return d, nil
 }
@@ -167,19 +167,38 @@ func (d *Domain) abandon() {
 	}
 }
 
-// readEpoch reads the epoch record and feeds it to the machine; it returns
-// the store revision to watch from.
-func (d *Domain) readEpoch(ctx context.Context) (int64, error) {
+// watchEpoch starts a watch on the epoch record, waits until the store has
+// created it, then reads the record and feeds it to the machine. Watching
+// first from the current revision keeps the watch in etcd's synced set (a
+// watch from a past revision is caught up only by a 100 ms loop), and reading
+// after creation leaves no gap; a record seen twice is ignored by the
+// machine.
+func (d *Domain) watchEpoch(ctx context.Context) (clientv3.WatchChan, error) {
+	key := d.keys.Epoch(d.cfg.Group)
 	octx, cancel := context.WithTimeout(ctx, d.cfg.OpTimeout)
 	defer cancel()
-	resp, err := d.cli.Get(octx, d.keys.Epoch(d.cfg.Group))
+	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(d.bg))
+	wch := d.cli.Watch(wctx, key, clientv3.WithCreatedNotify())
+	select {
+	case wr, ok := <-wch:
+		if !ok || wr.Err() != nil || !wr.Created {
+			wcancel()
+			return nil, fmt.Errorf("%w: watch epoch: %v", store.ErrUnavailable, wr.Err())
+		}
+	case <-octx.Done():
+		wcancel()
+		return nil, fmt.Errorf("%w: watch epoch: %w", store.ErrUnavailable, octx.Err())
+	}
+	resp, err := d.cli.Get(octx, key)
 	if err != nil {
-		return 0, fmt.Errorf("%w: read epoch: %w", store.ErrUnavailable, err)
+		wcancel()
+		return nil, fmt.Errorf("%w: read epoch: %w", store.ErrUnavailable, err)
 	}
 	for _, kv := range resp.Kvs {
 		d.observe(kv.Value)
 	}
-	return resp.Header.Revision, nil
+	context.AfterFunc(d.bg, wcancel)
+	return wch, nil
 }
 
 func (d *Domain) observe(val []byte) {
@@ -294,27 +313,26 @@ func (d *Domain) renewLoop() {
 	}
 }
 
-func (d *Domain) watchLoop(rev int64) {
+func (d *Domain) watchLoop(wch clientv3.WatchChan) {
 	defer d.wg.Done()
-	key := d.keys.Epoch(d.cfg.Group)
-	for d.bg.Err() == nil {
-		wch := d.cli.Watch(clientv3.WithRequireLeader(d.bg), key, clientv3.WithRev(rev+1))
+	for {
 		for wr := range wch {
 			if err := wr.Err(); err != nil {
-				d.log.Warn("epoch watch failed; rereading", "err", err)
+				d.log.Warn("epoch watch failed; rewatching", "err", err)
 				break
 			}
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypePut {
 					d.observe(ev.Kv.Value)
 				}
-				rev = ev.Kv.ModRevision
 			}
 		}
-		for d.bg.Err() == nil {
-			r, err := d.readEpoch(d.bg)
-			if err == nil {
-				rev = r
+		for {
+			if d.bg.Err() != nil {
+				return
+			}
+			var err error
+			if wch, err = d.watchEpoch(d.bg); err == nil {
 				break
 			}
 			select {

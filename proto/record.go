@@ -108,12 +108,31 @@ func Contains(ms []Member, r Ref) bool {
 	return ok && m.Incarnation == r.Incarnation
 }
 
+// RefSet is a set of incarnations.
+type RefSet map[Ref]struct{}
+
+// Set returns the incarnations of ms as a set.
+func Set(ms []Member) RefSet {
+	s := make(RefSet, len(ms))
+	for _, m := range ms {
+		s[m.Ref()] = struct{}{}
+	}
+	return s
+}
+
+// Has reports whether r is in s.
+func (s RefSet) Has(r Ref) bool { _, ok := s[r]; return ok }
+
 // Survivors returns the members of the last connected epoch that are also
 // members of this one: they must acknowledge quiesce before it connects.
 func (r *EpochRecord) Survivors() []Member {
+	if len(r.Prev) == 0 {
+		return nil
+	}
+	prev := Set(r.Prev)
 	var out []Member
 	for _, m := range r.Members {
-		if Contains(r.Prev, m.Ref()) {
+		if prev.Has(m.Ref()) {
 			out = append(out, m)
 		}
 	}
@@ -124,9 +143,13 @@ func (r *EpochRecord) Survivors() []Member {
 // members of this one: they must be proven stopped or fenced before it
 // connects.
 func (r *EpochRecord) Departed() []Member {
+	if len(r.Prev) == 0 {
+		return nil
+	}
+	cur := Set(r.Members)
 	var out []Member
 	for _, m := range r.Prev {
-		if !Contains(r.Members, m.Ref()) {
+		if !cur.Has(m.Ref()) {
 			out = append(out, m)
 		}
 	}
@@ -138,8 +161,9 @@ func SameMembers(a, b []Member) bool {
 	if len(a) != len(b) {
 		return false
 	}
+	bs := Set(b)
 	for _, m := range a {
-		if !Contains(b, m.Ref()) {
+		if !bs.Has(m.Ref()) {
 			return false
 		}
 	}

@@ -397,13 +397,14 @@ func (m *Machine) change(rec *proto.EpochRecord, desired []proto.Member, drop ma
 
 func (m *Machine) reason(rec *proto.EpochRecord, desired []proto.Member, drop map[proto.Ref]string) string {
 	var parts []string
+	cur, next := proto.Set(rec.Members), proto.Set(desired)
 	for _, d := range desired {
-		if !proto.Contains(rec.Members, d.Ref()) {
+		if !cur.Has(d.Ref()) {
 			parts = append(parts, d.ID+" joined")
 		}
 	}
 	for _, old := range rec.Members {
-		if proto.Contains(desired, old.Ref()) {
+		if next.Has(old.Ref()) {
 			continue
 		}
 		switch why, ok := drop[old.Ref()]; {

@@ -1,0 +1,336 @@
+// Package bench measures idc against a baseline taken in the same run:
+// `idc bench epoch` and BenchmarkEpochChange use it.
+//
+// The epoch figure is the time from a trigger (a new domain calling Join)
+// to every member, the new one included, holding the new connected epoch.
+// The baseline is one plain etcd Put and the watch notification of it at
+// another client: one store round.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/idc-dev/idc"
+	"github.com/idc-dev/idc/coordinator"
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Options configure a run.
+type Options struct {
+	// Members is the group's size before the trigger.
+	Members int
+	// Reps is how many epoch changes to time (default 10).
+	Reps int
+	// BaselineReps is how many Put+watch rounds to time (default 50).
+	BaselineReps int
+	// DataDir for the embedded store (default: a temporary directory).
+	DataDir string
+	// Progress receives a line per phase (may be nil).
+	Progress io.Writer
+}
+
+// Result holds the figures of one run.
+type Result struct {
+	Members int `json:"members"`
+	// Epoch: from the new domain calling Join to every member connected.
+	Epoch []time.Duration `json:"epoch_ns"`
+	// FromTrigger: from an observer's watch seeing the new member's record
+	// (the trigger committed in the store) to every member connected. It
+	// leaves out Join's lease grant and registration, and is shorter than
+	// the true time from commit by one watch notification.
+	FromTrigger []time.Duration `json:"from_trigger_ns"`
+	// Baseline: one Put and its watch notification at another client.
+	Baseline []time.Duration `json:"baseline_ns"`
+}
+
+// Median returns the median of ds.
+func Median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// Percentile returns the p-th percentile (0..100) of ds, nearest rank.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.5) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+// Ratio is the median epoch change over the median store round.
+func (r Result) Ratio() float64 {
+	return float64(Median(r.Epoch)) / float64(Median(r.Baseline))
+}
+
+// TriggerRatio is the median time from the trigger's commit over the
+// median store round.
+func (r Result) TriggerRatio() float64 {
+	return float64(Median(r.FromTrigger)) / float64(Median(r.Baseline))
+}
+
+func (o Options) say(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", args...)
+	}
+}
+
+// EpochChange runs the measurement on a fresh embedded store.
+func EpochChange(ctx context.Context, o Options) (Result, error) {
+	if o.Members < 1 {
+		return Result{}, fmt.Errorf("bench: members must be at least 1, got %d", o.Members)
+	}
+	if o.Reps <= 0 {
+		o.Reps = 10
+	}
+	if o.BaselineReps <= 0 {
+		o.BaselineReps = 50
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dir := o.DataDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "idc-bench-")
+		if err != nil {
+			return Result{}, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	e, err := store.StartEmbedded(ctx, store.EmbedConfig{DataDir: dir, ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Logger: quiet})
+	if err != nil {
+		return Result{}, err
+	}
+	defer e.Close()
+	dial := func() (*clientv3.Client, error) {
+		return store.Dial(ctx, store.DialConfig{Endpoints: e.Endpoints, Logger: quiet})
+	}
+	ccli, err := dial()
+	if err != nil {
+		return Result{}, err
+	}
+	defer ccli.Close()
+	cctx, stop := context.WithCancel(ctx)
+	var cwg sync.WaitGroup
+	cwg.Add(1)
+	go func() { defer cwg.Done(); _ = coordinator.Run(cctx, coordinator.Config{Client: ccli, Logger: quiet}) }()
+	defer func() { stop(); cwg.Wait() }()
+
+	res := Result{Members: o.Members}
+	o.say("baseline: %d × (Put + watch notification) on the same store", o.BaselineReps)
+	if res.Baseline, err = baseline(ctx, e.Endpoints, o.BaselineReps); err != nil {
+		return res, err
+	}
+
+	// Each domain has its own client, as separate processes would.
+	var clients []*clientv3.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	tr := newEpochs()
+	join := func(id string, cli *clientv3.Client) (*idc.Domain, error) {
+		d, err := idc.Join(ctx, idc.Config{Group: "bench", ID: id, Client: cli, Logger: quiet})
+		if err == nil {
+			tr.follow(ctx, d)
+		}
+		return d, err
+	}
+	newClient := func() (*clientv3.Client, error) {
+		cli, err := dial()
+		if err == nil {
+			clients = append(clients, cli)
+		}
+		return cli, err
+	}
+	o.say("joining %d members", o.Members)
+	var ds []*idc.Domain
+	defer func() {
+		for _, d := range ds {
+			d.Close()
+		}
+	}()
+	for i := range o.Members {
+		cli, err := newClient()
+		if err != nil {
+			return res, err
+		}
+		d, err := join(fmt.Sprintf("m%03d", i), cli)
+		if err != nil {
+			return res, err
+		}
+		ds = append(ds, d)
+	}
+	if err := tr.wait(ctx, ds, o.Members); err != nil {
+		return res, err
+	}
+	// The observer: when each new member's record is committed.
+	seenAt := map[string]time.Time{}
+	octx, ocancel := context.WithCancel(ctx)
+	defer ocancel()
+	ocli, err := newClient()
+	if err != nil {
+		return res, err
+	}
+	owch := ocli.Watch(octx, proto.Keys{}.Members("bench"), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	<-owch
+	var omu sync.Mutex
+	go func() {
+		for wr := range owch {
+			now := time.Now()
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypePut {
+					omu.Lock()
+					seenAt[string(ev.Kv.Key)] = now
+					omu.Unlock()
+				}
+			}
+		}
+	}()
+	o.say("timing %d epoch changes (a new domain joins; until all %d members are connected)", o.Reps, o.Members+1)
+	for rep := range o.Reps {
+		cli, err := newClient()
+		if err != nil {
+			return res, err
+		}
+		start := time.Now()
+		d, err := join(fmt.Sprintf("x%03d", rep), cli)
+		if err != nil {
+			return res, err
+		}
+		all := append(slices.Clone(ds), d)
+		if err := tr.wait(ctx, all, o.Members+1); err != nil {
+			return res, err
+		}
+		end := time.Now()
+		res.Epoch = append(res.Epoch, end.Sub(start))
+		omu.Lock()
+		at, ok := seenAt[proto.Keys{}.Member("bench", d.ID())]
+		omu.Unlock()
+		if !ok {
+			return res, fmt.Errorf("bench: the observer never saw %s register", d.ID())
+		}
+		res.FromTrigger = append(res.FromTrigger, end.Sub(at))
+		if err := d.Leave(ctx); err != nil {
+			return res, err
+		}
+		if err := tr.wait(ctx, ds, o.Members); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// epochs tracks the latest connected epoch of every domain, fed by one
+// goroutine per domain blocked in Next, so waiting costs no polling.
+type epochs struct {
+	mu      sync.Mutex
+	latest  map[*idc.Domain]*idc.Epoch
+	changed chan struct{}
+}
+
+func newEpochs() *epochs {
+	return &epochs{latest: map[*idc.Domain]*idc.Epoch{}, changed: make(chan struct{})}
+}
+
+// follow records d's epochs until d stops.
+func (t *epochs) follow(ctx context.Context, d *idc.Domain) {
+	go func() {
+		for {
+			ep, err := d.Next(ctx)
+			if err != nil {
+				return
+			}
+			t.mu.Lock()
+			t.latest[d] = ep
+			close(t.changed)
+			t.changed = make(chan struct{})
+			t.mu.Unlock()
+		}
+	}()
+}
+
+// wait waits until every domain of ds holds the same connected epoch, of
+// n members.
+func (t *epochs) wait(ctx context.Context, ds []*idc.Domain, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		t.mu.Lock()
+		var num uint64
+		ok := true
+		for _, d := range ds {
+			ep := t.latest[d]
+			if ep == nil || ep.Context().Err() != nil || len(ep.Members()) != n || num != 0 && ep.Number() != num {
+				ok = false
+				break
+			}
+			num = ep.Number()
+		}
+		ch := t.changed
+		t.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bench: members not connected with %d: %w", n, ctx.Err())
+		case <-ch:
+		case <-time.After(50 * time.Millisecond): // an epoch may end without a new one yet
+		}
+	}
+}
+
+// baseline times a plain Put and the watch notification of it at another
+// client.
+func baseline(ctx context.Context, endpoints []string, reps int) ([]time.Duration, error) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	w, err := store.Dial(ctx, store.DialConfig{Endpoints: endpoints, Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	p, err := store.Dial(ctx, store.DialConfig{Endpoints: endpoints, Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	const key = "/bench/baseline"
+	wch := w.Watch(wctx, key)
+	// Wait until the watch is established.
+	if _, err := p.Put(ctx, key, "warm"); err != nil {
+		return nil, err
+	}
+	<-wch
+	var out []time.Duration
+	for i := range reps {
+		start := time.Now()
+		if _, err := p.Put(ctx, key, fmt.Sprint(i)); err != nil {
+			return nil, err
+		}
+		select {
+		case <-wch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		out = append(out, time.Since(start))
+	}
+	return out, nil
+}
