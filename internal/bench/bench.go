@@ -34,13 +34,18 @@ type Options struct {
 	BaselineReps int
 	// DataDir for the embedded store (default: a temporary directory).
 	DataDir string
+	// SharedClient has every domain use one store client, as domains hosted
+	// in one process would; by default each has its own, as separate
+	// processes would.
+	SharedClient bool
 	// Progress receives a line per phase (may be nil).
 	Progress io.Writer
 }
 
 // Result holds the figures of one run.
 type Result struct {
-	Members int `json:"members"`
+	Members      int  `json:"members"`
+	SharedClient bool `json:"shared_client"`
 	// Epoch: from the new domain calling Join to every member connected.
 	Epoch []time.Duration `json:"epoch_ns"`
 	// FromTrigger: from an observer's watch seeing the new member's record
@@ -130,7 +135,7 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 	go func() { defer cwg.Done(); _ = coordinator.Run(cctx, coordinator.Config{Client: ccli, Logger: quiet}) }()
 	defer func() { stop(); cwg.Wait() }()
 
-	res := Result{Members: o.Members}
+	res := Result{Members: o.Members, SharedClient: o.SharedClient}
 	o.say("baseline: %d × (Put + watch notification) on the same store", o.BaselineReps)
 	if res.Baseline, err = baseline(ctx, e.Endpoints, o.BaselineReps); err != nil {
 		return res, err
@@ -152,6 +157,9 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		return d, err
 	}
 	newClient := func() (*clientv3.Client, error) {
+		if o.SharedClient {
+			return ccli, nil
+		}
 		cli, err := dial()
 		if err == nil {
 			clients = append(clients, cli)

@@ -12,21 +12,23 @@ import (
 // notification on the same store; the ratio is reported as "x-store-round".
 // Run: go test -run - -bench EpochChange -benchtime 5x ./internal/bench
 func BenchmarkEpochChange(b *testing.B) {
-	for _, n := range []int{3, 10, 100} {
-		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-			defer cancel()
-			res, err := EpochChange(ctx, Options{Members: n, Reps: b.N, DataDir: b.TempDir()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(Median(res.Epoch).Microseconds())/1000, "ms/epoch")
-			b.ReportMetric(float64(Median(res.Baseline).Microseconds())/1000, "ms/store-round")
-			b.ReportMetric(res.Ratio(), "x-store-round")
-			b.ReportMetric(float64(Median(res.FromTrigger).Microseconds())/1000, "ms/from-trigger")
-			b.ReportMetric(res.TriggerRatio(), "x-from-trigger")
-			b.ReportMetric(0, "ns/op")
-		})
+	for _, shared := range []bool{false, true} {
+		for _, n := range []int{3, 10, 100} {
+			b.Run(fmt.Sprintf("members=%d/shared-client=%v", n, shared), func(b *testing.B) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+				defer cancel()
+				res, err := EpochChange(ctx, Options{Members: n, Reps: b.N, SharedClient: shared, DataDir: b.TempDir()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(Median(res.Epoch).Microseconds())/1000, "ms/epoch")
+				b.ReportMetric(float64(Median(res.Baseline).Microseconds())/1000, "ms/store-round")
+				b.ReportMetric(res.Ratio(), "x-store-round")
+				b.ReportMetric(float64(Median(res.FromTrigger).Microseconds())/1000, "ms/from-trigger")
+				b.ReportMetric(res.TriggerRatio(), "x-from-trigger")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
 	}
 }
 
