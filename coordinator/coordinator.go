@@ -191,8 +191,8 @@ type leader struct {
 }
 
 type group struct {
-	gv *groupView
-	m  *core.Machine
+	view core.View
+	m    *core.Machine
 }
 
 func (l *leader) now() time.Duration { return time.Since(l.start) }
@@ -289,16 +289,16 @@ func (l *leader) apply(kv *mvccpb.KeyValue, del bool) string {
 		if proto.CheckName("group", p.Group) != nil {
 			return ""
 		}
-		g = &group{gv: newGroupView(p.Group), m: core.New(l.cfg.machineConfig(p.Group))}
+		g = &group{view: core.NewView(p.Group), m: core.New(l.cfg.machineConfig(p.Group))}
 		l.groups[p.Group] = g
 	}
-	g.gv.apply(p, kv, del)
+	g.view.Apply(p, kv.Value, kv.ModRevision, del)
 	return p.Group
 }
 
 func (l *leader) update(ctx context.Context, name string) {
 	g := l.groups[name]
-	g.m.Update(g.gv.view, l.now())
+	g.m.Update(g.view, l.now())
 	l.exec(ctx, name, g)
 }
 
@@ -361,6 +361,6 @@ func (l *leader) revoke(ctx context.Context, g *group, m proto.Member) {
 		g.m.RevokeFailed(m.Ref(), l.now())
 		return
 	}
-	l.log.Info("revoked departed member's lease", "group", g.gv.view.Group, "member", m.ID, "incarnation", m.Incarnation)
+	l.log.Info("revoked departed member's lease", "group", g.view.Group, "member", m.ID, "incarnation", m.Incarnation)
 	g.m.Revoked(m.Ref(), l.now())
 }

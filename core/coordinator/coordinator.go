@@ -41,6 +41,9 @@ type Config struct {
 	Margin time.Duration
 	// Policy is topology determination (default DropSuspect).
 	Policy Policy
+	// Mutation deliberately breaks the machine, for verification only
+	// (see Mutation). Zero is the correct machine.
+	Mutation Mutation
 }
 
 // ErrConfig is wrapped by every error Validate returns.
@@ -441,7 +444,7 @@ func (m *Machine) revokeDeparted(rec *proto.EpochRecord) {
 func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 	v := &m.view
 	for _, s := range rec.Survivors() {
-		if !v.acked(rec.Number, s.Ref()) {
+		if !v.acked(rec.Number, s.Ref()) && m.cfg.Mutation != MutationConnectEarly {
 			return false
 		}
 	}
@@ -455,6 +458,9 @@ func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 				continue
 			}
 			at, ok := m.goneAt[d.Ref()]
+			if ok && m.cfg.Mutation == MutationTrustStoreExpiry {
+				continue
+			}
 			if !ok || m.now < at+m.wait(d) {
 				return false
 			}

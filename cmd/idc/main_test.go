@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idc-dev/idc"
+	"github.com/idc-dev/idc/coordinator"
+	"github.com/idc-dev/idc/inspect"
+	"github.com/idc-dev/idc/internal/testenv"
+	"github.com/idc-dev/idc/store"
+)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// run runs the idc command with args and returns its output.
+func run(ctx context.Context, out *syncBuffer, args ...string) error {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(out)
+	root.SetErr(out)
+	return root.ExecuteContext(ctx)
+}
+
+// cluster is a real embedded etcd with a coordinator and joined domains.
+type cluster struct {
+	t         *testing.T
+	endpoints string
+	cfg       func(id string) idc.Config
+}
+
+func newCluster(t *testing.T) *cluster {
+	e := testenv.Etcd(t)
+	cli := testenv.Client(t, e.Endpoints)
+	testenv.Coordinator(t, coordinator.Config{Client: cli, LeaseMargin: 100 * time.Millisecond})
+	return &cluster{t: t, endpoints: e.Endpoints[0], cfg: func(id string) idc.Config {
+		return idc.Config{Group: "g", ID: id, Client: cli, LeaseTTL: 2 * time.Second, Logger: testenv.Logger(t)}
+	}}
+}
+
+// join joins id and waits until it is connected in an epoch of n members.
+func (c *cluster) join(id string, n int) *idc.Domain {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, err := idc.Join(ctx, c.cfg(id))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { d.Close() })
+	for {
+		ep, err := d.Next(ctx)
+		if err != nil {
+			c.t.Fatalf("%s: %v", id, err)
+		}
+		if len(ep.Members()) == n {
+			return d
+		}
+	}
+}
+
+func TestStatus(t *testing.T) {
+	c := newCluster(t)
+	c.join("a", 1)
+	c.join("b", 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	var out syncBuffer
+	if err := run(ctx, &out, "status", "--etcd-endpoints", c.endpoints); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	t.Log("\n" + text)
+	for _, want := range []string{"group g: epoch 2 connected, lease mode", "DOMAIN", "b joined"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("status lacks %q", want)
+		}
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && (f[0] == "a" || f[0] == "b") && (f[2] != "member" || !strings.HasSuffix(f[3], "s")) {
+			t.Errorf("domain line %q: want role member and a lease time left", line)
+		}
+	}
+
+	out = syncBuffer{}
+	if err := run(ctx, &out, "status", "g", "--json", "--etcd-endpoints", c.endpoints); err != nil {
+		t.Fatal(err)
+	}
+	var groups []inspect.Group
+	if err := json.Unmarshal([]byte(out.String()), &groups); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out.String())
+	}
+	if len(groups) != 1 || groups[0].Epoch != 2 || groups[0].State != "connected" || len(groups[0].Domains) != 2 {
+		t.Fatalf("status --json = %+v", groups)
+	}
+	for _, d := range groups[0].Domains {
+		if !d.Live || d.LeaseLeftMs <= 0 || d.LeaseLeftMs > 2000 || d.Role != inspect.RoleMember {
+			t.Errorf("domain %+v: want a live member with 0 < lease left ≤ 2 s", d)
+		}
+	}
+
+	out = syncBuffer{}
+	err := run(ctx, &out, "status", "nosuch", "--etcd-endpoints", c.endpoints)
+	if !errors.Is(err, inspect.ErrNoGroup) {
+		t.Errorf("status of a missing group: err = %v, want ErrNoGroup", err)
+	}
+}
+
+func TestWatch(t *testing.T) {
+	c := newCluster(t)
+	c.join("a", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wctx, stop := context.WithCancel(ctx)
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(wctx, &out, "watch", "--json", "--etcd-endpoints", c.endpoints) }()
+
+	waitFor := func(what string, ok func([]inspect.Event) bool) {
+		t.Helper()
+		for {
+			var evs []inspect.Event
+			dec := json.NewDecoder(strings.NewReader(out.String()))
+			for {
+				var e inspect.Event
+				if dec.Decode(&e) != nil {
+					break
+				}
+				evs = append(evs, e)
+			}
+			if ok(evs) {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("watch never showed %s:\n%s", what, out.String())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	hasEpoch := func(n uint64, state string) func([]inspect.Event) bool {
+		return func(evs []inspect.Event) bool {
+			for _, e := range evs {
+				if e.Kind == inspect.KindEpoch && e.Epoch.Number == n && string(e.Epoch.State) == state {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	waitFor("the current epoch 1", hasEpoch(1, "connected"))
+	b := c.join("b", 2)
+	waitFor("b joining and epoch 2", func(evs []inspect.Event) bool {
+		joined := false
+		for _, e := range evs {
+			joined = joined || e.Kind == inspect.KindJoined && e.Member.ID == "b"
+		}
+		return joined && hasEpoch(2, "quiescing")(evs) && hasEpoch(2, "connected")(evs)
+	})
+	if err := b.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("b leaving and going", func(evs []inspect.Event) bool {
+		left, gone := false, false
+		for _, e := range evs {
+			left = left || e.Kind == inspect.KindLeft && e.Left.ID == "b"
+			gone = gone || e.Kind == inspect.KindGone && e.Member.ID == "b"
+		}
+		return left && gone && hasEpoch(3, "connected")(evs)
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("watch ended with %v, want nil on interrupt", err)
+	}
+}
+
+func TestUnreachableStore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out syncBuffer
+	start := time.Now()
+	err := run(ctx, &out, "status", "--etcd-endpoints", "http://127.0.0.1:1", "--dial-timeout", "1s")
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("status against no store: err = %v, want store.ErrUnavailable", err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("status gave up after %v, want about the 1 s dial timeout", el)
+	}
+}

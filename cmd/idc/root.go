@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/idc-dev/idc/store"
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	endpoints []string
+	prefix    string
+	logLevel  string
+	timeout   time.Duration
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "idc",
+		Short:         "Fault-tolerant inter-domain communication",
+		Long:          "idc connects a group of domains in epochs decided in an etcd store, quiesces them at every topology change, and fences domains that may have lost their lease.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringSliceVar(&g.endpoints, "etcd-endpoints", []string{"http://127.0.0.1:2379"}, "etcd client URLs of the store")
+	pf.StringVar(&g.prefix, "prefix", "/idc", "key prefix of idc's records in the store")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.DurationVar(&g.timeout, "dial-timeout", 10*time.Second, "how long to keep trying to reach the store")
+	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g))
+	return root
+}
+
+// logger returns the slog logger for the --log-level flag, on stderr.
+func (g *globals) logger() *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// dial connects to the store named by --etcd-endpoints, retrying until
+// --dial-timeout.
+func (g *globals) dial(ctx context.Context) (*clientv3.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	return store.Dial(ctx, store.DialConfig{Endpoints: g.endpoints, Logger: g.logger()})
+}

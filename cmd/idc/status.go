@@ -1,0 +1,100 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/idc-dev/idc/inspect"
+	"github.com/idc-dev/idc/proto"
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [group...]",
+		Short: "Show groups: epoch number and state, members with incarnation and lease time left, pending acknowledgements",
+		Long: `Reads the store once and shows, for each group (every group when none is
+named): its epoch number, state and mode, why the epoch was decided, every
+domain with its incarnation, its role (member; while quiescing: survivor,
+joiner or departed; excluded; registered but not yet in an epoch) and the
+lease time it has left as the store reports it, and the quiesce and fence
+acknowledgements the coordinator still waits for.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cli, err := g.dial(ctx)
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			groups, err := inspect.Status(ctx, cli, proto.Keys{Prefix: g.prefix}, args...)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(groups)
+			}
+			if len(groups) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "no groups under %s\n", g.prefix)
+			}
+			for i, gr := range groups {
+				if i > 0 {
+					fmt.Fprintln(cmd.OutOrStdout())
+				}
+				writeStatus(cmd.OutOrStdout(), gr)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// writeStatus prints one group's status for people.
+func writeStatus(w io.Writer, gr inspect.Group) {
+	if gr.Epoch == 0 {
+		fmt.Fprintf(w, "group %s: no epoch yet (store revision %d)\n", gr.Name, gr.Revision)
+	} else {
+		fmt.Fprintf(w, "group %s: epoch %d %s, %s mode (store revision %d)\n", gr.Name, gr.Epoch, gr.State, gr.Mode, gr.Revision)
+		if gr.State == proto.Quiescing {
+			fmt.Fprintf(w, "  quiescing epoch %d\n", gr.PrevEpoch)
+		}
+		if gr.Reason != "" {
+			fmt.Fprintf(w, "  reason: %s\n", gr.Reason)
+		}
+	}
+	if len(gr.Domains) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  DOMAIN\tINCARNATION\tROLE\tLEASE LEFT\tNOTE")
+		for _, d := range gr.Domains {
+			left := "gone"
+			if d.LeaseLeftMs >= 0 {
+				left = (time.Duration(d.LeaseLeftMs) * time.Millisecond).String()
+			}
+			var note []string
+			if d.Role == inspect.RoleSurvivor {
+				note = append(note, map[bool]string{true: "acked", false: "ack pending"}[d.Acked])
+			}
+			if d.Left {
+				note = append(note, "left")
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", d.ID, d.Incarnation, d.Role, left, strings.Join(note, ", "))
+		}
+		tw.Flush()
+	}
+	if len(gr.PendingAcks) > 0 {
+		fmt.Fprintf(w, "  pending quiesce acks: %s\n", strings.Join(gr.PendingAcks, ", "))
+	}
+	if len(gr.PendingFenceAcks) > 0 {
+		fmt.Fprintf(w, "  pending fence acks: %s\n", strings.Join(gr.PendingFenceAcks, ", "))
+	}
+	for _, f := range gr.Faults {
+		fmt.Fprintf(w, "  fault report: %s lost %s in epoch %d\n", f.Reporter, f.Suspect, f.Epoch)
+	}
+}

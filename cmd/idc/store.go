@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/idc-dev/idc/coordinator"
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
+	"github.com/spf13/cobra"
+)
+
+func newStoreCmd(g *globals) *cobra.Command {
+	var (
+		dataDir, clientURL, peerURL, mode, name string
+		noCoord                                 bool
+		quiesce, margin                         time.Duration
+		rho                                     float64
+	)
+	cmd := &cobra.Command{
+		Use:   "store",
+		Short: "Run the store (embedded etcd) and the group coordinator",
+		Long: `Runs an embedded single-node etcd and a group coordinator candidate.
+
+With --etcd-endpoints, no etcd is started: the coordinator runs against the
+existing etcd cluster. Several 'idc store' processes may run against one
+store: an etcd election picks the active coordinator, and every epoch write is
+a compare-and-swap, so correctness never depends on there being just one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			log := g.logger()
+			if !proto.Mode(mode).Valid() {
+				return fmt.Errorf("--mode %q: want lease, fence or both", mode)
+			}
+			endpoints := g.endpoints
+			if !cmd.Flags().Changed("etcd-endpoints") {
+				sctx, cancel := context.WithTimeout(ctx, time.Minute)
+				e, err := store.StartEmbedded(sctx, store.EmbedConfig{DataDir: dataDir, ClientURL: clientURL, PeerURL: peerURL, Logger: log})
+				cancel()
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				endpoints = e.Endpoints
+				fmt.Fprintf(cmd.OutOrStdout(), "store: embedded etcd serving %v (data in %s)\n", e.Endpoints, dataDir)
+				go func() {
+					if err := <-e.Err(); err != nil {
+						log.Error("embedded etcd failed", "err", err)
+					}
+				}()
+			}
+			if noCoord {
+				<-ctx.Done()
+				return nil
+			}
+			g.endpoints = endpoints
+			cli, err := g.dial(ctx)
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			err = coordinator.Run(ctx, coordinator.Config{
+				Client: cli, Keys: proto.Keys{Prefix: g.prefix}, Mode: proto.Mode(mode),
+				QuiesceTimeout: quiesce, Rho: rho, LeaseMargin: margin, Name: name, Logger: log,
+			})
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", "idc-data", "embedded etcd's data directory")
+	f.StringVar(&clientURL, "listen-client", "http://127.0.0.1:2379", "embedded etcd's client URL (loopback by default)")
+	f.StringVar(&peerURL, "listen-peer", "http://127.0.0.1:2380", "embedded etcd's peer URL (loopback by default)")
+	f.BoolVar(&noCoord, "no-coordinator", false, "run only the store, no coordinator candidate")
+	f.StringVar(&mode, "mode", string(proto.ModeLease), "how departed members are handled: lease, fence or both")
+	f.DurationVar(&quiesce, "quiesce-timeout", coordinator.DefaultQuiesceTimeout, "time survivors have to quiesce before they are dropped")
+	f.Float64Var(&rho, "rho", coordinator.DefaultRho, "clock-rate drift bound ρ")
+	f.DurationVar(&margin, "lease-margin", coordinator.DefaultLeaseMargin, "safety margin added to the wait for a departed member")
+	f.StringVar(&name, "name", "", "this coordinator candidate's name (default host:pid)")
+	return cmd
+}
