@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,9 +12,10 @@ import (
 	"github.com/idc-dev/idc/internal/testenv"
 )
 
-// TestDemo runs the demo and checks its story: c is fenced after the fault
-// report, epoch 3 connects only after b's slow operation ended (G3), c
-// rejoins, b leaves, and the last epoch has a and c.
+// TestDemo runs the demo and checks its story: the three domains connect,
+// c is fenced after the fault report, the next epoch connects only after
+// b's slow operation ended (G3) and c's lease ran out (G4), c rejoins, b
+// leaves, and the last epoch has a and c.
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -23,21 +25,33 @@ func TestDemo(t *testing.T) {
 	}
 	s := out.String()
 	t.Log("\n" + s)
-	idx := func(re string) int {
-		loc := regexp.MustCompile(re).FindStringIndex(s)
-		if loc == nil {
+	find := func(re string) (int, []string) {
+		t.Helper()
+		m := regexp.MustCompile(re).FindStringSubmatchIndex(s)
+		if m == nil {
 			t.Fatalf("demo output lacks %q", re)
 		}
-		return loc[0]
+		var groups []string
+		for i := 2; i < len(m); i += 2 {
+			groups = append(groups, s[m[i]:m[i+1]])
+		}
+		return m[0], groups
 	}
-	slowEnd := idx(`b +slow operation in epoch 2 ended`)
-	connect3 := idx(`store +epoch 3 connected +members \[a b\]`)
-	if slowEnd > connect3 {
-		t.Errorf("G3: epoch 3 connected before b's slow operation of epoch 2 ended")
+	// One join at a time: epochs 1, 2, 3 with a, a b, a b c.
+	find(`store +epoch 3 connected +members \[a b c\]`)
+	slowEnd, g := find(`b +slow operation in epoch (\d+) ended`)
+	slowEpoch, _ := strconv.Atoi(g[0])
+	fenced, _ := find(`c +FENCED: .*dropped from the group`)
+	next := strconv.Itoa(slowEpoch + 1)
+	connect, _ := find(`store +epoch ` + next + ` connected +members \[a b\]`)
+	if slowEnd > connect {
+		t.Errorf("G3: epoch %s connected before b's slow operation of epoch %d ended", next, slowEpoch)
 	}
-	idx(`c +FENCED: .*dropped from the group`)
-	idx(`store +epoch 4 connected +members \[a b c\]`)
-	idx(`store +epoch 5 connected +members \[a c\]`)
+	if fenced > connect {
+		t.Errorf("G4: epoch %s connected before c fenced itself", next)
+	}
+	find(`store +epoch ` + strconv.Itoa(slowEpoch+2) + ` connected +members \[a b c\]`)
+	find(`store +epoch ` + strconv.Itoa(slowEpoch+3) + ` connected +members \[a c\]`)
 	if !strings.HasSuffix(strings.TrimSpace(s), "done") {
 		t.Errorf("demo did not finish with done")
 	}
