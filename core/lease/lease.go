@@ -11,6 +11,7 @@ package lease
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -45,15 +46,17 @@ func (c Config) Validate() error {
 }
 
 // Valid is how long after sending an answered renewal the member may still
-// act: TTL·(1−ρ) − Margin.
+// act: TTL·(1−ρ) − Margin, rounded down to the nanosecond.
 func (c Config) Valid() time.Duration {
-	return time.Duration(float64(c.TTL)*(1-c.Rho)) - c.Margin
+	return time.Duration(math.Floor(float64(c.TTL)*(1-c.Rho))) - c.Margin
 }
 
 // Wait is how long after seeing a lease gone the coordinator waits before
-// counting its holder stopped: TTL·(1+ρ) + Margin.
+// counting its holder stopped: TTL·(1+ρ) + Margin, rounded up to the
+// nanosecond (float64 arithmetic can fall a hair short: the wait must never
+// be shorter than the formula).
 func (c Config) Wait() time.Duration {
-	return time.Duration(float64(c.TTL)*(1+c.Rho)) + c.Margin
+	return time.Duration(math.Ceil(float64(c.TTL)*(1+c.Rho))) + c.Margin
 }
 
 // Tracker follows one member's lease validity.

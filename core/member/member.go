@@ -225,7 +225,8 @@ func (m *Machine) maybeAck() {
 }
 
 // Begin starts an operation in epoch e. It fails unless e is the connected
-// epoch; the error wraps proto.ErrEpochEnded, ErrNotConnected or ErrFenced.
+// epoch; the error wraps proto.ErrEpochEnded, ErrNotConnected, ErrFenced or
+// (after Leave) ErrLeft.
 func (m *Machine) Begin(e uint64) error {
 	switch {
 	case m.stopped():
