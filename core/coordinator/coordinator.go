@@ -122,6 +122,9 @@ type Machine struct {
 	// goneAt is when each departed or excluded incarnation was seen gone.
 	goneAt   map[proto.Ref]time.Duration
 	revoking map[proto.Ref]bool
+	// highest is the highest epoch number seen in a record: a record that
+	// vanished or went below it is waited on, never decided past (G1).
+	highest uint64
 
 	actions []Action
 }
@@ -154,6 +157,9 @@ func (m *Machine) Update(v View, now time.Duration) {
 		m.retryAt = 0 // the view moved: no reason to hold back
 	}
 	m.view = v
+	if v.Epoch != nil && v.Epoch.Number > m.highest {
+		m.highest = v.Epoch.Number
+	}
 	m.advance(now)
 	m.step()
 }
@@ -216,6 +222,12 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 	var next time.Duration
 	found := false
 	consider := func(t time.Duration) {
+		// A time already reached was decided on at the last step: a Tick
+		// cannot change anything then (and a driver timer armed for a past
+		// deadline would spin).
+		if t <= m.now {
+			return
+		}
 		if !found || t < next {
 			next, found = t, true
 		}
@@ -224,7 +236,7 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 		consider(m.retryAt)
 	}
 	rec := m.view.Epoch
-	if rec == nil || rec.State != proto.Quiescing {
+	if rec == nil || rec.State != proto.Quiescing || m.stale() {
 		return next, found
 	}
 	for _, s := range rec.Survivors() {
@@ -243,6 +255,13 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 	return next, found
 }
 
+// stale reports whether the view's epoch record is missing or below one
+// seen before (the key was deleted or restored from an older copy).
+func (m *Machine) stale() bool {
+	rec := m.view.Epoch
+	return rec == nil && m.highest > 0 || rec != nil && rec.Number < m.highest
+}
+
 func (m *Machine) write(rec proto.EpochRecord, cleanup *Cleanup) {
 	m.pending, m.hasPending = m.view.EpochRevision, true
 	m.actions = append(m.actions, WriteEpoch{Record: rec, ExpectRevision: m.view.EpochRevision, Cleanup: cleanup})
@@ -255,6 +274,9 @@ func (m *Machine) step() {
 	}
 	v := &m.view
 	rec := v.Epoch
+	if m.stale() {
+		return // G1: never form or decide again at or below a number seen
+	}
 	if rec == nil {
 		if len(v.Live) > 0 {
 			ms := m.liveMembers(nil)

@@ -28,11 +28,11 @@ func (DropSuspect) Drop(members []proto.Member, reports []proto.FaultReport) map
 	}
 	for _, r := range reports {
 		sus, ok := proto.Find(members, r.Suspect)
-		if !ok {
-			continue
+		rep, isMember := proto.Find(members, r.Reporter)
+		if !ok || !isMember {
+			continue // only a member's report about a member counts (DESIGN §4)
 		}
 		if reported[[2]string{r.Suspect, r.Reporter}] {
-			rep, _ := proto.Find(members, r.Reporter)
 			if outranks(sus, rep) {
 				continue // the reporter loses this pair; its own report names it
 			}
