@@ -12,7 +12,6 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -324,10 +323,7 @@ var errConflict = errors.New("compare failed")
 
 func (l *leader) write(ctx context.Context, name string, a core.WriteEpoch) error {
 	keys := l.cfg.Keys
-	val, err := json.Marshal(a.Record)
-	if err != nil {
-		return err
-	}
+	val := proto.EncodeEpoch(a.Record)
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(keys.Epoch(name)), "=", a.ExpectRevision)}, l.guard...)
 	ops := []clientv3.Op{clientv3.OpPut(keys.Epoch(name), string(val))}
 	if c := a.Cleanup; c != nil {

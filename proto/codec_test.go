@@ -1,0 +1,83 @@
+package proto
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func record(n int) EpochRecord {
+	var ms []Member
+	for i := range n {
+		ms = append(ms, Member{ID: fmt.Sprintf("m%03d", i), Incarnation: 0xf2debba1bbd61a38 + uint64(i), Lease: 7587890123456789 + int64(i), TTL: 5 * time.Second, Priority: i % 3})
+	}
+	return EpochRecord{Group: "g", Number: 123, State: Quiescing, Mode: ModeLease, Members: ms, Prev: ms[:max(0, n-1)], PrevNumber: 122, Reason: "x joined", Excluded: ms[n/2 : n/2+min(n, 1)]}
+}
+
+func TestEpochCodecRoundTrip(t *testing.T) {
+	for _, tc := range []EpochRecord{
+		record(0), record(1), record(100),
+		{Group: "g", Number: 1, State: Connected, Mode: ModeFence, Members: []Member{{ID: "a.b_c-d", Incarnation: 1<<64 - 1, Lease: 1<<63 - 1, TTL: 2500 * time.Millisecond, Priority: -7}}},
+	} {
+		for name, enc := range map[string][]byte{"store": EncodeEpoch(tc), "verbose": must(json.Marshal(tc))} {
+			var got EpochRecord
+			if err := json.Unmarshal(enc, &got); err != nil {
+				t.Fatalf("%s form: %v\n%s", name, err, enc)
+			}
+			want := tc
+			if len(want.Members) == 0 { // both forms keep an empty member list empty
+				want.Members, got.Members = nil, nil
+			}
+			if len(want.Prev) == 0 {
+				want.Prev = nil
+			}
+			if len(want.Excluded) == 0 {
+				want.Excluded = nil
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%s form round trip:\n got %+v\nwant %+v\n%s", name, got, want, enc)
+			}
+		}
+	}
+}
+
+func TestEpochCodecRejectsBadMembers(t *testing.T) {
+	for _, bad := range []string{
+		`{"number":1,"members":["a/1/2/3"]}`,
+		`{"number":1,"members":["a/zz/2/3/0"]}`,
+		`{"number":1,"members":["/1/2/3/0"]}`,
+		`{"number":1,"members":["a/1/2/3/0",7]}`,
+		`{"number":1,"members":{"a":1}}`,
+		`{"number":1,"members":["a/1/2/3/0"`,
+	} {
+		var r EpochRecord
+		if err := json.Unmarshal([]byte(bad), &r); err == nil {
+			t.Errorf("%s: decoded as %+v, want an error", bad, r)
+		}
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// BenchmarkDecodeEpoch compares the two forms of a 100-member record.
+func BenchmarkDecodeEpoch(b *testing.B) {
+	rec := record(100)
+	for name, enc := range map[string][]byte{"store": EncodeEpoch(rec), "verbose": must(json.Marshal(rec))} {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(enc)))
+			for b.Loop() {
+				var r EpochRecord
+				if err := json.Unmarshal(enc, &r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
