@@ -8,6 +8,7 @@ import (
 
 	"github.com/idc-dev/idc/core/lease"
 	"github.com/idc-dev/idc/proto"
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -51,6 +52,10 @@ type Config struct {
 	OpTimeout time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Metrics, if set, registers the membership's Prometheus metrics
+	// (idc_member_*, labelled group and domain). Domains of one process
+	// may share a registry.
+	Metrics prometheus.Registerer
 }
 
 // Defaults and limits of Config.

@@ -31,6 +31,7 @@ type Domain struct {
 	lease  clientv3.LeaseID
 	start  time.Time
 	log    *slog.Logger
+	met    *memberMetrics
 
 	bg     context.Context // ends when the membership stops
 	stopBg context.CancelFunc
@@ -65,6 +66,7 @@ func Join(ctx context.Context, cfg Config) (*Domain, error) {
 		keys:    proto.Keys{Prefix: cfg.Prefix},
 		start:   time.Now(),
 		log:     cfg.Logger.With("group", cfg.Group, "domain", cfg.ID),
+		met:     newMemberMetrics(cfg.Metrics, cfg.Group, cfg.ID),
 		changed: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -222,16 +224,29 @@ func (d *Domain) handle() {
 			ctx, cancel := context.WithCancelCause(context.Background())
 			d.cur = &Epoch{d: d, num: a.Epoch, members: a.Members, ctx: ctx, cancel: cancel}
 			d.log.Info("connected", "epoch", a.Epoch, "members", proto.IDs(a.Members))
+			d.met.epoch.Set(float64(a.Epoch))
+			d.met.connected.Set(1)
+			d.met.connects.Inc()
 		case member.Disconnect:
 			if d.cur != nil && d.cur.num == a.Epoch {
 				d.cur.cancel(fmt.Errorf("%w: epoch %d of group %s disconnected", ErrEpochEnded, a.Epoch, d.cfg.Group))
 				d.log.Info("disconnected", "epoch", a.Epoch)
 			}
+			d.met.connected.Set(0)
+			d.met.disconnected = time.Now()
 		case member.WriteAck:
+			if !d.met.disconnected.IsZero() {
+				d.met.quiesce.Observe(time.Since(d.met.disconnected).Seconds())
+			}
 			d.wg.Add(1)
 			go d.writeAck(a.Epoch)
 		case member.Fence:
 			d.log.Warn("fenced", "err", a.Err)
+			if errors.Is(a.Err, ErrLeaseExpired) {
+				d.met.fencedLease.Inc()
+			} else {
+				d.met.fencedEvict.Inc()
+			}
 			if d.cur != nil {
 				d.cur.cancel(a.Err)
 			}
@@ -296,10 +311,14 @@ func (d *Domain) renewLoop() {
 		case err == nil && resp.TTL > 0:
 			d.m.Renewed(sent)
 			d.rearm()
+			if dl, ok := d.m.LeaseDeadline(); ok {
+				d.met.leaseValid.Set((dl - d.now()).Seconds())
+			}
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			d.m.LeaseLost()
 		case d.bg.Err() == nil:
 			wait = d.cfg.RenewInterval / 5
+			d.met.renewFailed.Inc()
 			dl, _ := d.m.LeaseDeadline()
 			d.log.Warn("lease renewal failed", "err", err, "valid_for", (dl - d.now()).Round(time.Millisecond))
 		}

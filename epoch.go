@@ -78,6 +78,7 @@ func (e *Epoch) Begin() (*Op, error) {
 	if err := d.m.Begin(e.num); err != nil {
 		return nil, err
 	}
+	d.met.opsInFlight.Inc()
 	return &Op{e: e}, nil
 }
 
@@ -111,6 +112,7 @@ func (o *Op) End() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.m.End(o.e.num)
+		d.met.opsInFlight.Dec()
 		d.handle()
 	})
 }

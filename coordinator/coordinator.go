@@ -22,6 +22,7 @@ import (
 	"github.com/idc-dev/idc/proto"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -59,6 +60,9 @@ type Config struct {
 	OpTimeout time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
+	// Metrics, if set, registers the coordinator's Prometheus metrics
+	// (idc_coordinator_*).
+	Metrics prometheus.Registerer
 }
 
 // Defaults of Config.
@@ -129,12 +133,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger.With("coordinator", cfg.Name)
 	start := time.Now()
+	met := newMetrics(cfg.Metrics)
 	for ctx.Err() == nil {
 		var err error
 		if cfg.NoElection {
-			err = (&leader{cfg: cfg, log: log, start: start}).run(ctx)
+			err = (&leader{cfg: cfg, log: log, start: start, met: met}).run(ctx)
 		} else {
-			err = campaign(ctx, cfg, log, start)
+			err = campaign(ctx, cfg, log, start, met)
 		}
 		if err != nil && ctx.Err() == nil {
 			log.Warn("coordinator restarting", "err", err)
@@ -148,7 +153,7 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // campaign waits to be elected, then leads until the election session ends.
-func campaign(ctx context.Context, cfg Config, log *slog.Logger, start time.Time) error {
+func campaign(ctx context.Context, cfg Config, log *slog.Logger, start time.Time, met *metrics) error {
 	sess, err := concurrency.NewSession(cfg.Client, concurrency.WithTTL(int(cfg.ElectionTTL/time.Second)), concurrency.WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("election session: %w", err)
@@ -169,7 +174,7 @@ func campaign(ctx context.Context, cfg Config, log *slog.Logger, start time.Time
 		case <-lctx.Done():
 		}
 	}()
-	l := &leader{cfg: cfg, log: log, start: start,
+	l := &leader{cfg: cfg, log: log, start: start, met: met,
 		guard: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}}
 	err = l.run(lctx)
 	if ctx.Err() == nil {
@@ -187,11 +192,16 @@ type leader struct {
 	start  time.Time
 	guard  []clientv3.Cmp // extra compares on every write: still elected
 	groups map[string]*group
+	met    *metrics
 }
 
 type group struct {
 	view core.View
 	m    *core.Machine
+	// quiescing is the last epoch this coordinator wrote quiescing, and
+	// quiescedAt when (for the epoch change metric).
+	quiescing  uint64
+	quiescedAt time.Time
 }
 
 func (l *leader) now() time.Duration { return time.Since(l.start) }
@@ -200,6 +210,8 @@ func (l *leader) now() time.Duration { return time.Since(l.start) }
 var errRelist = errors.New("watch lost its place; relisting")
 
 func (l *leader) run(ctx context.Context) error {
+	l.met.leader.Set(1)
+	defer l.met.leader.Set(0)
 	for {
 		err := l.listAndWatch(ctx)
 		if !errors.Is(err, errRelist) {
@@ -309,8 +321,18 @@ func (l *leader) exec(ctx context.Context, name string, g *group) {
 			case core.WriteEpoch:
 				if err := l.write(ctx, name, a); err != nil {
 					l.log.Debug("epoch write not applied", "group", name, "epoch", a.Record.Number, "err", err)
+					l.met.conflicts.WithLabelValues(name).Inc()
 					g.m.WriteFailed(l.now())
+					continue
 				}
+				var quiescedAt time.Time
+				switch {
+				case a.Record.State == proto.Quiescing:
+					g.quiescing, g.quiescedAt = a.Record.Number, time.Now()
+				case g.quiescing == a.Record.Number:
+					quiescedAt = g.quiescedAt
+				}
+				l.met.written(a.Record, quiescedAt)
 			case core.Revoke:
 				l.revoke(ctx, g, a.Member)
 			}
@@ -358,5 +380,6 @@ func (l *leader) revoke(ctx context.Context, g *group, m proto.Member) {
 		return
 	}
 	l.log.Info("revoked departed member's lease", "group", g.view.Group, "member", m.ID, "incarnation", m.Incarnation)
+	l.met.revokes.WithLabelValues(g.view.Group).Inc()
 	g.m.Revoked(m.Ref(), l.now())
 }

@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -203,5 +206,43 @@ func TestUnreachableStore(t *testing.T) {
 	}
 	if el := time.Since(start); el > 10*time.Second {
 		t.Errorf("status gave up after %v, want about the 1 s dial timeout", el)
+	}
+}
+
+// TestStoreServesMetrics runs `idc store` against an existing etcd with
+// --metrics-listen and scrapes it until it reports being the coordinator.
+func TestStoreServesMetrics(t *testing.T) {
+	e := testenv.Etcd(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, &out, "store", "--etcd-endpoints", e.Endpoints[0], "--metrics-listen", addr, "--log-level", "error")
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		body := ""
+		if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+		}
+		if strings.Contains(body, "idc_coordinator_leader 1") && strings.Contains(body, "go_goroutines") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no coordinator metrics at %s:\n%s\noutput:\n%s", addr, body, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("idc store ended with %v, want nil on interrupt", err)
 	}
 }

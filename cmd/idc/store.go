@@ -4,17 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/idc-dev/idc/coordinator"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 )
 
 func newStoreCmd(g *globals) *cobra.Command {
 	var (
-		dataDir, clientURL, peerURL, mode, name string
+		dataDir, clientURL, peerURL, mode, name, metricsAddr string
 		noCoord                                 bool
 		quiesce, margin                         time.Duration
 		rho                                     float64
@@ -57,6 +63,16 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 				return nil
 			}
 			g.endpoints = endpoints
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+			if metricsAddr != "" {
+				stopMetrics, err := serveMetrics(metricsAddr, reg, log)
+				if err != nil {
+					return err
+				}
+				defer stopMetrics()
+				fmt.Fprintf(cmd.OutOrStdout(), "store: metrics at http://%s/metrics\n", metricsAddr)
+			}
 			cli, err := g.dial(ctx)
 			if err != nil {
 				return err
@@ -64,7 +80,7 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 			defer cli.Close()
 			err = coordinator.Run(ctx, coordinator.Config{
 				Client: cli, Keys: proto.Keys{Prefix: g.prefix}, Mode: proto.Mode(mode),
-				QuiesceTimeout: quiesce, Rho: rho, LeaseMargin: margin, Name: name, Logger: log,
+				QuiesceTimeout: quiesce, Rho: rho, LeaseMargin: margin, Name: name, Logger: log, Metrics: reg,
 			})
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -82,5 +98,24 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 	f.Float64Var(&rho, "rho", coordinator.DefaultRho, "clock-rate drift bound ρ")
 	f.DurationVar(&margin, "lease-margin", coordinator.DefaultLeaseMargin, "safety margin added to the wait for a departed member")
 	f.StringVar(&name, "name", "", "this coordinator candidate's name (default host:pid)")
+	f.StringVar(&metricsAddr, "metrics-listen", "", "serve the coordinator's Prometheus metrics at this host:port under /metrics (default: off)")
 	return cmd
+}
+
+// serveMetrics serves reg at addr/metrics until the returned function is
+// called.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server failed", "err", err)
+		}
+	}()
+	return func() { _ = srv.Close() }, nil
 }
