@@ -21,9 +21,9 @@ import (
 func newStoreCmd(g *globals) *cobra.Command {
 	var (
 		dataDir, clientURL, peerURL, mode, name, metricsAddr string
-		noCoord                                 bool
-		quiesce, margin                         time.Duration
-		rho                                     float64
+		noCoord                                              bool
+		quiesce, margin                                      time.Duration
+		rho                                                  float64
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
