@@ -483,10 +483,11 @@ func (d *Domain) ReportFault(ctx context.Context, peer string) error {
 	if !connected {
 		return fmt.Errorf("%w: cannot report %q", ErrNotConnected, peer)
 	}
-	if _, ok := proto.Find(members, peer); !ok || peer == d.cfg.ID {
+	sus, ok := proto.Find(members, peer)
+	if !ok || peer == d.cfg.ID {
 		return fmt.Errorf("%w: %q is not a peer in epoch %d of group %s", ErrNotMember, peer, e, d.cfg.Group)
 	}
-	rep := proto.FaultReport{Epoch: e, Reporter: d.cfg.ID, ReporterIncarnation: d.cfg.Incarnation, Suspect: peer}
+	rep := proto.FaultReport{Epoch: e, Reporter: d.cfg.ID, ReporterIncarnation: d.cfg.Incarnation, Suspect: peer, SuspectIncarnation: sus.Incarnation}
 	val, _ := json.Marshal(rep)
 	octx, cancel := context.WithTimeout(ctx, d.cfg.OpTimeout)
 	defer cancel()

@@ -194,12 +194,14 @@ type Ack struct {
 }
 
 // FaultReport says that Reporter lost its peer Suspect while connected in
-// Epoch.
+// Epoch. It names the suspect's incarnation too: a report against one
+// incarnation never drops the next one of the same domain.
 type FaultReport struct {
 	Epoch               uint64 `json:"epoch"`
 	Reporter            string `json:"reporter"`
 	ReporterIncarnation uint64 `json:"reporter_incarnation"`
 	Suspect             string `json:"suspect"`
+	SuspectIncarnation  uint64 `json:"suspect_incarnation"`
 }
 
 // Left is written by a member that left gracefully after quiescing: that

@@ -13,28 +13,74 @@ import (
 // is the key taken apart by proto.Keys.Parse, value the record stored (for
 // puts), modRev the key's mod revision and del whether the key was deleted.
 // Values that do not decode are treated as absent: idc did not write them.
-// Drivers (the etcd coordinator, the simulator, idc status) all build their
-// views with it, so they agree on what the store holds.
+// The etcd coordinator and idc status build their views with it; the
+// simulator, whose store holds records rather than bytes, calls Fold.
 func (v *View) Apply(p proto.Parsed, value []byte, modRev int64, del bool) {
-	decode := func(into any) bool { return !del && json.Unmarshal(value, into) == nil }
+	var rec any
+	if !del {
+		rec = Decode(p.Kind, value)
+	}
+	v.Fold(p, rec, modRev)
+}
+
+// Decode decodes the value of a key of the given kind (proto.KindEpoch…)
+// into the record type Fold takes, or returns nil if it does not decode.
+func Decode(kind string, value []byte) any {
+	into := func(r any) any {
+		if json.Unmarshal(value, r) != nil {
+			return nil
+		}
+		return r
+	}
+	switch kind {
+	case proto.KindEpoch:
+		return into(&proto.EpochRecord{})
+	case proto.KindMembers:
+		return deref[proto.Member](into(&proto.Member{}))
+	case proto.KindAcks:
+		return deref[proto.Ack](into(&proto.Ack{}))
+	case proto.KindFaults:
+		return deref[proto.FaultReport](into(&proto.FaultReport{}))
+	case proto.KindLeft:
+		return deref[proto.Left](into(&proto.Left{}))
+	case proto.KindResources:
+		return proto.Resource{} // presence is what counts
+	case proto.KindFenceAcks:
+		return proto.FenceAck{}
+	}
+	return nil
+}
+
+func deref[T any](r any) any {
+	if p, ok := r.(*T); ok {
+		return *p
+	}
+	return nil
+}
+
+// Fold folds one decoded record into the view: rec is what Decode returns
+// for the key's kind (*proto.EpochRecord, proto.Member, proto.Ack,
+// proto.FaultReport, proto.Left, proto.Resource, proto.FenceAck), or nil
+// when the key was deleted or its value is not such a record.
+func (v *View) Fold(p proto.Parsed, rec any, modRev int64) {
 	switch p.Kind {
 	case proto.KindEpoch:
-		var rec proto.EpochRecord
-		if !decode(&rec) {
+		r, ok := rec.(*proto.EpochRecord)
+		if !ok {
 			v.Epoch, v.EpochRevision = nil, 0
 			return
 		}
-		v.Epoch, v.EpochRevision = &rec, modRev
+		v.Epoch, v.EpochRevision = r, modRev
 	case proto.KindMembers:
-		var m proto.Member
-		if !decode(&m) || m.ID != p.Name {
+		m, ok := rec.(proto.Member)
+		if !ok || m.ID != p.Name {
 			delete(v.Live, p.Name)
 			return
 		}
 		v.Live[p.Name] = m
 	case proto.KindAcks:
-		var a proto.Ack
-		if !decode(&a) {
+		a, ok := rec.(proto.Ack)
+		if !ok {
 			delete(v.Acks[p.Epoch], p.Name)
 			if len(v.Acks[p.Epoch]) == 0 {
 				delete(v.Acks, p.Epoch)
@@ -49,16 +95,15 @@ func (v *View) Apply(p proto.Parsed, value []byte, modRev int64, del bool) {
 		v.Faults = slices.DeleteFunc(v.Faults, func(f proto.FaultReport) bool {
 			return f.Epoch == p.Epoch && f.Reporter == p.Name && f.Suspect == p.Suspect
 		})
-		var f proto.FaultReport
-		if decode(&f) && f.Epoch == p.Epoch && f.Reporter == p.Name && f.Suspect == p.Suspect {
+		if f, ok := rec.(proto.FaultReport); ok && f.Epoch == p.Epoch && f.Reporter == p.Name && f.Suspect == p.Suspect {
 			v.Faults = append(v.Faults, f)
 			slices.SortFunc(v.Faults, func(a, b proto.FaultReport) int {
 				return cmp.Or(cmp.Compare(a.Epoch, b.Epoch), strings.Compare(a.Reporter, b.Reporter), strings.Compare(a.Suspect, b.Suspect))
 			})
 		}
 	case proto.KindLeft:
-		var l proto.Left
-		if !decode(&l) {
+		l, ok := rec.(proto.Left)
+		if !ok {
 			delete(v.Left, p.Name)
 			return
 		}
@@ -66,13 +111,13 @@ func (v *View) Apply(p proto.Parsed, value []byte, modRev int64, del bool) {
 	case proto.KindResources:
 		i, found := slices.BinarySearch(v.Resources, p.Name)
 		switch {
-		case del && found:
+		case rec == nil && found:
 			v.Resources = slices.Delete(v.Resources, i, i+1)
-		case !del && !found:
+		case rec != nil && !found:
 			v.Resources = slices.Insert(v.Resources, i, p.Name)
 		}
 	case proto.KindFenceAcks:
-		if del {
+		if rec == nil {
 			delete(v.FenceAcks[p.Epoch], p.Name)
 			if len(v.FenceAcks[p.Epoch]) == 0 {
 				delete(v.FenceAcks, p.Epoch)

@@ -352,10 +352,9 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 	var reports []proto.FaultReport
 	for _, f := range v.Faults {
 		rep := proto.Ref{ID: f.Reporter, Incarnation: f.ReporterIncarnation}
-		if f.Epoch >= since && proto.Contains(rec.Members, rep) && v.live(rep) {
-			if _, ok := proto.Find(rec.Members, f.Suspect); ok {
-				reports = append(reports, f)
-			}
+		sus := proto.Ref{ID: f.Suspect, Incarnation: f.SuspectIncarnation}
+		if f.Epoch >= since && proto.Contains(rec.Members, rep) && v.live(rep) && proto.Contains(rec.Members, sus) {
+			reports = append(reports, f)
 		}
 	}
 	slices.SortFunc(reports, func(a, b proto.FaultReport) int {

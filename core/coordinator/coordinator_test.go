@@ -38,7 +38,8 @@ import (
 //	                                  the epoch record the store holds (written by someone else)
 //	delete-record                     the epoch key is deleted (revision 0)
 //	ack e=4 b/2 ...                   quiesce acknowledgements
-//	fault e=3 a/1->c ...              fault reports: reporter/incarnation -> suspect
+//	fault e=3 a/1->c[/3] ...          fault reports: reporter/incarnation -> suspect[/incarnation]
+//	                                  (default: the suspect's incarnation in the record)
 //	left b/2                          graceful-leave marker
 //	resource r1 ...                   guarded resources registered
 //	fenceack e=4 r1 ...               fence acknowledgements
@@ -234,8 +235,17 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 				td.Fatalf(t, "%s: want reporter/inc->suspect", a.Key)
 			}
 			id, inc := parseRef(t, td, rep)
-			sus, _, _ = strings.Cut(sus, "/")
-			d.view.Faults = append(d.view.Faults, proto.FaultReport{Epoch: e, Reporter: id, ReporterIncarnation: inc, Suspect: sus})
+			// The suspect's incarnation: as written (c/3), or that of c in
+			// the epoch record the store holds, as a member would name it.
+			var susInc uint64
+			if strings.Contains(sus, "/") {
+				sus, susInc = parseRef(t, td, sus)
+			} else if d.view.Epoch != nil {
+				if m, ok := proto.Find(d.view.Epoch.Members, sus); ok {
+					susInc = m.Incarnation
+				}
+			}
+			d.view.Faults = append(d.view.Faults, proto.FaultReport{Epoch: e, Reporter: id, ReporterIncarnation: inc, Suspect: sus, SuspectIncarnation: susInc})
 		}
 	case "left":
 		machine = false

@@ -1,0 +1,283 @@
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/idc-dev/idc/proto"
+)
+
+// ErrViolation is wrapped by every violation of a guarantee Run reports.
+var ErrViolation = errors.New("sim: guarantee violated")
+
+// Violation is a guarantee violated in a run: which, when, why, the seed
+// and the last steps before it.
+type Violation struct {
+	Guarantee string
+	At        time.Duration
+	Detail    string
+	Seed      int64
+	Trace     string
+}
+
+func (v *Violation) Error() string {
+	return fmt.Sprintf("%s violated at %v (seed %d): %s\nlast steps:\n%s", v.Guarantee, v.At, v.Seed, v.Detail, v.Trace)
+}
+
+// Unwrap makes errors.Is(v, ErrViolation) hold.
+func (v *Violation) Unwrap() error { return ErrViolation }
+
+// Check is a guarantee checked after every step of a run. Observe reads
+// the records added to the history since its last call (each check keeps
+// its own place) and returns a descriptive error at the first violation.
+// Channels (G2) and resource guards (G5) will add checks of their own over
+// the records their nodes add.
+type Check interface {
+	Name() string
+	Observe(h *History) error
+}
+
+// DefaultChecks returns fresh instances of every check.
+func DefaultChecks() []Check { return []Check{&G1{}, &G3{}, &G4{}, &G6{}} }
+
+// G1 (one authority): the epoch records written to the store rise
+// strictly — each (number, state) after the one before, quiescing before
+// connected — so each number is written quiescing at most once and
+// connected at most once; a connected epoch after the first was quiescing
+// first, with the same members.
+type G1 struct {
+	seen      int
+	last      *proto.EpochRecord
+	quiescing map[uint64]*proto.EpochRecord
+}
+
+func (*G1) Name() string { return "G1" }
+
+func order(r *proto.EpochRecord) uint64 {
+	o := r.Number * 2
+	if r.State == proto.Connected {
+		o++
+	}
+	return o
+}
+
+func (c *G1) Observe(h *History) error {
+	for _, rec := range h.New(&c.seen) {
+		if rec.Kind != HEpoch {
+			continue
+		}
+		r := rec.Record
+		if c.quiescing == nil {
+			c.quiescing = map[uint64]*proto.EpochRecord{}
+		}
+		if c.last != nil && order(r) <= order(c.last) {
+			return fmt.Errorf("epoch record %s written at rev %d after %s: numbers must rise strictly and each be decided once",
+				fmtRecord(r), rec.Rev, fmtRecord(c.last))
+		}
+		switch r.State {
+		case proto.Quiescing:
+			c.quiescing[r.Number] = r
+		case proto.Connected:
+			q, ok := c.quiescing[r.Number]
+			switch {
+			case !ok && r.Number > 1:
+				return fmt.Errorf("epoch %d written connected (rev %d) without having been quiescing", r.Number, rec.Rev)
+			case ok && !proto.SameMembers(q.Members, r.Members):
+				return fmt.Errorf("epoch %d connected (rev %d) as %s but was decided quiescing as %s", r.Number, rec.Rev, fmtRecord(r), fmtRecord(q))
+			}
+		default:
+			return fmt.Errorf("epoch record with unknown state: %s", fmtRecord(r))
+		}
+		c.last = r
+	}
+	return nil
+}
+
+// G3 (quiesce barrier): at the instant epoch n becomes connected in the
+// store, no member of n that was a member of an earlier connected epoch
+// has an operation of an epoch before n in progress. "In progress" is the
+// simulator's own record (begin/end/kill), not the machine's counters.
+type G3 struct {
+	seen      int
+	running   map[uint64]Rec // by op id
+	connected map[proto.Ref]bool
+}
+
+func (*G3) Name() string { return "G3" }
+
+func (c *G3) Observe(h *History) error {
+	if c.running == nil {
+		c.running, c.connected = map[uint64]Rec{}, map[proto.Ref]bool{}
+	}
+	for _, rec := range h.New(&c.seen) {
+		switch rec.Kind {
+		case HBegin:
+			c.running[rec.Op] = rec
+		case HEnd, HKill:
+			delete(c.running, rec.Op)
+		case HEpoch:
+			r := rec.Record
+			if r.State != proto.Connected {
+				continue
+			}
+			var bad []Rec
+			for _, m := range r.Members {
+				if !c.connected[m.Ref()] {
+					continue
+				}
+				for _, o := range c.running {
+					if o.Ref == m.Ref() && o.Epoch < r.Number {
+						bad = append(bad, o)
+					}
+				}
+			}
+			if len(bad) > 0 {
+				slices.SortFunc(bad, func(a, b Rec) int { return int(a.Op) - int(b.Op) })
+				o := bad[0]
+				return fmt.Errorf("epoch %d connected (rev %d) while its member %v still had operation %d of epoch %d in progress (begun at %v; %d such operations)",
+					r.Number, rec.Rev, o.Ref, o.Op, o.Epoch, o.At, len(bad))
+			}
+			for _, m := range r.Members {
+				c.connected[m.Ref()] = true
+			}
+		}
+	}
+	return nil
+}
+
+// G4 (departed domains are harmless), lease mode: no I/O of epoch e, by
+// any incarnation, happens after an epoch above e became connected in the
+// store. Survivors cannot (G3: their operations of e ended before they
+// acknowledged); a departed member that still acts is caught here.
+type G4 struct {
+	seen        int
+	max         uint64
+	connectedAt time.Duration
+}
+
+func (*G4) Name() string { return "G4" }
+
+func (c *G4) Observe(h *History) error {
+	for _, rec := range h.New(&c.seen) {
+		switch rec.Kind {
+		case HEpoch:
+			if rec.Record.State == proto.Connected && rec.Record.Number > c.max {
+				c.max, c.connectedAt = rec.Record.Number, rec.At
+			}
+		case HIO:
+			if h.Mode.UsesLease() && rec.Epoch < c.max {
+				return fmt.Errorf("%v did I/O of epoch %d (op %d) at %v, after epoch %d connected at %v",
+					rec.Ref, rec.Epoch, rec.Op, rec.At, c.max, c.connectedAt)
+			}
+		}
+	}
+	return nil
+}
+
+// G6 (self-fencing): no I/O under a lease at or after its nominal expiry
+// in the store — the time the store processed its last keepalive plus the
+// TTL — even if the store revoked it earlier.
+type G6 struct {
+	seen   int
+	leases map[int64]Rec // last grant or keepalive
+}
+
+func (*G6) Name() string { return "G6" }
+
+func (c *G6) Observe(h *History) error {
+	if c.leases == nil {
+		c.leases = map[int64]Rec{}
+	}
+	for _, rec := range h.New(&c.seen) {
+		switch rec.Kind {
+		case HGrant, HKeepAlive:
+			c.leases[rec.Lease] = rec
+		case HIO:
+			ka, ok := c.leases[rec.Lease]
+			if !ok {
+				return fmt.Errorf("%v did I/O (op %d, epoch %d) at %v under lease %d, which the store never granted", rec.Ref, rec.Op, rec.Epoch, rec.At, rec.Lease)
+			}
+			if exp := ka.At + ka.TTL; rec.At >= exp {
+				return fmt.Errorf("%v did I/O (op %d, epoch %d) at %v under lease %d, which nominally expired at %v (last keepalive processed at %v, TTL %v): %v late",
+					rec.Ref, rec.Op, rec.Epoch, rec.At, rec.Lease, exp, ka.At, ka.TTL, rec.At-exp)
+			}
+		}
+	}
+	return nil
+}
+
+// checkL1 is checked at the end of a run, after the quiet period: the
+// store's epoch record is connected, its members are exactly the domains
+// that did not crash (each in its latest incarnation), and each of them
+// has delivered that epoch.
+func (w *World) checkL1() error {
+	var rec *proto.EpochRecord
+	if e := w.store.kvs[keys.Epoch(group)]; e != nil {
+		rec, _ = e.val.(*proto.EpochRecord)
+	}
+	var why []string
+	if rec == nil {
+		why = append(why, "no epoch record was ever written")
+	} else {
+		if rec.State != proto.Connected {
+			why = append(why, fmt.Sprintf("epoch %d is still quiescing", rec.Number))
+		}
+		for _, d := range w.domains {
+			if d.dead {
+				if m, ok := proto.Find(rec.Members, d.id); ok {
+					why = append(why, fmt.Sprintf("crashed domain %v is still a member", m.Ref()))
+				}
+				continue
+			}
+			ms := d.ms
+			switch {
+			case ms == nil:
+				why = append(why, fmt.Sprintf("domain %s never registered", d.id))
+			case ms.stopped:
+				why = append(why, fmt.Sprintf("domain %s's latest incarnation %v stopped (%v) and it has not joined again", d.id, ms.ref(), ms.m.Err()))
+			case !proto.Contains(rec.Members, ms.ref()):
+				why = append(why, fmt.Sprintf("live domain %v is not a member (phase %v)", ms.ref(), ms.m.Phase()))
+			case ms.delivered != rec.Number:
+				why = append(why, fmt.Sprintf("member %v has not delivered epoch %d (delivered %d, phase %v)", ms.ref(), rec.Number, ms.delivered, ms.m.Phase()))
+			}
+		}
+		for _, m := range rec.Members {
+			idx := slices.IndexFunc(w.domains, func(d *Domain) bool { return d.id == m.ID })
+			if idx < 0 || w.domains[idx].ms == nil || w.domains[idx].ms.inc != m.Incarnation {
+				why = append(why, fmt.Sprintf("member %v is not a domain's latest incarnation", m.Ref()))
+			}
+		}
+	}
+	if len(why) == 0 {
+		return nil
+	}
+	return fmt.Errorf("no progress within the bound: after %v of faults and %v quiet (bound %v): %s\nstore: %s\n%s",
+		w.cfg.Duration, w.cfg.Quiet, w.cfg.Bound(), strings.Join(why, "; "), fmtRecord(rec), w.describe())
+}
+
+// describe says where every node stands, for an L1 failure.
+func (w *World) describe() string {
+	var b strings.Builder
+	live := w.store.sortedKeys(keys.Groups(), "")
+	fmt.Fprintf(&b, "store keys at rev %d: %s\n", w.store.rev, strings.Join(live, " "))
+	for _, c := range w.coords {
+		fmt.Fprintf(&b, "%s: down=%v busy=%v backlog=%d", c.n.name, c.n.down, c.busy, len(c.backlog))
+		if cg := c.groups[group]; cg != nil {
+			dl, ok := cg.m.NextDeadline()
+			fmt.Fprintf(&b, " view rev %d %s; next deadline %v (%v) now %v", cg.view.EpochRevision, fmtRecord(cg.view.Epoch), dl, ok, c.now())
+		}
+		b.WriteByte('\n')
+	}
+	for _, d := range w.domains {
+		fmt.Fprintf(&b, "%s: dead=%v", d.id, d.dead)
+		if ms := d.ms; ms != nil {
+			cur, _ := ms.m.Current()
+			fmt.Fprintf(&b, " %v phase=%v current=%d delivered=%d acked=%d stopped=%v ops=%d", ms.ref(), ms.m.Phase(), cur, ms.delivered, ms.m.Acked(), ms.stopped, len(d.ops))
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

@@ -1,0 +1,192 @@
+package sim
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idc-dev/idc/proto"
+)
+
+// Hand-made histories that violate each guarantee, and near misses that do
+// not: a check that cannot fail is a defect.
+
+func mem(id string, inc uint64) proto.Member {
+	return proto.Member{ID: id, Incarnation: inc, TTL: 2 * time.Second}
+}
+
+func ref(id string, inc uint64) proto.Ref { return proto.Ref{ID: id, Incarnation: inc} }
+
+func epoch(at time.Duration, n uint64, st proto.State, members []proto.Member, prev []proto.Member) Rec {
+	r := &proto.EpochRecord{Group: group, Number: n, State: st, Mode: proto.ModeLease, Members: members}
+	if st == proto.Quiescing {
+		r.Prev, r.PrevNumber = prev, n-1
+	}
+	return Rec{Kind: HEpoch, At: at, Record: r, Rev: int64(n)*2 + 1}
+}
+
+// observe feeds recs one at a time, as the simulator does after each step.
+func observe(c Check, mode proto.Mode, recs ...Rec) error {
+	h := &History{Mode: mode}
+	for _, r := range recs {
+		h.add(r)
+		h.Now = r.At
+		if err := c.Observe(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestChecksFire(t *testing.T) {
+	a, b := mem("a", 1), mem("b", 1)
+	ab := []proto.Member{a, b}
+	s := time.Second
+	cases := []struct {
+		name  string
+		check func() Check
+		mode  proto.Mode
+		recs  []Rec
+		want  string // "" for no violation, else a substring of it
+	}{
+		{"G1 ok", func() Check { return &G1{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			epoch(2*s, 2, proto.Quiescing, ab, []proto.Member{a}),
+			epoch(3*s, 2, proto.Connected, ab, nil),
+			epoch(4*s, 3, proto.Quiescing, []proto.Member{a}, ab),
+			epoch(5*s, 4, proto.Quiescing, []proto.Member{b}, ab),
+			epoch(6*s, 4, proto.Connected, []proto.Member{b}, nil),
+		}, ""},
+		{"G1 decided twice", func() Check { return &G1{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			epoch(2*s, 2, proto.Quiescing, ab, []proto.Member{a}),
+			epoch(2*s, 2, proto.Quiescing, []proto.Member{b}, []proto.Member{a}),
+		}, "rise strictly"},
+		{"G1 same record twice", func() Check { return &G1{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+		}, "rise strictly"},
+		{"G1 goes back", func() Check { return &G1{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			epoch(2*s, 2, proto.Quiescing, ab, []proto.Member{a}),
+			epoch(2*s, 2, proto.Connected, ab, nil),
+			epoch(3*s, 1, proto.Connected, ab, nil),
+		}, "rise strictly"},
+		{"G1 connected other members", func() Check { return &G1{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			epoch(2*s, 2, proto.Quiescing, ab, []proto.Member{a}),
+			epoch(3*s, 2, proto.Connected, []proto.Member{b}, nil),
+		}, "decided quiescing as"},
+		{"G1 connected without quiescing", func() Check { return &G1{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			epoch(2*s, 2, proto.Connected, ab, nil),
+		}, "without having been quiescing"},
+
+		{"G3 ok: op ended before connect, joiner's op irrelevant", func() Check { return &G3{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			{Kind: HBegin, At: 1 * s, Ref: a.Ref(), Epoch: 1, Op: 7},
+			epoch(2*s, 2, proto.Quiescing, ab, []proto.Member{a}),
+			{Kind: HEnd, At: 2 * s, Ref: a.Ref(), Epoch: 1, Op: 7},
+			{Kind: HBegin, At: 2 * s, Ref: ref("b", 0), Epoch: 1, Op: 8}, // another incarnation
+			epoch(3*s, 2, proto.Connected, ab, nil),
+			{Kind: HBegin, At: 4 * s, Ref: a.Ref(), Epoch: 2, Op: 9},
+			{Kind: HKill, At: 5 * s, Ref: a.Ref(), Epoch: 2, Op: 9},
+			epoch(6*s, 3, proto.Quiescing, ab, ab),
+			epoch(6*s, 3, proto.Connected, ab, nil),
+		}, ""},
+		{"G3 op in progress", func() Check { return &G3{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, []proto.Member{a}, nil),
+			{Kind: HBegin, At: 1 * s, Ref: a.Ref(), Epoch: 1, Op: 7},
+			epoch(2*s, 2, proto.Quiescing, ab, []proto.Member{a}),
+			epoch(3*s, 2, proto.Connected, ab, nil),
+		}, "operation 7 of epoch 1 in progress"},
+
+		{"G4 ok", func() Check { return &G4{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, ab, nil),
+			{Kind: HIO, At: 1 * s, Ref: b.Ref(), Epoch: 1, Op: 1},
+			epoch(2*s, 2, proto.Quiescing, []proto.Member{a}, ab),
+			{Kind: HIO, At: 2 * s, Ref: b.Ref(), Epoch: 1, Op: 1},
+			epoch(3*s, 2, proto.Connected, []proto.Member{a}, nil),
+			{Kind: HIO, At: 4 * s, Ref: a.Ref(), Epoch: 2, Op: 2},
+		}, ""},
+		{"G4 departed member acts", func() Check { return &G4{} }, proto.ModeLease, []Rec{
+			epoch(1*s, 1, proto.Connected, ab, nil),
+			epoch(2*s, 2, proto.Quiescing, []proto.Member{a}, ab),
+			epoch(3*s, 2, proto.Connected, []proto.Member{a}, nil),
+			{Kind: HIO, At: 3*s + 1, Ref: b.Ref(), Epoch: 1, Op: 1},
+		}, "b/1 did I/O of epoch 1"},
+		{"G4 not in fence mode", func() Check { return &G4{} }, proto.ModeFence, []Rec{
+			epoch(1*s, 1, proto.Connected, ab, nil),
+			epoch(2*s, 2, proto.Quiescing, []proto.Member{a}, ab),
+			epoch(3*s, 2, proto.Connected, []proto.Member{a}, nil),
+			{Kind: HIO, At: 3*s + 1, Ref: b.Ref(), Epoch: 1, Op: 1},
+		}, ""},
+
+		{"G6 ok", func() Check { return &G6{} }, proto.ModeLease, []Rec{
+			{Kind: HGrant, At: 0, Lease: 5, TTL: 2 * s},
+			{Kind: HKeepAlive, At: 0, Lease: 5, TTL: 2 * s},
+			{Kind: HKeepAlive, At: 1 * s, Lease: 5, TTL: 2 * s},
+			{Kind: HIO, At: 3*s - 1, Ref: a.Ref(), Lease: 5, Epoch: 1, Op: 1},
+		}, ""},
+		{"G6 after nominal expiry", func() Check { return &G6{} }, proto.ModeLease, []Rec{
+			{Kind: HGrant, At: 0, Lease: 5, TTL: 2 * s},
+			{Kind: HKeepAlive, At: 1 * s, Lease: 5, TTL: 2 * s},
+			{Kind: HIO, At: 3 * s, Ref: a.Ref(), Lease: 5, Epoch: 1, Op: 1},
+		}, "nominally expired at 3s"},
+		{"G6 unknown lease", func() Check { return &G6{} }, proto.ModeLease, []Rec{
+			{Kind: HIO, At: 3 * s, Ref: a.Ref(), Lease: 6, Epoch: 1, Op: 1},
+		}, "never granted"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := observe(tc.check(), tc.mode, tc.recs...)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("false alarm: %v", err)
+			case tc.want != "" && err == nil:
+				t.Fatalf("violation not reported")
+			case tc.want != "" && !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("got %q, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestL1Fires: L1 fails when there is no connected epoch with every live
+// domain at the end — before anything ran, and after a quiet period far
+// too short for the group to settle.
+func TestL1Fires(t *testing.T) {
+	w := newWorld(Config{Seed: 1}.WithDefaults())
+	if err := w.checkL1(); err == nil || !strings.Contains(err.Error(), "no epoch record") {
+		t.Fatalf("L1 on an empty store: %v", err)
+	}
+	for seed := int64(1); seed <= 50; seed++ {
+		_, err := Run(Config{Seed: seed, Quiet: time.Millisecond})
+		var v *Violation
+		if errors.As(err, &v) && v.Guarantee == "L1" {
+			t.Logf("seed %d: L1 fails with a 1 ms quiet period: %s", seed, strings.SplitN(v.Detail, "\n", 2)[0])
+			return
+		}
+	}
+	t.Fatal("L1 never failed with a 1 ms quiet period")
+}
+
+// TestViolationError: a violation is an ErrViolation carrying its seed
+// and trace.
+func TestViolationError(t *testing.T) {
+	_, err := Run(Config{Seed: 1, Coordinators: 2, NoCAS: true})
+	var v *Violation
+	if !errors.Is(err, ErrViolation) || !errors.As(err, &v) {
+		t.Fatalf("want a violation, got %v", err)
+	}
+	if v.Seed != 1 || v.Trace == "" || !strings.Contains(err.Error(), "seed 1") {
+		t.Fatalf("violation lacks seed or trace: %+v", v)
+	}
+	if _, err := Run(Config{Domains: -1}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("bad config: %v", err)
+	}
+	if _, err := Run(Config{Mode: proto.ModeFence}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("fence mode: %v", err)
+	}
+}

@@ -1,0 +1,200 @@
+package sim
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/idc-dev/idc/proto"
+)
+
+// Kind is the kind of a history record.
+type Kind uint8
+
+const (
+	// HEpoch: the store committed an epoch record (Record, Rev).
+	HEpoch Kind = iota + 1
+	// HGrant: the store granted lease Lease with time to live TTL.
+	HGrant
+	// HKeepAlive: the store processed a keepalive of Lease (it now expires
+	// TTL after At).
+	HKeepAlive
+	// HBegin: operation Op of Ref began in Epoch.
+	HBegin
+	// HEnd: operation Op ended (the machine was told).
+	HEnd
+	// HKill: operation Op vanished with its crashed process.
+	HKill
+	// HIO: Ref did an I/O of Epoch under Lease, inside operation Op.
+	HIO
+	// HConnect: Ref's machine delivered (Connect) Epoch.
+	HConnect
+	// HFence: Ref stopped (fenced or left).
+	HFence
+)
+
+var kindNames = [...]string{HEpoch: "epoch", HGrant: "grant", HKeepAlive: "keepalive", HBegin: "begin",
+	HEnd: "end", HKill: "kill", HIO: "io", HConnect: "connect", HFence: "fence"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) && kindNames[k] != "" {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", int(k))
+}
+
+// Rec is one history record: what happened, at which global time. Only the
+// fields its Kind names are set. Later node kinds (channels, guards) add
+// kinds of their own.
+type Rec struct {
+	Kind   Kind
+	At     time.Duration
+	Ref    proto.Ref
+	Lease  int64
+	TTL    time.Duration
+	Epoch  uint64
+	Op     uint64
+	Record *proto.EpochRecord
+	Rev    int64
+	Note   string
+}
+
+func (r Rec) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v %s", r.At, r.Kind)
+	switch r.Kind {
+	case HEpoch:
+		fmt.Fprintf(&b, " rev=%d %s", r.Rev, fmtRecord(r.Record))
+	case HGrant, HKeepAlive:
+		fmt.Fprintf(&b, " lease=%d ttl=%v", r.Lease, r.TTL)
+	default:
+		fmt.Fprintf(&b, " %v lease=%d epoch=%d op=%d", r.Ref, r.Lease, r.Epoch, r.Op)
+	}
+	if r.Note != "" {
+		b.WriteString(" " + r.Note)
+	}
+	return b.String()
+}
+
+func fmtRecord(r *proto.EpochRecord) string {
+	if r == nil {
+		return "<nil>"
+	}
+	refs := func(ms []proto.Member) string {
+		s := make([]string, len(ms))
+		for i, m := range ms {
+			s[i] = m.Ref().String()
+		}
+		return "[" + strings.Join(s, " ") + "]"
+	}
+	out := fmt.Sprintf("#%d %s members=%s", r.Number, r.State, refs(r.Members))
+	if r.State == proto.Quiescing {
+		out += fmt.Sprintf(" prev#%d=%s", r.PrevNumber, refs(r.Prev))
+	}
+	if len(r.Excluded) > 0 {
+		out += " excluded=" + refs(r.Excluded)
+	}
+	return out
+}
+
+// History is what the simulator recorded, in order: what the checks read.
+// Records are numbered from 0; once every check has read them after a
+// step, the world forgets them (checks keep whatever state they need).
+type History struct {
+	recs []Rec // records base, base+1, …
+	base int
+	// Now is the global time of the step just taken.
+	Now time.Duration
+	// Mode is the group's mode (checks that only hold in lease mode look).
+	Mode proto.Mode
+}
+
+func (h *History) add(r Rec) { h.recs = append(h.recs, r) }
+
+// New returns the records after *seen (the number of records a check has
+// read so far) and advances it.
+func (h *History) New(seen *int) []Rec {
+	if *seen < h.base {
+		*seen = h.base
+	}
+	out := h.recs[*seen-h.base:]
+	*seen = h.base + len(h.recs)
+	return out
+}
+
+// forget drops the records every check has read.
+func (h *History) forget() {
+	h.base += len(h.recs)
+	clear(h.recs)
+	h.recs = h.recs[:0]
+}
+
+// trace keeps the last few steps for a violation report and a hash of all
+// of them for the determinism test.
+type trace struct {
+	ring []traceEntry
+	next int
+	full bool
+	hash uint64
+}
+
+type traceEntry struct {
+	at   time.Duration
+	node string
+	what string
+	a, b int64
+}
+
+const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
+
+func newTrace(n int) *trace { return &trace{ring: make([]traceEntry, n), hash: fnvOffset} }
+
+func (t *trace) mix(v uint64) {
+	for i := 0; i < 8; i++ {
+		t.hash ^= v & 0xff
+		t.hash *= fnvPrime
+		v >>= 8
+	}
+}
+
+func (t *trace) mixString(s string) {
+	for i := 0; i < len(s); i++ {
+		t.hash ^= uint64(s[i])
+		t.hash *= fnvPrime
+	}
+}
+
+func (t *trace) add(at time.Duration, node, what string, a, b int64) {
+	t.mix(uint64(at))
+	t.mixString(node)
+	t.mixString(what)
+	t.mix(uint64(a))
+	t.mix(uint64(b))
+	if len(t.ring) == 0 {
+		return
+	}
+	t.ring[t.next] = traceEntry{at, node, what, a, b}
+	t.next++
+	if t.next == len(t.ring) {
+		t.next, t.full = 0, true
+	}
+}
+
+// String returns the kept steps, oldest first.
+func (t *trace) String() string {
+	var b strings.Builder
+	n := t.next
+	start := 0
+	if t.full {
+		n, start = len(t.ring), t.next
+	}
+	for i := 0; i < n; i++ {
+		e := t.ring[(start+i)%len(t.ring)]
+		fmt.Fprintf(&b, "  %14v %-5s %s", e.at, e.node, e.what)
+		if e.a != 0 || e.b != 0 {
+			fmt.Fprintf(&b, " (%d, %d)", e.a, e.b)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}

@@ -1,0 +1,451 @@
+// Package sim is idc's deterministic simulator (issue 3). It runs the real
+// pure state machines — core/member.Machine and core/coordinator.Machine —
+// under a simulated store (a linearizable etcd with leases, transactions and
+// watches), network and clocks, in a single goroutine, with no real time and
+// no real I/O. One int64 seed decides everything through one PCG source:
+// message delays and losses, watch delays, clock rates, the workload, and
+// the nemesis (pauses, partitions, crashes, early lease revocation by the
+// store, coordinator crashes).
+//
+// After every step the checks (G1, G3, G4, G6; see check.go) read the
+// history; at the end of a run L1 is checked. A violation comes back as an
+// error that errors.Is ErrViolation, with the seed and the last steps.
+//
+// The world is generic: a node has an id, a clock, a generation (bumped on
+// restart) and a pause backlog; messages go to a node id and run a handler
+// there (network.send; World.call for store requests). Channels (G2) and
+// resource guards with fence acknowledgements (G5) are meant to be added as
+// further node kinds: a guard node watches the store like a member, writes
+// fence acks under groups/<g>/fenceacks/ (the coordinator view already
+// folds them in) and records the requests it applies in the history; a
+// channel is a message between domain nodes through network.send. Each
+// adds history record kinds and a Check of its own (DefaultChecks).
+//
+// Files: clock.go (event queue, local clocks), net.go (delays, loss,
+// partitions, store calls), store.go (the simulated etcd), domain.go and
+// work.go (member driver and application), coord.go and view.go
+// (coordinator driver), faults.go (nemesis), history.go (history, trace),
+// check.go (G1, G3, G4, G6, L1).
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/idc-dev/idc/core/coordinator"
+	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/proto"
+)
+
+// Config is one simulation run. Zero fields take the defaults documented
+// on each; Run validates the result.
+type Config struct {
+	// Seed decides everything.
+	Seed int64
+	// Domains is the number of domains (default 4).
+	Domains int
+	// Coordinators is the number of coordinators acting at once, 1 or 2
+	// (default: 1 or 2, decided by the seed). With two, both act, as with
+	// coordinator.Config.NoElection.
+	Coordinators int
+	// Mode is the group's mode (default lease; fence needs resource guards,
+	// which are not simulated yet).
+	Mode proto.Mode
+	// Duration is how long faults are injected (default 20 s); then Quiet
+	// (default Bound()) passes without faults before L1 is checked.
+	Duration, Quiet time.Duration
+	// TTL is the membership lease TTL (default 2 s) and Rho the clock-rate
+	// drift bound (default 0.01): each node's clock runs at a rate drawn
+	// from [1−Rho, 1+Rho].
+	TTL time.Duration
+	Rho float64
+	// MemberMargin (default 250 ms) and CoordinatorMargin (default 500 ms)
+	// are the lease safety margins, as in the real drivers' defaults.
+	MemberMargin, CoordinatorMargin time.Duration
+	// QuiesceTimeout is the coordinator's quiesce deadline (default 3 s).
+	QuiesceTimeout time.Duration
+	// OpTimeout bounds each store request of the drivers (default 1 s).
+	OpTimeout time.Duration
+	// RejoinDelay is the longest a fenced or departed domain waits before it
+	// joins again with a new incarnation (default 1 s).
+	RejoinDelay time.Duration
+	// MaxDelay is the longest a slow message takes (default 0.4·TTL).
+	MaxDelay time.Duration
+	// NoFaults turns the nemesis off (the workload still runs).
+	NoFaults bool
+	// TraceLen is how many of the last steps a violation shows (default 40).
+	TraceLen int
+
+	// Broken variants, for TestBrokenVariantsAreCaught only.
+	//
+	// CoordinatorMutation is passed to core/coordinator.Config.Mutation.
+	CoordinatorMutation coordinator.Mutation
+	// NoCAS makes the simulated coordinator driver ignore ExpectRevision
+	// (a plain put).
+	NoCAS bool
+	// ValidityFromReceipt makes the simulated member driver pass the time
+	// it received a renewal's answer, not the time it sent it, to Renewed.
+	ValidityFromReceipt bool
+}
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("sim: invalid config")
+
+// WithDefaults returns c with zero fields set to their defaults (Quiet and
+// Coordinators excepted: they depend on the rest and on the seed).
+func (c Config) WithDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.Domains == 0 {
+		c.Domains = 4
+	}
+	if c.Mode == "" {
+		c.Mode = proto.ModeLease
+	}
+	def(&c.Duration, 20*time.Second)
+	def(&c.TTL, 2*time.Second)
+	if c.Rho == 0 {
+		c.Rho = 0.01
+	}
+	def(&c.MemberMargin, 250*time.Millisecond)
+	def(&c.CoordinatorMargin, 500*time.Millisecond)
+	def(&c.QuiesceTimeout, 3*time.Second)
+	def(&c.OpTimeout, time.Second)
+	def(&c.RejoinDelay, time.Second)
+	def(&c.MaxDelay, c.TTL*2/5)
+	if c.TraceLen == 0 {
+		c.TraceLen = 40
+	}
+	return c
+}
+
+// Validate checks c after defaults.
+func (c Config) Validate() error {
+	switch {
+	case c.Domains < 1 || c.Domains > 64:
+		return fmt.Errorf("%w: %d domains (want 1..64)", ErrConfig, c.Domains)
+	case c.Coordinators < 0 || c.Coordinators > 2:
+		return fmt.Errorf("%w: %d coordinators (want 1 or 2, or 0 for the seed to decide)", ErrConfig, c.Coordinators)
+	case c.Mode != proto.ModeLease && c.Mode != proto.ModeBoth:
+		return fmt.Errorf("%w: mode %q: only lease (or both) can be simulated until resource guards exist", ErrConfig, c.Mode)
+	case c.Duration < 0 || c.Quiet < 0:
+		return fmt.Errorf("%w: negative duration", ErrConfig)
+	case c.MaxDelay <= 0 || c.OpTimeout <= 0 || c.RejoinDelay <= 0:
+		return fmt.Errorf("%w: delays and timeouts must be positive", ErrConfig)
+	case c.TraceLen < 0:
+		return fmt.Errorf("%w: negative trace length", ErrConfig)
+	}
+	if err := c.memberLease().Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if c.renewInterval() >= c.memberLease().Valid() {
+		return fmt.Errorf("%w: renew interval %v is not below the lease validity %v", ErrConfig, c.renewInterval(), c.memberLease().Valid())
+	}
+	if c.CoordinatorMargin < c.MemberMargin {
+		return fmt.Errorf("%w: coordinator margin %v below the members' %v", ErrConfig, c.CoordinatorMargin, c.MemberMargin)
+	}
+	return c.coordConfig().Validate()
+}
+
+func (c Config) memberLease() lease.Config {
+	return lease.Config{TTL: c.TTL, Rho: c.Rho, Margin: c.MemberMargin}
+}
+
+func (c Config) renewInterval() time.Duration { return c.TTL / 5 }
+
+func (c Config) coordConfig() coordinator.Config {
+	return coordinator.Config{
+		Group: group, Mode: c.Mode, QuiesceTimeout: c.QuiesceTimeout,
+		Rho: c.Rho, Margin: c.CoordinatorMargin, Mutation: c.CoordinatorMutation,
+	}.WithDefaults()
+}
+
+// Bound is the L1 bound for c (after defaults): once faults stop, a new
+// epoch with every live domain connects within detection (a lease TTL) +
+// the quiesce deadline + the coordinator's lease wait (TTL·(1+ρ)+margin by
+// a clock that may run slow) + the rejoin delay + the slowest message still
+// in flight + a store request timeout and the drivers' longest retry backoff
+// (1 s) + a few store round trips.
+func (c Config) Bound() time.Duration {
+	wait := lease.Config{TTL: c.TTL, Rho: c.Rho, Margin: c.CoordinatorMargin}.Wait()
+	wait = time.Duration(float64(wait) / (1 - c.Rho))
+	return c.TTL + c.QuiesceTimeout + wait + c.RejoinDelay + c.MaxDelay + c.OpTimeout + time.Second + 200*time.Millisecond
+}
+
+// group is the one group simulated (the machines support several; the
+// drivers keep per-group state where the real ones do).
+const group = "g"
+
+var keys = proto.Keys{}
+
+// Faults counts the faults injected in a run, by kind.
+type Faults struct {
+	Pauses, Partitions, SlowLinks, Crashes, EarlyRevocations, CoordinatorCrashes, FaultReports, Leaves int
+}
+
+// Total is the number of faults injected.
+func (f Faults) Total() int {
+	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves
+}
+
+// Result summarises a run.
+type Result struct {
+	Seed         int64
+	Coordinators int
+	// Steps is the number of events executed.
+	Steps int
+	// Epochs is the number of epochs that connected (store writes).
+	Epochs int
+	// IOs counts the I/Os done and Refused those the machine refused.
+	IOs, Refused int
+	Faults       Faults
+	// Simulated is the simulated time the run covered.
+	Simulated time.Duration
+	// TraceHash hashes every step of the run: same seed, same hash.
+	TraceHash uint64
+	// Violation is the first violation (nil if none); Run also returns it.
+	Violation error
+}
+
+// Run runs one simulation. It returns the first violation of a guarantee
+// as an error wrapping ErrViolation (see Violation), or a configuration
+// error wrapping ErrConfig.
+func Run(cfg Config) (Result, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Result{Seed: cfg.Seed}, err
+	}
+	w := newWorld(cfg)
+	w.run()
+	res := Result{
+		Seed: cfg.Seed, Coordinators: w.cfg.Coordinators, Steps: w.steps, Epochs: w.epochs,
+		IOs: w.ios, Refused: w.refused, Faults: w.faults, Simulated: w.now,
+		TraceHash: w.trace.hash, Violation: w.violation,
+	}
+	if w.violation != nil {
+		return res, w.violation
+	}
+	return res, nil
+}
+
+// node is the simulator's part of every node: its clock, its generation
+// (events for an older generation are dropped), whether it crashed, and
+// while it is paused the events it has not processed yet.
+type node struct {
+	id          NodeID
+	name        string
+	clock       clock
+	gen         uint64
+	down        bool // crashed (domains: for good; coordinators: until restart)
+	pausedUntil time.Duration
+	backlog     []*event
+	onResume    func()
+}
+
+// World is one simulation run.
+type World struct {
+	cfg     Config
+	rng     *rand.Rand
+	now     time.Duration
+	end     time.Duration
+	seq     uint64
+	q       queue
+	nodes   []*node
+	net     *network
+	store   *Store
+	coords  []*Coord
+	domains []*Domain
+	hist    *History
+	checks  []Check
+	trace   *trace
+	nextID  uint64 // ops, watches, incarnations
+
+	steps, epochs, ios, refused int
+	faults                      Faults
+	violation                   error
+}
+
+func newWorld(cfg Config) *World {
+	w := &World{
+		cfg:   cfg,
+		rng:   rand.New(rand.NewPCG(uint64(cfg.Seed), 0x1dc5eed)),
+		hist:  &History{Mode: cfg.Mode},
+		trace: newTrace(cfg.TraceLen),
+	}
+	if w.cfg.Coordinators == 0 {
+		w.cfg.Coordinators = 1 + w.rng.IntN(2)
+	}
+	if w.cfg.Quiet == 0 {
+		w.cfg.Quiet = w.cfg.Bound()
+	}
+	w.end = w.cfg.Duration + w.cfg.Quiet
+	w.addNode("world", clock{rate: 1})
+	w.addNode("store", clock{rate: 1})
+	w.net = newNetwork(w)
+	w.store = newStore(w)
+	w.checks = DefaultChecks()
+	for i := range w.cfg.Coordinators {
+		n := w.addNode(fmt.Sprintf("c%d", i+1), w.drawClock())
+		w.coords = append(w.coords, newCoord(w, n))
+	}
+	for i := range w.cfg.Domains {
+		n := w.addNode(fmt.Sprintf("d%d", i+1), w.drawClock())
+		w.domains = append(w.domains, newDomain(w, n, fmt.Sprintf("d%d", i+1)))
+	}
+	return w
+}
+
+func (w *World) addNode(name string, c clock) *node {
+	n := &node{id: NodeID(len(w.nodes)), name: name, clock: c}
+	w.nodes = append(w.nodes, n)
+	return n
+}
+
+// drawClock draws a node's clock: a rate in [1−ρ, 1+ρ] (often at either
+// end, where bugs live) and an arbitrary offset.
+func (w *World) drawClock() clock {
+	rho := w.cfg.Rho
+	var rate float64
+	switch w.rng.IntN(4) {
+	case 0:
+		rate = 1 - rho
+	case 1:
+		rate = 1 + rho
+	default:
+		rate = 1 - rho + 2*rho*w.rng.Float64()
+	}
+	return clock{rate: rate, offset: time.Duration(w.rng.Int64N(int64(1000 * time.Second)))}
+}
+
+// faulty reports whether faults are still being injected.
+func (w *World) faulty() bool { return !w.cfg.NoFaults && w.now < w.cfg.Duration }
+
+// uniform draws a duration in [lo, hi].
+func (w *World) uniform(lo, hi time.Duration) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	return lo + time.Duration(w.rng.Int64N(int64(hi-lo)+1))
+}
+
+func (w *World) chance(p float64) bool { return w.rng.Float64() < p }
+
+func (w *World) id() uint64 { w.nextID++; return w.nextID }
+
+// after schedules fn on node n, d of global time from now. Setting the
+// event's off field cancels it.
+func (w *World) after(n NodeID, d time.Duration, what string, a, b int64, fn func()) *event {
+	w.seq++
+	ev := &event{at: w.now + d, seq: w.seq, node: n, gen: w.nodes[n].gen, what: what, a: a, b: b, fn: fn}
+	w.q.push(ev)
+	return ev
+}
+
+// afterLocal schedules fn on node n once n's local clock has advanced by d.
+func (w *World) afterLocal(n NodeID, d time.Duration, what string, a, b int64, fn func()) *event {
+	return w.after(n, w.nodes[n].clock.globalDelay(d), what, a, b, fn)
+}
+
+// note adds a step of its own to the trace (for rare, interesting things).
+func (w *World) note(n NodeID, format string, args ...any) {
+	w.trace.add(w.now, w.nodes[n].name, fmt.Sprintf(format, args...), 0, 0)
+}
+
+func (w *World) run() {
+	w.store.start()
+	for _, c := range w.coords {
+		c.start()
+	}
+	for _, d := range w.domains {
+		d.start()
+	}
+	w.startNemesis()
+	for len(w.q) > 0 && w.violation == nil {
+		ev := w.q.pop()
+		if ev.at > w.end {
+			break
+		}
+		w.now = ev.at
+		w.exec(ev)
+	}
+	if w.violation == nil {
+		w.now = w.end
+		if err := w.checkL1(); err != nil {
+			w.fail("L1", err.Error())
+		}
+	}
+}
+
+// exec runs one event: dropped if its node crashed or restarted since,
+// held back while its node is paused.
+func (w *World) exec(ev *event) {
+	n := w.nodes[ev.node]
+	if ev.off || n.down || n.gen != ev.gen {
+		return
+	}
+	if n.pausedUntil > w.now {
+		n.backlog = append(n.backlog, ev)
+		return
+	}
+	w.steps++
+	w.hist.Now = w.now
+	w.trace.add(w.now, n.name, ev.what, ev.a, ev.b)
+	ev.fn()
+	w.check()
+}
+
+// check runs every check on the history after a step.
+func (w *World) check() {
+	if w.violation != nil {
+		return
+	}
+	for _, c := range w.checks {
+		if err := c.Observe(w.hist); err != nil {
+			w.fail(c.Name(), err.Error())
+			return
+		}
+	}
+	w.hist.forget()
+}
+
+func (w *World) fail(guarantee, detail string) {
+	if w.violation != nil {
+		return
+	}
+	w.violation = &Violation{Guarantee: guarantee, At: w.now, Detail: detail, Seed: w.cfg.Seed, Trace: w.trace.String()}
+}
+
+// pause stops node n from processing anything until global time until;
+// then it Ticks (onResume) and works off its backlog in order.
+func (w *World) pause(n *node, until time.Duration) {
+	if n.pausedUntil > w.now || n.down {
+		return
+	}
+	n.pausedUntil = until
+	gen := n.gen
+	w.after(worldNode, until-w.now, "resume "+n.name, 0, 0, func() {
+		if n.gen != gen || n.down {
+			return
+		}
+		n.pausedUntil = 0
+		backlog := n.backlog
+		n.backlog = nil
+		if n.onResume != nil {
+			w.steps++
+			w.trace.add(w.now, n.name, "resumed: tick", int64(len(backlog)), 0)
+			n.onResume()
+			w.check()
+		}
+		for _, ev := range backlog {
+			if w.violation != nil {
+				return
+			}
+			w.exec(ev)
+		}
+	})
+}

@@ -1,0 +1,341 @@
+package sim
+
+import (
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/idc-dev/idc/proto"
+)
+
+// Store is a simulated etcd: a linearizable key-value store with a global
+// revision, per-key create and mod revisions, leases (keys attached to a
+// lease are deleted when it expires or is revoked), transactions with
+// compares on mod and create revision, delete-range, and prefix watches that
+// deliver every event in revision order to each watcher after a delay of
+// its own. It runs on the store node with the global clock; requests reach
+// it through the network (see World.call).
+type Store struct {
+	w      *World
+	rev    int64
+	kvs    map[string]*kv
+	leases map[int64]*slease
+	nextID int64
+	// watchers in registration order.
+	watchers []*watcher
+}
+
+type kv struct {
+	val         any
+	create, mod int64
+	lease       int64
+}
+
+type slease struct {
+	id       int64
+	ttl      time.Duration
+	expireAt time.Duration
+	keys     map[string]struct{}
+}
+
+// Event is one key change delivered by a watch.
+type Event struct {
+	Key    string
+	Val    any // nil for a deletion
+	Del    bool
+	Mod    int64
+	Create int64
+}
+
+type watcher struct {
+	id     uint64
+	node   NodeID
+	key    string
+	prefix bool
+	lastAt time.Duration // FIFO per watcher
+	fn     func(evs []Event, rev int64)
+}
+
+// ErrLeaseNotFound is the store's answer for a lease it does not have.
+var ErrLeaseNotFound = errors.New("etcdserver: requested lease not found")
+
+func newStore(w *World) *Store {
+	return &Store{w: w, kvs: map[string]*kv{}, leases: map[int64]*slease{}, nextID: 0x6f00}
+}
+
+func (s *Store) start() {}
+
+// Grant grants a lease of ttl.
+func (s *Store) Grant(ttl time.Duration) int64 {
+	s.nextID++
+	l := &slease{id: s.nextID, ttl: ttl, keys: map[string]struct{}{}}
+	s.leases[l.id] = l
+	s.w.hist.add(Rec{Kind: HGrant, At: s.w.now, Lease: l.id, TTL: ttl})
+	s.keepAlive(l)
+	return l.id
+}
+
+// KeepAlive renews lease id; false if the store does not have it.
+func (s *Store) KeepAlive(id int64) bool {
+	l, ok := s.leases[id]
+	if ok {
+		s.keepAlive(l)
+	}
+	return ok
+}
+
+func (s *Store) keepAlive(l *slease) {
+	w := s.w
+	w.hist.add(Rec{Kind: HKeepAlive, At: w.now, Lease: l.id, TTL: l.ttl})
+	pending := l.expireAt > w.now
+	l.expireAt = w.now + l.ttl
+	if !pending {
+		s.expireLater(l)
+	}
+}
+
+// expireLater keeps one pending expiry event per lease, moved forward
+// when keepalives have pushed the expiry back.
+func (s *Store) expireLater(l *slease) {
+	w := s.w
+	w.after(storeNode, l.expireAt-w.now, "lease expires?", l.id, 0, func() {
+		switch {
+		case s.leases[l.id] != l:
+		case l.expireAt > w.now:
+			s.expireLater(l)
+		default:
+			s.revoke(l, "expired")
+		}
+	})
+}
+
+// Revoke revokes lease id, deleting its keys; false if it did not exist.
+func (s *Store) Revoke(id int64) bool {
+	l, ok := s.leases[id]
+	if ok {
+		s.revoke(l, "revoked")
+	}
+	return ok
+}
+
+func (s *Store) revoke(l *slease, why string) {
+	delete(s.leases, l.id)
+	s.w.note(storeNode, "lease %d %s", l.id, why)
+	var ops []Op
+	for _, k := range slices.Sorted(maps.Keys(l.keys)) {
+		ops = append(ops, Op{Kind: OpDelete, Key: k})
+	}
+	s.apply(ops)
+}
+
+// leaseLive reports whether the store has lease id.
+func (s *Store) leaseLive(id int64) bool { _, ok := s.leases[id]; return ok }
+
+// OpKind is the kind of a transaction operation.
+type OpKind uint8
+
+const (
+	OpPut OpKind = iota
+	OpDelete
+	// OpDeleteRange deletes every key in [Key, End).
+	OpDeleteRange
+	OpGet
+)
+
+// Op is one operation of a transaction.
+type Op struct {
+	Kind  OpKind
+	Key   string
+	End   string
+	Val   any
+	Lease int64
+}
+
+// Cmp is one compare of a transaction: the key's mod revision (or create
+// revision, if Create) equals Rev; an absent key has revision 0.
+type Cmp struct {
+	Key    string
+	Create bool
+	Rev    int64
+}
+
+// TxnResp is a transaction's answer.
+type TxnResp struct {
+	Err       error
+	Succeeded bool
+	// Got is the value an OpGet read (nil if absent).
+	Got any
+	Rev int64
+}
+
+// Txn runs a transaction: if every compare holds, then, else els.
+func (s *Store) Txn(cmps []Cmp, then, els []Op) TxnResp {
+	ok := true
+	for _, c := range cmps {
+		var rev int64
+		if e := s.kvs[c.Key]; e != nil {
+			rev = e.mod
+			if c.Create {
+				rev = e.create
+			}
+		}
+		if rev != c.Rev {
+			ok = false
+			break
+		}
+	}
+	ops := then
+	if !ok {
+		ops = els
+	}
+	for _, o := range ops {
+		if o.Kind == OpPut && o.Lease != 0 && !s.leaseLive(o.Lease) {
+			return TxnResp{Err: ErrLeaseNotFound, Rev: s.rev}
+		}
+	}
+	resp := TxnResp{Succeeded: ok}
+	for _, o := range ops {
+		if o.Kind == OpGet {
+			if e := s.kvs[o.Key]; e != nil {
+				resp.Got = e.val
+			}
+		}
+	}
+	s.apply(ops)
+	resp.Rev = s.rev
+	return resp
+}
+
+// Put writes key (under lease, if not 0).
+func (s *Store) Put(key string, val any, lease int64) error {
+	return s.Txn(nil, []Op{{Kind: OpPut, Key: key, Val: val, Lease: lease}}, nil).Err
+}
+
+// apply carries out the writes of ops as one revision and notifies the
+// watchers.
+func (s *Store) apply(ops []Op) {
+	w := s.w
+	var evs []Event
+	rev := s.rev + 1
+	del := func(k string) {
+		e := s.kvs[k]
+		if e == nil {
+			return
+		}
+		if l := s.leases[e.lease]; l != nil {
+			delete(l.keys, k)
+		}
+		delete(s.kvs, k)
+		evs = append(evs, Event{Key: k, Del: true, Mod: rev, Create: e.create})
+	}
+	for _, o := range ops {
+		switch o.Kind {
+		case OpPut:
+			e := s.kvs[o.Key]
+			if e == nil {
+				e = &kv{create: rev}
+				s.kvs[o.Key] = e
+			} else if l := s.leases[e.lease]; l != nil && e.lease != o.Lease {
+				delete(l.keys, o.Key)
+			}
+			e.val, e.mod, e.lease = o.Val, rev, o.Lease
+			if l := s.leases[o.Lease]; l != nil {
+				l.keys[o.Key] = struct{}{}
+			}
+			evs = append(evs, Event{Key: o.Key, Val: o.Val, Mod: rev, Create: e.create})
+		case OpDelete:
+			del(o.Key)
+		case OpDeleteRange:
+			for _, k := range s.sortedKeys(o.Key, o.End) {
+				del(k)
+			}
+		}
+	}
+	if len(evs) == 0 {
+		return
+	}
+	s.rev = rev
+	for _, ev := range evs {
+		if rec, ok := ev.Val.(*proto.EpochRecord); ok && !ev.Del {
+			w.hist.add(Rec{Kind: HEpoch, At: w.now, Record: rec, Rev: rev})
+			w.note(storeNode, "epoch written rev %d: %s", rev, fmtRecord(rec))
+			if rec.State == proto.Connected {
+				w.epochs++
+			}
+		}
+	}
+	for _, wt := range s.watchers {
+		var mine []Event
+		for _, ev := range evs {
+			if ev.Key == wt.key || wt.prefix && strings.HasPrefix(ev.Key, wt.key) {
+				mine = append(mine, ev)
+			}
+		}
+		if len(mine) > 0 {
+			s.deliver(wt, mine, rev)
+		}
+	}
+}
+
+// deliver sends a watch response to its watcher after a delay of its own,
+// never before an earlier one (etcd's watch streams are FIFO), held back
+// while the watcher's node is cut off (the client resumes the watch from
+// its last revision once it reconnects).
+func (s *Store) deliver(wt *watcher, evs []Event, rev int64) {
+	w := s.w
+	at := w.now + w.net.delay(storeNode, wt.node)
+	if end := w.net.partitioned[wt.node]; end > w.now {
+		at = max(at, end+w.net.delay(storeNode, wt.node))
+	}
+	at = max(at, wt.lastAt)
+	wt.lastAt = at
+	w.after(wt.node, at-w.now, "watch event", rev, int64(len(evs)), func() { wt.fn(evs, rev) })
+}
+
+// sortedKeys returns the keys in [from, to), sorted; to == "" means every
+// key with prefix from.
+func (s *Store) sortedKeys(from, to string) []string {
+	var out []string
+	for k := range s.kvs {
+		if to == "" && strings.HasPrefix(k, from) || to != "" && k >= from && k < to {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// List returns every key with prefix and the revision, and registers a
+// watch on the prefix from the next revision (one store step: no gap).
+func (s *Store) List(prefix string, wt *watcher) ([]Event, int64) {
+	var out []Event
+	for _, k := range s.sortedKeys(prefix, "") {
+		e := s.kvs[k]
+		out = append(out, Event{Key: k, Val: e.val, Mod: e.mod, Create: e.create})
+	}
+	s.watch(wt)
+	return out, s.rev
+}
+
+// watch registers wt, replacing any earlier watcher with the same id.
+func (s *Store) watch(wt *watcher) {
+	for i, o := range s.watchers {
+		if o.id == wt.id {
+			s.watchers[i] = wt
+			return
+		}
+	}
+	s.watchers = append(s.watchers, wt)
+}
+
+// unwatch drops every watcher of node n (its process ended).
+func (s *Store) unwatch(n NodeID) {
+	s.watchers = slices.DeleteFunc(s.watchers, func(wt *watcher) bool { return wt.node == n })
+}
+
+// cancelWatch drops the watcher with id.
+func (s *Store) cancelWatch(id uint64) {
+	s.watchers = slices.DeleteFunc(s.watchers, func(wt *watcher) bool { return wt.id == id })
+}
