@@ -23,8 +23,9 @@
 //
 // Files: clock.go (event queue, local clocks), net.go (delays, loss,
 // partitions, store calls), store.go (the simulated etcd), domain.go and
-// work.go (member driver and application), coord.go and view.go
-// (coordinator driver), faults.go (nemesis), history.go (history, trace),
+// work.go (member driver and application), coord.go (coordinator driver;
+// its views are folded by core/coordinator.View.Fold, as the real
+// driver's), faults.go (nemesis), history.go (history, trace),
 // check.go (G1, G3, G4, G6, L1).
 package sim
 
