@@ -184,7 +184,7 @@ func Summarize(v *core.View, rev int64) Group {
 			for _, m := range rec.Departed() {
 				add(m, RoleDeparted)
 			}
-			if rec.Mode.UsesFence() && len(rec.Departed()) > 0 {
+			if rec.Mode.UsesFence() { // every change is fenced
 				for _, r := range v.Resources {
 					if !v.FenceAcks[rec.Number][r] {
 						g.PendingFenceAcks = append(g.PendingFenceAcks, r)

@@ -469,8 +469,12 @@ func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 			return false
 		}
 	}
+	// Fence modes fence every change, not only those with departed
+	// members: a survivor's request of the old epoch may still be in the
+	// network after its operation ended and it acknowledged (the spin
+	// model's finding F1, model/README.md).
 	departed := rec.Departed()
-	if m.cfg.Mode.UsesFence() && len(departed) > 0 && !v.fenced(rec.Number) {
+	if m.cfg.Mode.UsesFence() && !v.fenced(rec.Number) {
 		return false
 	}
 	if m.cfg.Mode.UsesLease() {

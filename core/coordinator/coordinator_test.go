@@ -446,7 +446,7 @@ func (d *driver) action(t *testing.T, td *datadriven.TestData, a Action) string 
 				}
 			}
 			departed := cur.Departed()
-			if d.cfg.Mode.UsesFence() && len(departed) > 0 {
+			if d.cfg.Mode.UsesFence() { // every change (model finding F1)
 				for _, r := range given.Resources {
 					if !given.FenceAcks[cur.Number][r] {
 						bad("G4: connects %d without %s's fence ack", cur.Number, r)
