@@ -81,3 +81,42 @@ func BenchmarkDecodeEpoch(b *testing.B) {
 		})
 	}
 }
+
+// TestSetOperations checks Survivors, Departed and SameMembers on sorted
+// lists (the merge) and unsorted ones (the general path) alike.
+func TestSetOperations(t *testing.T) {
+	m := func(id string, inc uint64) Member { return Member{ID: id, Incarnation: inc} }
+	a1, b2, b3, c3, d4 := m("a", 1), m("b", 2), m("b", 3), m("c", 3), m("d", 4)
+	for _, tc := range []struct {
+		name               string
+		members, prev      []Member
+		survivors, departd []string
+		same               bool
+	}{
+		{"join", []Member{a1, b2, c3}, []Member{a1, b2}, []string{"a/1", "b/2"}, nil, false},
+		{"leave", []Member{a1}, []Member{a1, b2}, []string{"a/1"}, []string{"b/2"}, false},
+		{"new incarnation", []Member{a1, b3}, []Member{a1, b2}, []string{"a/1"}, []string{"b/2"}, false},
+		{"same", []Member{a1, b2, d4}, []Member{a1, b2, d4}, []string{"a/1", "b/2", "d/4"}, nil, true},
+		{"disjoint", []Member{c3, d4}, []Member{a1, b2}, nil, []string{"a/1", "b/2"}, false},
+		{"unsorted", []Member{d4, a1, b2}, []Member{b2, c3, a1}, []string{"a/1", "b/2"}, []string{"c/3"}, false},
+		{"unsorted same", []Member{d4, a1}, []Member{a1, d4}, []string{"d/4", "a/1"}, nil, true},
+	} {
+		r := &EpochRecord{Members: tc.members, Prev: tc.prev}
+		refs := func(ms []Member) []string {
+			var out []string
+			for _, m := range ms {
+				out = append(out, fmt.Sprintf("%s/%d", m.ID, m.Incarnation))
+			}
+			return out
+		}
+		if got := refs(r.Survivors()); !reflect.DeepEqual(got, tc.survivors) {
+			t.Errorf("%s: survivors %v, want %v", tc.name, got, tc.survivors)
+		}
+		if got := refs(r.Departed()); !reflect.DeepEqual(got, tc.departd) {
+			t.Errorf("%s: departed %v, want %v", tc.name, got, tc.departd)
+		}
+		if got := SameMembers(tc.members, tc.prev); got != tc.same {
+			t.Errorf("%s: same %v, want %v", tc.name, got, tc.same)
+		}
+	}
+}

@@ -129,14 +129,7 @@ func (r *EpochRecord) Survivors() []Member {
 	if len(r.Prev) == 0 {
 		return nil
 	}
-	prev := Set(r.Prev)
-	var out []Member
-	for _, m := range r.Members {
-		if prev.Has(m.Ref()) {
-			out = append(out, m)
-		}
-	}
-	return out
+	return intersect(r.Members, r.Prev, true)
 }
 
 // Departed returns the members of the last connected epoch that are not
@@ -146,20 +139,59 @@ func (r *EpochRecord) Departed() []Member {
 	if len(r.Prev) == 0 {
 		return nil
 	}
-	cur := Set(r.Members)
+	return intersect(r.Prev, r.Members, false)
+}
+
+// intersect returns the members of a whose incarnation is (in true) or is
+// not (in false) in b, in a's order. Records keep their lists sorted by ID,
+// which makes this a merge without allocating a set; other lists take the
+// general path.
+func intersect(a, b []Member, in bool) []Member {
 	var out []Member
-	for _, m := range r.Prev {
-		if !cur.Has(m.Ref()) {
+	if !sortedByID(a) || !sortedByID(b) {
+		bs := Set(b)
+		for _, m := range a {
+			if bs.Has(m.Ref()) == in {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	j := 0
+	for _, m := range a {
+		for j < len(b) && b[j].ID < m.ID {
+			j++
+		}
+		found := j < len(b) && b[j].ID == m.ID && b[j].Incarnation == m.Incarnation
+		if found == in {
 			out = append(out, m)
 		}
 	}
 	return out
 }
 
+// sortedByID reports whether ms is sorted by ID, without repeated IDs.
+func sortedByID(ms []Member) bool {
+	for i := 1; i < len(ms); i++ {
+		if ms[i-1].ID >= ms[i].ID {
+			return false
+		}
+	}
+	return true
+}
+
 // SameMembers reports whether a and b name the same incarnations.
 func SameMembers(a, b []Member) bool {
 	if len(a) != len(b) {
 		return false
+	}
+	if sortedByID(a) && sortedByID(b) {
+		for i := range a {
+			if a[i].ID != b[i].ID || a[i].Incarnation != b[i].Incarnation {
+				return false
+			}
+		}
+		return true
 	}
 	bs := Set(b)
 	for _, m := range a {

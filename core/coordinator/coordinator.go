@@ -297,9 +297,8 @@ func (m *Machine) step() {
 	}
 
 	drop := m.dropped(rec)
-	desired := m.liveMembers(drop)
-	if !proto.SameMembers(desired, rec.Members) {
-		m.change(rec, desired, drop)
+	if !m.asDesired(rec, drop) {
+		m.change(rec, m.liveMembers(drop), drop)
 		return
 	}
 	if rec.State == proto.Connected {
@@ -375,6 +374,27 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 		}
 	}
 	return drop
+}
+
+// asDesired reports whether rec's members are exactly the live member
+// records not in drop: the check every view update makes, so it neither
+// sorts nor allocates.
+func (m *Machine) asDesired(rec *proto.EpochRecord, drop map[proto.Ref]string) bool {
+	n := 0
+	for _, lm := range m.view.Live {
+		if _, ok := drop[lm.Ref()]; !ok {
+			n++
+		}
+	}
+	if n != len(rec.Members) {
+		return false
+	}
+	for _, mem := range rec.Members {
+		if _, ok := drop[mem.Ref()]; ok || !m.view.live(mem.Ref()) {
+			return false
+		}
+	}
+	return true
 }
 
 // liveMembers returns the live member records not in drop, sorted by ID.
