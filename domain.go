@@ -204,8 +204,8 @@ func (d *Domain) watchEpoch(ctx context.Context) (clientv3.WatchChan, error) {
 }
 
 func (d *Domain) observe(val []byte) {
-	var rec proto.EpochRecord
-	if err := json.Unmarshal(val, &rec); err != nil {
+	rec, err := proto.DecodeEpoch(val)
+	if err != nil {
 		d.log.Warn("ignoring malformed epoch record", "err", err)
 		return
 	}

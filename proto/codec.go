@@ -73,9 +73,25 @@ func compact(ms []Member) json.RawMessage {
 	return append(b, ']')
 }
 
+// DecodeEpoch decodes an epoch record as the store holds it (either form).
+// It is json.Unmarshal without encoding/json's validation pass over the
+// whole value when the value is in the store form: the members' hot path.
+func DecodeEpoch(data []byte) (EpochRecord, error) {
+	if rec, ok := decodeStoreForm(data); ok {
+		return rec, nil
+	}
+	var rec EpochRecord
+	err := json.Unmarshal(data, &rec)
+	return rec, err
+}
+
 // UnmarshalJSON reads an epoch record in its store form or in the verbose
 // form json.Marshal gives.
 func (r *EpochRecord) UnmarshalJSON(data []byte) error {
+	if rec, ok := decodeStoreForm(data); ok {
+		*r = rec
+		return nil
+	}
 	var w epochWire
 	if err := json.Unmarshal(data, &w); err != nil {
 		return err
@@ -126,16 +142,19 @@ func members(raw json.RawMessage) ([]Member, error) {
 }
 
 func parseMember(s string) (Member, error) {
-	f := strings.Split(s, "/")
-	if len(f) != 5 {
+	id, rest, ok1 := strings.Cut(s, "/")
+	incS, rest, ok2 := strings.Cut(rest, "/")
+	leaseS, rest, ok3 := strings.Cut(rest, "/")
+	ttlS, prioS, ok4 := strings.Cut(rest, "/")
+	if !ok1 || !ok2 || !ok3 || !ok4 || strings.Contains(prioS, "/") {
 		return Member{}, fmt.Errorf("bad member %q: want id/incarnation/lease/ttl/priority", s)
 	}
-	inc, err1 := strconv.ParseUint(f[1], 16, 64)
-	lease, err2 := strconv.ParseUint(f[2], 16, 64)
-	ttl, err3 := strconv.ParseInt(f[3], 10, 64)
-	prio, err4 := strconv.Atoi(f[4])
-	if f[0] == "" || err1 != nil || err2 != nil || err3 != nil || err4 != nil {
+	inc, err1 := strconv.ParseUint(incS, 16, 64)
+	lease, err2 := strconv.ParseUint(leaseS, 16, 64)
+	ttl, err3 := strconv.ParseInt(ttlS, 10, 64)
+	prio, err4 := strconv.Atoi(prioS)
+	if id == "" || err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return Member{}, fmt.Errorf("bad member %q", s)
 	}
-	return Member{ID: f[0], Incarnation: inc, Lease: int64(lease), TTL: time.Duration(ttl) * time.Millisecond, Priority: prio}, nil
+	return Member{ID: id, Incarnation: inc, Lease: int64(lease), TTL: time.Duration(ttl) * time.Millisecond, Priority: prio}, nil
 }

@@ -26,6 +26,10 @@ func TestEpochCodecRoundTrip(t *testing.T) {
 			if err := json.Unmarshal(enc, &got); err != nil {
 				t.Fatalf("%s form: %v\n%s", name, err, enc)
 			}
+			direct, err := DecodeEpoch(enc)
+			if err != nil || !reflect.DeepEqual(direct, got) {
+				t.Fatalf("%s form: DecodeEpoch gives %+v, %v; json.Unmarshal %+v", name, direct, err, got)
+			}
 			want := tc
 			if len(want.Members) == 0 { // both forms keep an empty member list empty
 				want.Members, got.Members = nil, nil
@@ -56,6 +60,9 @@ func TestEpochCodecRejectsBadMembers(t *testing.T) {
 		if err := json.Unmarshal([]byte(bad), &r); err == nil {
 			t.Errorf("%s: decoded as %+v, want an error", bad, r)
 		}
+		if r, err := DecodeEpoch([]byte(bad)); err == nil {
+			t.Errorf("%s: DecodeEpoch gives %+v, want an error", bad, r)
+		}
 	}
 }
 
@@ -73,8 +80,7 @@ func BenchmarkDecodeEpoch(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(len(enc)))
 			for b.Loop() {
-				var r EpochRecord
-				if err := json.Unmarshal(enc, &r); err != nil {
+				if _, err := DecodeEpoch(enc); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -117,6 +123,26 @@ func TestSetOperations(t *testing.T) {
 		}
 		if got := SameMembers(tc.members, tc.prev); got != tc.same {
 			t.Errorf("%s: same %v, want %v", tc.name, got, tc.same)
+		}
+	}
+}
+
+// TestDecodeEpochOddInputs: escapes in the reason, whitespace, nulls and
+// unknown fields all decode as encoding/json decodes them.
+func TestDecodeEpochOddInputs(t *testing.T) {
+	for _, in := range []string{
+		`{"group":"g","number":2,"state":"connected","mode":"lease","members":["a/1/2/3/0"],"reason":"a said \"hi\"\n\u00e9"}`,
+		`{ "group" : "g", "number" : 2, "members" : [ "a/1/2/3/0" ] }`,
+		`{"group":"g","number":2,"members":null,"prev":null}`,
+		`{"group":"g","number":2,"members":[],"extra":{"x":[1,2]}}`,
+		`{"number":07}`,
+		`{}`,
+	} {
+		var want EpochRecord
+		wantErr := json.Unmarshal([]byte(in), &want)
+		got, err := DecodeEpoch([]byte(in))
+		if (err != nil) != (wantErr != nil) || err == nil && !reflect.DeepEqual(got, want) {
+			t.Errorf("%s:\n DecodeEpoch %+v, %v\nencoding/json %+v, %v", in, got, err, want, wantErr)
 		}
 	}
 }

@@ -70,11 +70,11 @@ client (one store round) and reports the ratio of the medians.`,
 func writeBenchTable(w io.Writer, results []bench.Result) {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "members\tepoch ms (p50)\tp90\tfrom trigger ms (p50)\tstore round ms (p50)\tepoch / round\tfrom trigger / round\t")
+	fmt.Fprintln(tw, "members\tepoch ms (p50)\tp90\tfrom trigger ms (p50)\tstore round ms (p50)\tfloor ms (p50)\tepoch / round\tfrom trigger / round\tfrom trigger / floor\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%.1f×\t%.1f×\t\n", r.Members,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%.1f×\t%.1f×\t%.1f×\t\n", r.Members,
 			ms(bench.Median(r.Epoch)), ms(bench.Percentile(r.Epoch, 90)), ms(bench.Median(r.FromTrigger)),
-			ms(bench.Median(r.Baseline)), r.Ratio(), r.TriggerRatio())
+			ms(bench.Median(r.Baseline)), ms(bench.Median(r.Floor)), r.Ratio(), r.TriggerRatio(), r.FloorRatio())
 	}
 	tw.Flush()
 }

@@ -34,7 +34,11 @@ func Decode(kind string, value []byte) any {
 	}
 	switch kind {
 	case proto.KindEpoch:
-		return into(&proto.EpochRecord{})
+		rec, err := proto.DecodeEpoch(value)
+		if err != nil {
+			return nil
+		}
+		return &rec
 	case proto.KindMembers:
 		return deref[proto.Member](into(&proto.Member{}))
 	case proto.KindAcks:

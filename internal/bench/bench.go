@@ -55,6 +55,9 @@ type Result struct {
 	FromTrigger []time.Duration `json:"from_trigger_ns"`
 	// Baseline: one Put and its watch notification at another client.
 	Baseline []time.Duration `json:"baseline_ns"`
+	// Floor: the store work of one epoch change done with raw etcd calls
+	// on the members' own clients (see floor): the protocol's floor.
+	Floor []time.Duration `json:"floor_ns"`
 }
 
 // Median returns the median of ds.
@@ -81,6 +84,12 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 // Ratio is the median epoch change over the median store round.
 func (r Result) Ratio() float64 {
 	return float64(Median(r.Epoch)) / float64(Median(r.Baseline))
+}
+
+// FloorRatio is the median time from the trigger's commit over the median
+// floor: what idc adds to the store work the protocol needs.
+func (r Result) FloorRatio() float64 {
+	return float64(Median(r.FromTrigger)) / float64(Median(r.Floor))
 }
 
 // TriggerRatio is the median time from the trigger's commit over the
@@ -173,6 +182,7 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 			d.Close()
 		}
 	}()
+	var memberClients []*clientv3.Client
 	for i := range o.Members {
 		cli, err := newClient()
 		if err != nil {
@@ -183,8 +193,17 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 			return res, err
 		}
 		ds = append(ds, d)
+		memberClients = append(memberClients, cli)
 	}
 	if err := tr.wait(ctx, ds, o.Members); err != nil {
+		return res, err
+	}
+	o.say("floor: %d × the store work of an epoch change with raw etcd calls on the members' clients", o.Reps)
+	jcli, err := newClient()
+	if err != nil {
+		return res, err
+	}
+	if res.Floor, err = floor(ctx, ccli, memberClients, jcli, o.Reps); err != nil {
 		return res, err
 	}
 	// The observer: when each new member's record is committed.
@@ -249,11 +268,12 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 type epochs struct {
 	mu      sync.Mutex
 	latest  map[*idc.Domain]*idc.Epoch
+	size    map[*idc.Domain]int // members of latest, counted once
 	changed chan struct{}
 }
 
 func newEpochs() *epochs {
-	return &epochs{latest: map[*idc.Domain]*idc.Epoch{}, changed: make(chan struct{})}
+	return &epochs{latest: map[*idc.Domain]*idc.Epoch{}, size: map[*idc.Domain]int{}, changed: make(chan struct{})}
 }
 
 // follow records d's epochs until d stops.
@@ -264,8 +284,9 @@ func (t *epochs) follow(ctx context.Context, d *idc.Domain) {
 			if err != nil {
 				return
 			}
+			n := len(ep.Members())
 			t.mu.Lock()
-			t.latest[d] = ep
+			t.latest[d], t.size[d] = ep, n
 			close(t.changed)
 			t.changed = make(chan struct{})
 			t.mu.Unlock()
@@ -284,7 +305,7 @@ func (t *epochs) wait(ctx context.Context, ds []*idc.Domain, n int) error {
 		ok := true
 		for _, d := range ds {
 			ep := t.latest[d]
-			if ep == nil || ep.Context().Err() != nil || len(ep.Members()) != n || num != 0 && ep.Number() != num {
+			if ep == nil || ep.Context().Err() != nil || t.size[d] != n || num != 0 && ep.Number() != num {
 				ok = false
 				break
 			}

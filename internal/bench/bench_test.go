@@ -26,6 +26,8 @@ func BenchmarkEpochChange(b *testing.B) {
 				b.ReportMetric(res.Ratio(), "x-store-round")
 				b.ReportMetric(float64(Median(res.FromTrigger).Microseconds())/1000, "ms/from-trigger")
 				b.ReportMetric(res.TriggerRatio(), "x-from-trigger")
+				b.ReportMetric(float64(Median(res.Floor).Microseconds())/1000, "ms/floor")
+				b.ReportMetric(res.FloorRatio(), "x-floor")
 				b.ReportMetric(0, "ns/op")
 			})
 		}
@@ -41,18 +43,23 @@ func TestEpochChangeMeasures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Epoch) != 3 || len(res.FromTrigger) != 3 || len(res.Baseline) != 5 {
-		t.Fatalf("got %d epoch and %d baseline samples", len(res.Epoch), len(res.Baseline))
+	if len(res.Epoch) != 3 || len(res.FromTrigger) != 3 || len(res.Baseline) != 5 || len(res.Floor) != 3 {
+		t.Fatalf("got %d epoch, %d baseline and %d floor samples", len(res.Epoch), len(res.Baseline), len(res.Floor))
 	}
 	for i, d := range res.Epoch {
 		if d <= 0 || res.FromTrigger[i] <= 0 || res.FromTrigger[i] > d {
 			t.Fatalf("sample %d: epoch %v, from trigger %v", i, d, res.FromTrigger[i])
 		}
 	}
-	for _, d := range res.Baseline {
+	for _, d := range append(res.Baseline, res.Floor...) {
 		if d <= 0 {
-			t.Fatalf("non-positive baseline sample %v", d)
+			t.Fatalf("non-positive baseline or floor sample %v", d)
 		}
 	}
-	t.Logf("epoch %v, store round %v, ratio %.1f", Median(res.Epoch), Median(res.Baseline), res.Ratio())
+	// The floor is three store writes in sequence, each with its
+	// notification: it cannot be cheaper than one store round.
+	if Median(res.Floor) < Median(res.Baseline) {
+		t.Errorf("floor %v below one store round %v", Median(res.Floor), Median(res.Baseline))
+	}
+	t.Logf("epoch %v, store round %v, ratio %.1f; floor %v, from trigger / floor %.1f", Median(res.Epoch), Median(res.Baseline), res.Ratio(), Median(res.Floor), res.FloorRatio())
 }
