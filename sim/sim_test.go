@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -74,9 +75,10 @@ func TestSimulation(t *testing.T) {
 		n = defaultSeeds()
 	}
 	deadline := time.Time{}
+	last := *flagFirst + int64(n)
 	if *flagSoak > 0 {
 		deadline = time.Now().Add(*flagSoak)
-		n = int(^uint(0) >> 1)
+		last = math.MaxInt64 // until the deadline
 	}
 	start := time.Now()
 	var (
@@ -88,7 +90,6 @@ func TestSimulation(t *testing.T) {
 		fseed  int64 = -1
 	)
 	next.Store(*flagFirst)
-	last := *flagFirst + int64(n)
 	var wg sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)

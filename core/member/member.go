@@ -256,10 +256,19 @@ func (m *Machine) End(e uint64) {
 
 // Renewed records that the store answered a lease grant or renewal sent at
 // sentAt (local monotonic time).
+//
+// A renewal sent at or after the deadline fences instead: the lease may
+// have lapsed before it was sent (even if no Tick said so in between), and
+// a membership never resumes once that may have happened (G6, DESIGN §5).
 func (m *Machine) Renewed(sentAt time.Duration) {
-	if !m.stopped() {
-		m.lease.Renewed(sentAt)
+	if m.stopped() {
+		return
 	}
+	if dl, ok := m.lease.Deadline(); ok && sentAt >= dl {
+		m.fence(fmt.Errorf("%w: %w: renewal sent at %v, not before the deadline %v", proto.ErrFenced, proto.ErrLeaseExpired, sentAt, dl))
+		return
+	}
+	m.lease.Renewed(sentAt)
 }
 
 // LeaseLost records that the store said the lease no longer exists.
