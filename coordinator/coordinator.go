@@ -46,6 +46,10 @@ type Config struct {
 	// least the values the members use.
 	Rho         float64
 	LeaseMargin time.Duration
+	// Damping holds back domains that keep departing (core/coordinator
+	// Damping: by default 3 departures within 1 min hold a domain's next
+	// incarnation back for 15 s).
+	Damping core.Damping
 	// Name identifies this candidate in the election (default host:pid).
 	Name string
 	// ElectionTTL is the TTL of the election session, which bounds how long
@@ -119,7 +123,7 @@ func (c Config) validate() error {
 func (c Config) machineConfig(group string) core.Config {
 	return core.Config{
 		Group: group, Mode: c.Mode, QuiesceTimeout: c.QuiesceTimeout,
-		Rho: c.Rho, Margin: c.LeaseMargin,
+		Rho: c.Rho, Margin: c.LeaseMargin, Damping: c.Damping,
 	}.WithDefaults()
 }
 

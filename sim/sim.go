@@ -69,6 +69,10 @@ type Config struct {
 	QuiesceTimeout time.Duration
 	// OpTimeout bounds each store request of the drivers (default 1 s).
 	OpTimeout time.Duration
+	// Damping is the coordinators' flap damping (default: 3 departures in
+	// 1 min hold a domain back for 3 s, shorter than the real default of
+	// 15 s so that runs stay short; the L1 bound includes the hold).
+	Damping coordinator.Damping
 	// RejoinDelay is the longest a fenced or departed domain waits before it
 	// joins again with a new incarnation (default 1 s).
 	RejoinDelay time.Duration
@@ -118,6 +122,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.QuiesceTimeout, 3*time.Second)
 	def(&c.OpTimeout, time.Second)
 	def(&c.RejoinDelay, time.Second)
+	def(&c.Damping.Hold, 3*time.Second)
 	def(&c.MaxDelay, c.TTL*2/5)
 	if c.TraceLen == 0 {
 		c.TraceLen = 40
@@ -163,19 +168,22 @@ func (c Config) coordConfig() coordinator.Config {
 	return coordinator.Config{
 		Group: group, Mode: c.Mode, QuiesceTimeout: c.QuiesceTimeout,
 		Rho: c.Rho, Margin: c.CoordinatorMargin, Mutation: c.CoordinatorMutation,
+		Damping: c.Damping,
 	}.WithDefaults()
 }
 
 // Bound is the L1 bound for c (after defaults): once faults stop, a new
 // epoch with every live domain connects within detection (a lease TTL) +
 // the quiesce deadline + the coordinator's lease wait (TTL·(1+ρ)+margin by
-// a clock that may run slow) + the rejoin delay + the slowest message still
+// a clock that may run slow) + the flap damping hold (by a slow clock too) +
+// the rejoin delay + the slowest message still
 // in flight + a store request timeout and the drivers' longest retry backoff
 // (1 s) + a few store round trips.
 func (c Config) Bound() time.Duration {
 	wait := lease.Config{TTL: c.TTL, Rho: c.Rho, Margin: c.CoordinatorMargin}.Wait()
 	wait = time.Duration(float64(wait) / (1 - c.Rho))
-	return c.TTL + c.QuiesceTimeout + wait + c.RejoinDelay + c.MaxDelay + c.OpTimeout + time.Second + 200*time.Millisecond
+	hold := time.Duration(float64(c.coordConfig().Damping.Hold) / (1 - c.Rho))
+	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + time.Second + 200*time.Millisecond
 }
 
 // group is the one group simulated (the machines support several; the

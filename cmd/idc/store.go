@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc/coordinator"
+	core "github.com/idc-dev/idc/core/coordinator"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +23,8 @@ func newStoreCmd(g *globals) *cobra.Command {
 	var (
 		dataDir, clientURL, peerURL, mode, name, metricsAddr string
 		noCoord                                              bool
-		quiesce, margin                                      time.Duration
+		quiesce, margin, flapWindow, flapHold                time.Duration
+		flapDrops                                            int
 		rho                                                  float64
 	)
 	cmd := &cobra.Command{
@@ -81,6 +83,7 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 			err = coordinator.Run(ctx, coordinator.Config{
 				Client: cli, Keys: proto.Keys{Prefix: g.prefix}, Mode: proto.Mode(mode),
 				QuiesceTimeout: quiesce, Rho: rho, LeaseMargin: margin, Name: name, Logger: log, Metrics: reg,
+				Damping: core.Damping{Drops: flapDrops, Window: flapWindow, Hold: flapHold},
 			})
 			if errors.Is(err, context.Canceled) {
 				return nil
@@ -98,6 +101,9 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 	f.Float64Var(&rho, "rho", coordinator.DefaultRho, "clock-rate drift bound ρ")
 	f.DurationVar(&margin, "lease-margin", coordinator.DefaultLeaseMargin, "safety margin added to the wait for a departed member")
 	f.StringVar(&name, "name", "", "this coordinator candidate's name (default host:pid)")
+	f.IntVar(&flapDrops, "flap-drops", core.DefaultFlapDrops, "departures within --flap-window that make a domain flap (negative: no damping)")
+	f.DurationVar(&flapWindow, "flap-window", core.DefaultFlapWindow, "window in which departures are counted for flap damping")
+	f.DurationVar(&flapHold, "flap-hold", core.DefaultFlapHold, "how long a flapping domain is held back from admission after its last departure")
 	f.StringVar(&metricsAddr, "metrics-listen", "", "serve the coordinator's Prometheus metrics at this host:port under /metrics (default: off)")
 	return cmd
 }

@@ -41,6 +41,9 @@ type Config struct {
 	Margin time.Duration
 	// Policy is topology determination (default DropSuspect).
 	Policy Policy
+	// Damping holds back domains that keep departing (defaults in
+	// Damping).
+	Damping Damping
 	// Mutation deliberately breaks the machine, for verification only
 	// (see Mutation). Zero is the correct machine.
 	Mutation Mutation
@@ -57,6 +60,7 @@ func (c Config) WithDefaults() Config {
 	if c.Policy == nil {
 		c.Policy = DropSuspect{}
 	}
+	c.Damping = c.Damping.withDefaults()
 	return c
 }
 
@@ -71,6 +75,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: drift bound ρ=%v must be in [0, 0.5)", ErrConfig, c.Rho)
 	case c.Margin < 0:
 		return fmt.Errorf("%w: margin %v must not be negative", ErrConfig, c.Margin)
+	case c.Damping.Window < 0 || c.Damping.Hold < 0:
+		return fmt.Errorf("%w: damping window %v and hold %v must not be negative", ErrConfig, c.Damping.Window, c.Damping.Hold)
 	}
 	return proto.CheckName("group", c.Group)
 }
@@ -122,6 +128,8 @@ type Machine struct {
 	// goneAt is when each departed or excluded incarnation was seen gone.
 	goneAt   map[proto.Ref]time.Duration
 	revoking map[proto.Ref]bool
+	// damp is the flapping history (Config.Damping).
+	damp *damper
 	// highest is the highest epoch number seen in a record: a record that
 	// vanished or went below it is waited on, never decided past (G1).
 	highest uint64
@@ -137,6 +145,7 @@ func New(cfg Config) *Machine {
 		view:     NewView(cfg.Group),
 		goneAt:   map[proto.Ref]time.Duration{},
 		revoking: map[proto.Ref]bool{},
+		damp:     newDamper(cfg.Damping),
 	}
 }
 
@@ -236,6 +245,13 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 		consider(m.retryAt)
 	}
 	rec := m.view.Epoch
+	if rec != nil && !m.stale() {
+		for _, lm := range m.view.Live {
+			if until, held := m.held(rec, lm); held {
+				consider(until)
+			}
+		}
+	}
 	if rec == nil || rec.State != proto.Quiescing || m.stale() {
 		return next, found
 	}
@@ -279,7 +295,7 @@ func (m *Machine) step() {
 	}
 	if rec == nil {
 		if len(v.Live) > 0 {
-			ms := m.liveMembers(nil)
+			ms := m.liveMembers(nil, nil)
 			m.write(proto.EpochRecord{
 				Group: m.cfg.Group, Number: 1, State: proto.Connected, Mode: m.cfg.Mode,
 				Members: ms, Reason: "formed by " + strings.Join(proto.IDs(ms), ", "),
@@ -289,6 +305,11 @@ func (m *Machine) step() {
 	}
 	if rec.State == proto.Quiescing && m.quiescing != rec.Number {
 		m.quiescing, m.quiescingAt = rec.Number, m.now
+		for _, d := range rec.Departed() {
+			if !v.left(d.Ref()) {
+				m.damp.departed(d.Ref(), m.now)
+			}
+		}
 	}
 	for _, d := range append(rec.Departed(), rec.Excluded...) {
 		if !v.live(d.Ref()) {
@@ -298,7 +319,7 @@ func (m *Machine) step() {
 
 	drop := m.dropped(rec)
 	if !m.asDesired(rec, drop) {
-		m.change(rec, m.liveMembers(drop), drop)
+		m.change(rec, m.liveMembers(rec, drop), drop)
 		return
 	}
 	if rec.State == proto.Connected {
@@ -376,14 +397,25 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 	return drop
 }
 
+// held reports whether live member lm, not a member of rec, is held back
+// from admission for flapping (Config.Damping), and until when.
+func (m *Machine) held(rec *proto.EpochRecord, lm proto.Member) (time.Duration, bool) {
+	if proto.Contains(rec.Members, lm.Ref()) {
+		return 0, false
+	}
+	return m.damp.heldUntil(lm.ID, m.now)
+}
+
 // asDesired reports whether rec's members are exactly the live member
-// records not in drop: the check every view update makes, so it neither
-// sorts nor allocates.
+// records not in drop and not held back: the check every view update makes,
+// so it neither sorts nor allocates.
 func (m *Machine) asDesired(rec *proto.EpochRecord, drop map[proto.Ref]string) bool {
 	n := 0
 	for _, lm := range m.view.Live {
 		if _, ok := drop[lm.Ref()]; !ok {
-			n++
+			if _, held := m.held(rec, lm); !held {
+				n++
+			}
 		}
 	}
 	if n != len(rec.Members) {
@@ -397,13 +429,20 @@ func (m *Machine) asDesired(rec *proto.EpochRecord, drop map[proto.Ref]string) b
 	return true
 }
 
-// liveMembers returns the live member records not in drop, sorted by ID.
-func (m *Machine) liveMembers(drop map[proto.Ref]string) []proto.Member {
+// liveMembers returns the live member records not in drop, sorted by ID
+// (with rec: and not held back; rec is nil when forming the first epoch).
+func (m *Machine) liveMembers(rec *proto.EpochRecord, drop map[proto.Ref]string) []proto.Member {
 	var out []proto.Member
 	for _, lm := range m.view.Live {
-		if _, ok := drop[lm.Ref()]; !ok {
-			out = append(out, lm)
+		if _, ok := drop[lm.Ref()]; ok {
+			continue
 		}
+		if rec != nil {
+			if _, held := m.held(rec, lm); held {
+				continue
+			}
+		}
+		out = append(out, lm)
 	}
 	return proto.SortMembers(out)
 }
