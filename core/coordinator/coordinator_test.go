@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/datadriven"
 
 	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/internal/scripttest"
 	"github.com/idc-dev/idc/proto"
 )
 
@@ -108,8 +109,8 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			td.ScanArgs(t, "mode", &s)
 			d.cfg.Mode = proto.Mode(s)
 		}
-		d.cfg.QuiesceTimeout = durArg(t, td, "quiesce", d.cfg.QuiesceTimeout)
-		d.cfg.Margin = durArg(t, td, "margin", d.cfg.Margin)
+		d.cfg.QuiesceTimeout = scripttest.Dur(t, td, "quiesce", d.cfg.QuiesceTimeout)
+		d.cfg.Margin = scripttest.Dur(t, td, "margin", d.cfg.Margin)
 		if td.HasArg("rho") {
 			var s string
 			td.ScanArgs(t, "rho", &s)
@@ -134,7 +135,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			d.cfg.Group, d.cfg.Mode, d.cfg.QuiesceTimeout, d.wait(proto.Member{TTL: 2 * time.Second})))
 	case "live":
 		machine = false
-		ttl := durArg(t, td, "ttl", 2*time.Second)
+		ttl := scripttest.Dur(t, td, "ttl", 2*time.Second)
 		prio := 0
 		td.MaybeScanArgs(t, "prio", &prio)
 		for _, a := range td.CmdArgs {
@@ -184,14 +185,14 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		}
 	case "record":
 		machine = false
-		rec := &proto.EpochRecord{Group: d.cfg.Group, Number: uintArg(t, td, "n"), Mode: d.cfg.Mode}
+		rec := &proto.EpochRecord{Group: d.cfg.Group, Number: scripttest.Uint(t, td, "n"), Mode: d.cfg.Mode}
 		var state string
 		td.ScanArgs(t, "state", &state)
 		rec.State = proto.State(state)
 		if rec.State != proto.Quiescing && rec.State != proto.Connected {
 			td.Fatalf(t, "bad state %q", state)
 		}
-		rec.Members = d.membersArg(t, td, "members")
+		rec.Members = scripttest.MembersArg(t, td, "members", d.complete)
 		if td.HasArg("prev") {
 			var s string
 			td.ScanArgs(t, "prev", &s)
@@ -200,10 +201,10 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			if !ok || err != nil {
 				td.Fatalf(t, "prev=%q: want N:a/1,b/2", s)
 			}
-			rec.PrevNumber, rec.Prev = n, d.parseMembers(t, td, ms)
+			rec.PrevNumber, rec.Prev = n, scripttest.Members(t, td, ms, d.complete)
 		}
-		rec.Excluded = d.membersArg(t, td, "excluded")
-		rev := int64(uintArg(t, td, "rev"))
+		rec.Excluded = scripttest.MembersArg(t, td, "excluded", d.complete)
+		rev := int64(scripttest.Uint(t, td, "rev"))
 		d.setRecord(rec, rev)
 		d.last = nil // a write in flight would now fail its compare
 	case "delete-record":
@@ -212,7 +213,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		d.last = nil
 	case "ack":
 		machine = false
-		e := uintArg(t, td, "e")
+		e := scripttest.Uint(t, td, "e")
 		for _, a := range td.CmdArgs {
 			if a.Key == "e" {
 				continue
@@ -225,7 +226,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		}
 	case "fault":
 		machine = false
-		e := uintArg(t, td, "e")
+		e := scripttest.Uint(t, td, "e")
 		for _, a := range td.CmdArgs {
 			if a.Key == "e" {
 				continue
@@ -260,7 +261,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		}
 	case "fenceack":
 		machine = false
-		e := uintArg(t, td, "e")
+		e := scripttest.Uint(t, td, "e")
 		for _, a := range td.CmdArgs {
 			if a.Key == "e" {
 				continue
@@ -273,7 +274,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 	case "update":
 		d.update(d.nowArg(t, td, "now"))
 	case "tick":
-		now := durArg(t, td, "now", -1)
+		now := scripttest.Dur(t, td, "now", -1)
 		d.advance(now)
 		d.m.Tick(now)
 	case "write-ok":
@@ -287,7 +288,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		}
 		rev := d.view.EpochRevision + 1
 		if td.HasArg("rev") {
-			rev = int64(uintArg(t, td, "rev"))
+			rev = int64(scripttest.Uint(t, td, "rev"))
 		}
 		if rev <= d.view.EpochRevision {
 			td.Fatalf(t, "write-ok rev=%d: revisions rise (store at %d)", rev, d.view.EpochRevision)
@@ -320,7 +321,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		d.advance(now)
 		d.m.WriteFailed(now)
 	case "revoked":
-		at := durArg(t, td, "at", -1)
+		at := scripttest.Dur(t, td, "at", -1)
 		r := d.refArg(t, td)
 		// The store answered: the lease and the records under it are gone.
 		if lm, ok := d.view.Live[r.ID]; ok && lm.Incarnation == r.Incarnation {
@@ -483,12 +484,12 @@ func (d *driver) action(t *testing.T, td *datadriven.TestData, a Action) string 
 
 func fmtWrite(w WriteEpoch) string {
 	r := w.Record
-	s := fmt.Sprintf("WriteEpoch n=%d %s members=%s", r.Number, r.State, fmtMembers(r.Members))
+	s := fmt.Sprintf("WriteEpoch n=%d %s members=%s", r.Number, r.State, scripttest.FmtMembers(r.Members))
 	if r.PrevNumber != 0 || len(r.Prev) != 0 {
-		s += fmt.Sprintf(" prev=%d:%s", r.PrevNumber, fmtMembers(r.Prev))
+		s += fmt.Sprintf(" prev=%d:%s", r.PrevNumber, scripttest.FmtMembers(r.Prev))
 	}
 	if len(r.Excluded) != 0 {
-		s += " excluded=" + fmtMembers(r.Excluded)
+		s += " excluded=" + scripttest.FmtMembers(r.Excluded)
 	}
 	s += fmt.Sprintf(" expect-rev=%d", w.ExpectRevision)
 	if c := w.Cleanup; c != nil {
@@ -548,7 +549,7 @@ func copyView(v View) View {
 }
 
 func (d *driver) nowArg(t *testing.T, td *datadriven.TestData, key string) time.Duration {
-	return durArg(t, td, key, d.clock)
+	return scripttest.Dur(t, td, key, d.clock)
 }
 
 func (d *driver) refArg(t *testing.T, td *datadriven.TestData) proto.Ref {
@@ -562,71 +563,17 @@ func (d *driver) refArg(t *testing.T, td *datadriven.TestData) proto.Ref {
 	return proto.Ref{}
 }
 
+// parseRef reads id/incarnation.
 func parseRef(t *testing.T, td *datadriven.TestData, s string) (string, uint64) {
-	id, inc, ok := strings.Cut(s, "/")
-	n, err := strconv.ParseUint(inc, 10, 64)
-	if !ok || err != nil || id == "" {
-		td.Fatalf(t, "member %q: want id/incarnation", s)
-	}
-	return id, n
+	r := scripttest.Ref(t, td, s)
+	return r.ID, r.Incarnation
 }
 
-func (d *driver) membersArg(t *testing.T, td *datadriven.TestData, key string) []proto.Member {
-	if !td.HasArg(key) {
-		return nil
+// complete fills in a member the script names: TTL and priority from the
+// live command that created it (default ttl=2s).
+func (d *driver) complete(r proto.Ref) proto.Member {
+	if mem, ok := d.reg[r]; ok {
+		return mem
 	}
-	var s string
-	td.ScanArgs(t, key, &s)
-	return d.parseMembers(t, td, s)
-}
-
-// parseMembers reads a/1,b/2, taking TTL and priority from the members the
-// script created (default ttl=2s).
-func (d *driver) parseMembers(t *testing.T, td *datadriven.TestData, s string) []proto.Member {
-	var out []proto.Member
-	for _, f := range strings.Split(s, ",") {
-		if f == "" {
-			continue
-		}
-		id, inc := parseRef(t, td, f)
-		mem, ok := d.reg[proto.Ref{ID: id, Incarnation: inc}]
-		if !ok {
-			mem = proto.Member{ID: id, Incarnation: inc, TTL: 2 * time.Second}
-		}
-		out = append(out, mem)
-	}
-	return proto.SortMembers(out)
-}
-
-func fmtMembers(ms []proto.Member) string {
-	if len(ms) == 0 {
-		return "none"
-	}
-	var s []string
-	for _, m := range ms {
-		s = append(s, fmt.Sprintf("%s/%d", m.ID, m.Incarnation))
-	}
-	return strings.Join(s, ",")
-}
-
-func durArg(t *testing.T, td *datadriven.TestData, key string, def time.Duration) time.Duration {
-	if !td.HasArg(key) {
-		if def < 0 {
-			td.Fatalf(t, "%s: missing %s=", td.Cmd, key)
-		}
-		return def
-	}
-	var s string
-	td.ScanArgs(t, key, &s)
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		td.Fatalf(t, "%s=%q: %v", key, s, err)
-	}
-	return v
-}
-
-func uintArg(t *testing.T, td *datadriven.TestData, key string) uint64 {
-	var v uint64
-	td.ScanArgs(t, key, &v)
-	return v
+	return proto.Member{ID: r.ID, Incarnation: r.Incarnation, TTL: 2 * time.Second}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/datadriven"
 
 	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/internal/scripttest"
 	"github.com/idc-dev/idc/proto"
 )
 
@@ -67,8 +68,8 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		td.MaybeScanArgs(t, "group", &d.cfg.Group)
 		td.MaybeScanArgs(t, "id", &d.cfg.ID)
 		td.MaybeScanArgs(t, "inc", &d.cfg.Incarnation)
-		d.cfg.Lease.TTL = durArg(t, td, "ttl", d.cfg.Lease.TTL)
-		d.cfg.Lease.Margin = durArg(t, td, "margin", 0)
+		d.cfg.Lease.TTL = scripttest.Dur(t, td, "ttl", d.cfg.Lease.TTL)
+		d.cfg.Lease.Margin = scripttest.Dur(t, td, "margin", 0)
 		if td.HasArg("rho") {
 			var s string
 			td.ScanArgs(t, "rho", &s)
@@ -86,11 +87,11 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		out = append(out, fmt.Sprintf("member %s/%d of %s; lease valid %v after each answered send",
 			d.cfg.ID, d.cfg.Incarnation, d.cfg.Group, d.cfg.Lease.Valid()))
 	case "renewed":
-		d.m.Renewed(durArg(t, td, "sent", -1))
+		d.m.Renewed(scripttest.Dur(t, td, "sent", -1))
 	case "observe":
 		d.m.Observe(d.record(t, td))
 	case "begin":
-		e := uintArg(t, td, "e")
+		e := scripttest.Uint(t, td, "e")
 		err := d.m.Begin(e)
 		if err == nil {
 			d.epochs[e] = true
@@ -99,7 +100,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			out = append(out, fmt.Sprintf("err is=%s: %v", kinds(err), err))
 		}
 	case "end":
-		e := uintArg(t, td, "e")
+		e := scripttest.Uint(t, td, "e")
 		func() {
 			defer func() {
 				if r := recover(); r != nil {
@@ -109,7 +110,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			d.m.End(e)
 		}()
 	case "tick":
-		d.m.Tick(durArg(t, td, "now", -1))
+		d.m.Tick(scripttest.Dur(t, td, "now", -1))
 	case "leave":
 		d.m.Leave()
 	case "lease-lost":
@@ -121,7 +122,7 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			out = append(out, "err none")
 		}
 		cur, ms := d.m.Current()
-		out = append(out, fmt.Sprintf("current e=%d members=%s", cur, fmtMembers(ms)))
+		out = append(out, fmt.Sprintf("current e=%d members=%s", cur, scripttest.FmtMembers(ms)))
 	default:
 		td.Fatalf(t, "unknown command %q", td.Cmd)
 	}
@@ -156,7 +157,7 @@ func (d *driver) fmtAction(t *testing.T, td *datadriven.TestData, a Action) stri
 		if !proto.Contains(a.Members, proto.Ref{ID: d.cfg.ID, Incarnation: d.cfg.Incarnation}) {
 			t.Errorf("%s: %+v does not name this member", td.Pos, a)
 		}
-		return fmt.Sprintf("Connect e=%d members=%s", a.Epoch, fmtMembers(a.Members))
+		return fmt.Sprintf("Connect e=%d members=%s", a.Epoch, scripttest.FmtMembers(a.Members))
 	case Disconnect:
 		return fmt.Sprintf("Disconnect e=%d", a.Epoch)
 	case WriteAck:
@@ -215,7 +216,7 @@ func (d *driver) status() string {
 }
 
 func (d *driver) record(t *testing.T, td *datadriven.TestData) *proto.EpochRecord {
-	rec := &proto.EpochRecord{Group: d.cfg.Group, Number: uintArg(t, td, "n"), Mode: proto.ModeLease}
+	rec := &proto.EpochRecord{Group: d.cfg.Group, Number: scripttest.Uint(t, td, "n"), Mode: proto.ModeLease}
 	td.MaybeScanArgs(t, "group", &rec.Group)
 	var state string
 	td.ScanArgs(t, "state", &state)
@@ -225,7 +226,7 @@ func (d *driver) record(t *testing.T, td *datadriven.TestData) *proto.EpochRecor
 	default:
 		td.Fatalf(t, "bad state %q", state)
 	}
-	rec.Members = membersArg(t, td, "members")
+	rec.Members = scripttest.MembersArg(t, td, "members", nil)
 	if td.HasArg("prev") {
 		var s string
 		td.ScanArgs(t, "prev", &s)
@@ -234,68 +235,10 @@ func (d *driver) record(t *testing.T, td *datadriven.TestData) *proto.EpochRecor
 		if !ok || err != nil {
 			td.Fatalf(t, "prev=%q: want N:a/1,b/2", s)
 		}
-		rec.PrevNumber, rec.Prev = n, parseMembers(t, td, ms)
+		rec.PrevNumber, rec.Prev = n, scripttest.Members(t, td, ms, nil)
 	}
-	rec.Excluded = membersArg(t, td, "excluded")
+	rec.Excluded = scripttest.MembersArg(t, td, "excluded", nil)
 	return rec
-}
-
-func membersArg(t *testing.T, td *datadriven.TestData, key string) []proto.Member {
-	if !td.HasArg(key) {
-		return nil
-	}
-	var s string
-	td.ScanArgs(t, key, &s)
-	return parseMembers(t, td, s)
-}
-
-func parseMembers(t *testing.T, td *datadriven.TestData, s string) []proto.Member {
-	var out []proto.Member
-	for _, f := range strings.Split(s, ",") {
-		if f == "" {
-			continue
-		}
-		id, inc, ok := strings.Cut(f, "/")
-		n, err := strconv.ParseUint(inc, 10, 64)
-		if !ok || err != nil {
-			td.Fatalf(t, "member %q: want id/incarnation", f)
-		}
-		out = append(out, proto.Member{ID: id, Incarnation: n})
-	}
-	return proto.SortMembers(out)
-}
-
-func fmtMembers(ms []proto.Member) string {
-	if len(ms) == 0 {
-		return "none"
-	}
-	var s []string
-	for _, m := range ms {
-		s = append(s, fmt.Sprintf("%s/%d", m.ID, m.Incarnation))
-	}
-	return strings.Join(s, ",")
-}
-
-func durArg(t *testing.T, td *datadriven.TestData, key string, def time.Duration) time.Duration {
-	if !td.HasArg(key) {
-		if def < 0 {
-			td.Fatalf(t, "%s: missing %s=", td.Cmd, key)
-		}
-		return def
-	}
-	var s string
-	td.ScanArgs(t, key, &s)
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		td.Fatalf(t, "%s=%q: %v", key, s, err)
-	}
-	return v
-}
-
-func uintArg(t *testing.T, td *datadriven.TestData, key string) uint64 {
-	var v uint64
-	td.ScanArgs(t, key, &v)
-	return v
 }
 
 // kinds names the sentinel errors err wraps, as found by errors.Is.
