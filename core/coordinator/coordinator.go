@@ -400,10 +400,11 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 // held reports whether live member lm, not a member of rec, is held back
 // from admission for flapping (Config.Damping), and until when.
 func (m *Machine) held(rec *proto.EpochRecord, lm proto.Member) (time.Duration, bool) {
-	if proto.Contains(rec.Members, lm.Ref()) {
+	until, held := m.damp.heldUntil(lm.ID, m.now) // a map lookup for domains that never flapped
+	if !held || proto.Contains(rec.Members, lm.Ref()) {
 		return 0, false
 	}
-	return m.damp.heldUntil(lm.ID, m.now)
+	return until, true
 }
 
 // asDesired reports whether rec's members are exactly the live member
