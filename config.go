@@ -1,7 +1,6 @@
 package idc
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -50,6 +49,12 @@ type Config struct {
 	Priority int
 	// OpTimeout bounds each store operation (default 5 s).
 	OpTimeout time.Duration
+	// WatchCheck is how often the epoch watch is checked (default 2 s):
+	// each check asks the store for a progress notification, and a watch
+	// that delivered nothing since the previous check is replaced. A
+	// silently hung watch is so noticed within 2·WatchCheck, well inside
+	// the coordinator's default quiesce deadline (10 s).
+	WatchCheck time.Duration
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Metrics, if set, registers the membership's Prometheus metrics
@@ -65,13 +70,11 @@ const (
 	DefaultRho         = 0.01
 	DefaultLeaseMargin = 250 * time.Millisecond
 	DefaultOpTimeout   = 5 * time.Second
+	DefaultWatchCheck  = 2 * time.Second
 )
 
 // DefaultEndpoints is where Join looks for the store by default.
 var DefaultEndpoints = []string{"http://127.0.0.1:2379"}
-
-// ErrConfig is wrapped by every configuration error.
-var ErrConfig = errors.New("idc: invalid config")
 
 func (c Config) withDefaults() Config {
 	if len(c.Endpoints) == 0 && c.Client == nil {
@@ -91,6 +94,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OpTimeout == 0 {
 		c.OpTimeout = DefaultOpTimeout
+	}
+	if c.WatchCheck == 0 {
+		c.WatchCheck = DefaultWatchCheck
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -119,9 +125,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: renew interval %v must be positive and below the lease validity %v", ErrConfig, c.RenewInterval, c.lease().Valid())
 	case c.OpTimeout <= 0:
 		return fmt.Errorf("%w: op timeout %v must be positive", ErrConfig, c.OpTimeout)
+	case c.WatchCheck <= 0:
+		return fmt.Errorf("%w: watch check %v must be positive", ErrConfig, c.WatchCheck)
 	}
 	if err := c.lease().Validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return err // wraps ErrConfig
 	}
 	return nil
 }

@@ -53,7 +53,8 @@ func Example() {
 		return nil
 	})
 	fmt.Println("operation:", err)
-	fmt.Println("leave:", d.Close())
+	fmt.Println("leave:", d.Leave(ctx)) // graceful: the group need not wait the lease out
+	defer d.Close()
 	_, err = d.Next(ctx)
 	fmt.Println("after leaving:", err)
 	// Output:

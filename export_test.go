@@ -3,9 +3,6 @@ package idc
 // Crash stops d as if its process had died: no leave marker, no lease
 // revocation, no fence; its lease simply stops being renewed. For tests.
 func Crash(d *Domain) {
-	d.mu.Lock()
-	d.stopBg()
-	d.timer.Stop()
-	d.mu.Unlock()
-	d.wg.Wait()
+	d.d.Crash()
+	d.st.Close()
 }

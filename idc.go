@@ -18,6 +18,7 @@ import (
 	"errors"
 
 	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
 )
 
 // Member is a member of an epoch.
@@ -43,7 +44,16 @@ var (
 	ErrNotConnected = proto.ErrNotConnected
 	// ErrAlreadyLive: another incarnation of the domain is a live member
 	// of the group; it holds the membership until its lease ends.
-	ErrAlreadyLive = errors.New("idc: domain already live in the group")
+	ErrAlreadyLive = proto.ErrAlreadyLive
 	// ErrNotMember: the named domain is not a member of the epoch.
-	ErrNotMember = errors.New("idc: not a member")
+	ErrNotMember = proto.ErrNotMember
+	// ErrClosed: the membership was closed (Close).
+	ErrClosed = proto.ErrClosed
+	// ErrConfig is wrapped by every configuration error, of every package.
+	ErrConfig = proto.ErrConfig
+	// ErrUnavailable: the store could not be reached or did not answer in
+	// time (store.ErrUnavailable).
+	ErrUnavailable = store.ErrUnavailable
 )
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

@@ -23,3 +23,18 @@ var (
 	// ErrNotConnected means the member has no connected epoch at the moment.
 	ErrNotConnected = errors.New("idc: not connected")
 )
+
+// Errors of configuration and of joining, shared by every package (one
+// ErrConfig across idc, coordinator, core/lease and core/coordinator).
+var (
+	// ErrConfig is wrapped by every configuration error.
+	ErrConfig = errors.New("idc: invalid config")
+	// ErrAlreadyLive means another incarnation of the domain is a live
+	// member of the group; it holds the membership until its lease ends.
+	ErrAlreadyLive = errors.New("idc: domain already live in the group")
+	// ErrNotMember means the named domain is not a member of the epoch.
+	ErrNotMember = errors.New("idc: not a member")
+	// ErrClosed is returned once a membership was closed (Close) rather
+	// than left gracefully or fenced.
+	ErrClosed = errors.New("idc: membership closed")
+)

@@ -174,6 +174,25 @@ func (c *Coord) pump() {
 		case core.WriteEpoch:
 			c.busy = true
 			c.write(cg, a)
+		case core.Cleanup:
+			c.busy = true
+			g := c.qgroup
+			var ops []Op
+			for _, pfx := range []string{keys.Acks(g), keys.Faults(g), keys.FenceAcks(g)} {
+				ops = append(ops, Op{Kind: OpDeleteRange, Key: pfx, End: pfx + proto.EpochKey(a.Before)})
+			}
+			for id := range a.Left {
+				ops = append(ops, Op{Kind: OpDelete, Key: keys.Left(g, id)})
+			}
+			w.call(c.n.id, w.cfg.OpTimeout, "cleanup", func() any { return w.store.Txn(nil, ops, nil) }, func(any) {
+				c.busy = false
+				cg.m.CleanedUp(c.now())
+				c.pump()
+			}, func() {
+				c.busy = false
+				cg.m.CleanupFailed(c.now())
+				c.pump()
+			})
 		case core.Revoke:
 			c.busy = true
 			ref, lease := a.Member.Ref(), a.Member.Lease
@@ -218,14 +237,6 @@ func (c *Coord) write(cg *cgroup, a core.WriteEpoch) {
 	}
 	rec := a.Record
 	ops := []Op{{Kind: OpPut, Key: keys.Epoch(g), Val: &rec}}
-	if cl := a.Cleanup; cl != nil {
-		for _, pfx := range []string{keys.Acks(g), keys.Faults(g), keys.FenceAcks(g)} {
-			ops = append(ops, Op{Kind: OpDeleteRange, Key: pfx, End: pfx + proto.EpochKey(cl.Before)})
-		}
-		for _, id := range cl.Left {
-			ops = append(ops, Op{Kind: OpDelete, Key: keys.Left(g, id)})
-		}
-	}
 	w.call(c.n.id, w.cfg.OpTimeout, "write epoch", func() any { return w.store.Txn(cmps, ops, nil) }, func(resp any) {
 		c.busy = false
 		if r := resp.(TxnResp); r.Err != nil || !r.Succeeded {

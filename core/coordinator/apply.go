@@ -109,9 +109,11 @@ func (v *View) Fold(p proto.Parsed, rec any, modRev int64) {
 		l, ok := rec.(proto.Left)
 		if !ok {
 			delete(v.Left, p.Name)
+			delete(v.LeftRev, p.Name)
 			return
 		}
 		v.Left[p.Name] = l.Incarnation
+		v.LeftRev[p.Name] = modRev
 	case proto.KindResources:
 		i, found := slices.BinarySearch(v.Resources, p.Name)
 		switch {

@@ -16,7 +16,6 @@
 package coordinator
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -50,7 +49,7 @@ type Config struct {
 }
 
 // ErrConfig is wrapped by every error Validate returns.
-var ErrConfig = errors.New("idc: invalid coordinator config")
+var ErrConfig = proto.ErrConfig
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -71,7 +70,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: mode %q (want lease, fence or both)", ErrConfig, c.Mode)
 	case c.QuiesceTimeout <= 0:
 		return fmt.Errorf("%w: quiesce timeout %v must be positive", ErrConfig, c.QuiesceTimeout)
-	case c.Rho < 0 || c.Rho >= 0.5:
+	case !(c.Rho >= 0 && c.Rho < 0.5): // NaN too
 		return fmt.Errorf("%w: drift bound ρ=%v must be in [0, 0.5)", ErrConfig, c.Rho)
 	case c.Margin < 0:
 		return fmt.Errorf("%w: margin %v must not be negative", ErrConfig, c.Margin)
@@ -87,19 +86,23 @@ type Action interface{ action() }
 
 // WriteEpoch: write Record to the group's epoch key if and only if the
 // key's mod revision is still ExpectRevision (0: the key must not exist).
-// In the same transaction delete the records Cleanup names.
+// The transaction is that one compare and one put: whatever the group's
+// size, it never meets the store's limits on operations per transaction.
 type WriteEpoch struct {
 	Record         proto.EpochRecord
 	ExpectRevision int64
-	Cleanup        *Cleanup
 }
 
-// Cleanup names records made obsolete by a connect.
+// Cleanup: delete records a connected epoch made obsolete, best effort,
+// in transactions as small as the store needs; then call CleanedUp (or
+// CleanupFailed). It is separate from the epoch write so that no amount
+// of garbage can make the compare-and-swap fail.
 type Cleanup struct {
 	// Before: delete acks, fault reports and fence acks of epochs before it.
 	Before uint64
-	// Left: delete these domains' leave markers.
-	Left []string
+	// Left: delete these domains' leave markers, each only if its mod
+	// revision is still the one given (a newer marker is not garbage).
+	Left map[string]int64
 }
 
 // Revoke: revoke the lease of Member's membership, then call Revoked with
@@ -107,6 +110,7 @@ type Cleanup struct {
 type Revoke struct{ Member proto.Member }
 
 func (WriteEpoch) action() {}
+func (Cleanup) action()    {}
 func (Revoke) action()     {}
 
 // Machine is the coordinator of one group.
@@ -133,6 +137,12 @@ type Machine struct {
 	// highest is the highest epoch number seen in a record: a record that
 	// vanished or went below it is waited on, never decided past (G1).
 	highest uint64
+	// cleaning: a Cleanup is in flight; cleanAt holds the next one back
+	// after a failure.
+	cleaning bool
+	cleanAt  time.Duration
+	// dirty: the view held garbage at the last step.
+	dirty bool
 
 	actions []Action
 }
@@ -215,6 +225,27 @@ func (m *Machine) RevokeFailed(r proto.Ref, now time.Duration) {
 	m.retryAt = m.now + RetryDelay
 }
 
+// CleanedUp reports that the last Cleanup was carried out at local time
+// now. The next cleanup waits CleanupRetryDelay, so that the deletions
+// have reached the view by then.
+func (m *Machine) CleanedUp(now time.Duration) {
+	m.advance(now)
+	m.cleaning = false
+	m.cleanAt = m.now + CleanupRetryDelay
+}
+
+// CleanupFailed reports that the last Cleanup was not (wholly) carried out
+// at local time now; it is tried again CleanupRetryDelay later.
+func (m *Machine) CleanupFailed(now time.Duration) {
+	m.advance(now)
+	m.cleaning = false
+	m.cleanAt = m.now + CleanupRetryDelay
+}
+
+// CleanupRetryDelay is how long the machine waits after a cleanup before
+// the next one: garbage is no hurry.
+const CleanupRetryDelay = time.Second
+
 func (m *Machine) markGone(r proto.Ref, at time.Duration) {
 	if _, ok := m.goneAt[r]; !ok {
 		m.goneAt[r] = at
@@ -244,6 +275,9 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 	if m.retryAt > m.now {
 		consider(m.retryAt)
 	}
+	if m.dirty && !m.cleaning && m.cleanAt > m.now {
+		consider(m.cleanAt)
+	}
 	rec := m.view.Epoch
 	if rec != nil && !m.stale() {
 		for _, lm := range m.view.Live {
@@ -261,7 +295,7 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 			break
 		}
 	}
-	if m.cfg.Mode.UsesLease() {
+	if m.leases() {
 		for _, d := range rec.Departed() {
 			if at, ok := m.goneAt[d.Ref()]; ok && !m.view.left(d.Ref()) {
 				consider(at + m.wait(d))
@@ -271,6 +305,18 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 	return next, found
 }
 
+// fences reports whether changes wait for the resources' fence
+// acknowledgements: in fence modes, when the group has resources.
+func (m *Machine) fences() bool { return m.cfg.Mode.UsesFence() && len(m.view.Resources) > 0 }
+
+// leases reports whether departed members are waited out by lease: in
+// lease modes, and in fence mode while the group has no resource — a
+// fence set that is empty fences nothing, so the lease must be waited out
+// instead (DESIGN §6).
+func (m *Machine) leases() bool {
+	return m.cfg.Mode.UsesLease() || m.cfg.Mode.UsesFence() && len(m.view.Resources) == 0
+}
+
 // stale reports whether the view's epoch record is missing or below one
 // seen before (the key was deleted or restored from an older copy).
 func (m *Machine) stale() bool {
@@ -278,9 +324,9 @@ func (m *Machine) stale() bool {
 	return rec == nil && m.highest > 0 || rec != nil && rec.Number < m.highest
 }
 
-func (m *Machine) write(rec proto.EpochRecord, cleanup *Cleanup) {
+func (m *Machine) write(rec proto.EpochRecord) {
 	m.pending, m.hasPending = m.view.EpochRevision, true
-	m.actions = append(m.actions, WriteEpoch{Record: rec, ExpectRevision: m.view.EpochRevision, Cleanup: cleanup})
+	m.actions = append(m.actions, WriteEpoch{Record: rec, ExpectRevision: m.view.EpochRevision})
 }
 
 // step takes the next decision, if any.
@@ -299,7 +345,7 @@ func (m *Machine) step() {
 			m.write(proto.EpochRecord{
 				Group: m.cfg.Group, Number: 1, State: proto.Connected, Mode: m.cfg.Mode,
 				Members: ms, Reason: "formed by " + strings.Join(proto.IDs(ms), ", "),
-			}, nil)
+			})
 		}
 		return
 	}
@@ -324,6 +370,7 @@ func (m *Machine) step() {
 	}
 	if rec.State == proto.Connected {
 		m.prune(rec)
+		m.cleanup(rec)
 		return
 	}
 	m.revokeDeparted(rec)
@@ -332,14 +379,43 @@ func (m *Machine) step() {
 		next.State = proto.Connected
 		next.Prev, next.PrevNumber = nil, 0
 		next.Excluded = m.stillLive(rec.Excluded)
-		var left []string
-		for _, d := range rec.Departed() {
-			if v.left(d.Ref()) {
-				left = append(left, d.ID)
-			}
-		}
-		m.write(next, &Cleanup{Before: rec.Number, Left: left})
+		m.write(next)
 	}
+}
+
+// cleanup asks for the records that connected epoch rec made obsolete to
+// be deleted: acks, fault reports and fence acks of earlier epochs, and
+// the leave markers of incarnations that are neither live nor members of
+// rec (a domain that left before it was ever admitted leaves one behind,
+// as does every incarnation whose departure an epoch has since handled).
+func (m *Machine) cleanup(rec *proto.EpochRecord) {
+	v := &m.view
+	c := Cleanup{Before: rec.Number}
+	garbage := false
+	for e := range v.Acks {
+		garbage = garbage || e < rec.Number
+	}
+	for e := range v.FenceAcks {
+		garbage = garbage || e < rec.Number
+	}
+	for _, f := range v.Faults {
+		garbage = garbage || f.Epoch < rec.Number
+	}
+	for id, inc := range v.Left {
+		r := proto.Ref{ID: id, Incarnation: inc}
+		if !v.live(r) && !proto.Contains(rec.Members, r) {
+			if c.Left == nil {
+				c.Left = map[string]int64{}
+			}
+			c.Left[id] = v.LeftRev[id]
+		}
+	}
+	m.dirty = garbage || len(c.Left) > 0
+	if !m.dirty || m.cleaning || m.now < m.cleanAt {
+		return
+	}
+	m.cleaning = true
+	m.actions = append(m.actions, c)
 }
 
 // prune forgets timing kept for incarnations the connected epoch rec no
@@ -476,7 +552,7 @@ func (m *Machine) change(rec *proto.EpochRecord, desired []proto.Member, drop ma
 		Members: desired, Prev: prev, PrevNumber: prevNum,
 		Excluded: proto.SortMembers(excluded),
 		Reason:   m.reason(rec, desired, drop),
-	}, nil)
+	})
 }
 
 func (m *Machine) reason(rec *proto.EpochRecord, desired []proto.Member, drop map[proto.Ref]string) string {
@@ -534,10 +610,10 @@ func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 	// network after its operation ended and it acknowledged (the spin
 	// model's finding F1, model/README.md).
 	departed := rec.Departed()
-	if m.cfg.Mode.UsesFence() && !v.fenced(rec.Number) {
+	if m.fences() && !v.fenced(rec.Number) {
 		return false
 	}
-	if m.cfg.Mode.UsesLease() {
+	if m.leases() {
 		for _, d := range departed {
 			if v.left(d.Ref()) {
 				continue

@@ -57,6 +57,9 @@ import (
 //	write-failed [now=D]
 //	revoked b/2 at=D                  the store answered the revocation at D
 //	revoke-failed b/2 [now=D]
+//	cleanup-failed [now=D]            the last Cleanup failed (the driver
+//	                                  otherwise carries each out at once and
+//	                                  reports CleanedUp)
 //	deadline                          prints NextDeadline
 //	timing                            prints what the machine remembers (white box)
 //
@@ -87,6 +90,7 @@ type driver struct {
 
 	// in-flight write, and store history for the oracles
 	last         *WriteEpoch
+	cleanup      *Cleanup // to carry out after the actions are printed
 	highest      uint64
 	everExcluded proto.RefSet
 	// seenGone: earliest time this machine was shown r gone (a view
@@ -295,22 +299,6 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		}
 		rec := w.Record
 		d.setRecord(&rec, rev)
-		if c := w.Cleanup; c != nil {
-			for e := range d.view.Acks {
-				if e < c.Before {
-					delete(d.view.Acks, e)
-				}
-			}
-			d.view.Faults = slices.DeleteFunc(d.view.Faults, func(f proto.FaultReport) bool { return f.Epoch < c.Before })
-			for e := range d.view.FenceAcks {
-				if e < c.Before {
-					delete(d.view.FenceAcks, e)
-				}
-			}
-			for _, id := range c.Left {
-				delete(d.view.Left, id)
-			}
-		}
 		d.update(d.nowArg(t, td, "now"))
 	case "write-failed":
 		if d.last == nil {
@@ -330,6 +318,12 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 		d.markSeen(r, at)
 		d.advance(at)
 		d.m.Revoked(r, at)
+	case "cleanup-failed":
+		// Takes back the cleanup the driver carried out, as if the store
+		// had refused it (the script's view is not restored).
+		now := d.nowArg(t, td, "now")
+		d.advance(now)
+		d.m.CleanupFailed(now)
 	case "revoke-failed":
 		now := d.nowArg(t, td, "now")
 		d.advance(now)
@@ -351,6 +345,32 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 	actions := d.m.Ready()
 	for _, a := range actions {
 		out = append(out, d.action(t, td, a))
+	}
+	// The store carries out a cleanup at once (the script's view changes
+	// as the watch would show it) and the machine is told.
+	for d.cleanup != nil {
+		c := d.cleanup
+		d.cleanup = nil
+		for e := range d.view.Acks {
+			if e < c.Before {
+				delete(d.view.Acks, e)
+			}
+		}
+		d.view.Faults = slices.DeleteFunc(d.view.Faults, func(f proto.FaultReport) bool { return f.Epoch < c.Before })
+		for e := range d.view.FenceAcks {
+			if e < c.Before {
+				delete(d.view.FenceAcks, e)
+			}
+		}
+		for id := range c.Left {
+			delete(d.view.Left, id)
+		}
+		d.m.CleanedUp(d.clock)
+		more := d.m.Ready()
+		for _, a := range more {
+			out = append(out, d.action(t, td, a))
+		}
+		actions = append(actions, more...)
 	}
 	if len(d.m.Ready()) != 0 {
 		t.Errorf("%s: Ready did not clear the actions", td.Pos)
@@ -430,9 +450,6 @@ func (d *driver) action(t *testing.T, td *datadriven.TestData, a Action) string 
 			if rec.Number <= d.highest {
 				bad("G1: decides epoch %d, the store held %d", rec.Number, d.highest)
 			}
-			if a.Cleanup != nil {
-				bad("cleanup on a quiescing write")
-			}
 		case cur == nil:
 			if rec.Number != 1 || d.highest != 0 || len(rec.Prev) != 0 {
 				bad("G1: forms epoch %d (store held %d)", rec.Number, d.highest)
@@ -467,6 +484,23 @@ func (d *driver) action(t *testing.T, td *datadriven.TestData, a Action) string 
 			}
 		}
 		return fmtWrite(a)
+	case Cleanup:
+		rec := given.Epoch
+		if rec == nil || rec.State != proto.Connected || a.Before != rec.Number {
+			bad("cleanup before %d, the record given is %v", a.Before, rec)
+		}
+		for id := range a.Left {
+			r := proto.Ref{ID: id, Incarnation: given.Left[id]}
+			if given.live(r) || rec != nil && proto.Contains(rec.Members, r) {
+				bad("cleanup deletes the leave marker of %s/%d, live or a member", r.ID, r.Incarnation)
+			}
+		}
+		d.cleanup = &a
+		out := fmt.Sprintf("Cleanup before:%d", a.Before)
+		if len(a.Left) > 0 {
+			out += " left:" + strings.Join(slices.Sorted(maps.Keys(a.Left)), "+")
+		}
+		return out
 	case Revoke:
 		r := a.Member.Ref()
 		rec := given.Epoch
@@ -492,12 +526,6 @@ func fmtWrite(w WriteEpoch) string {
 		s += " excluded=" + scripttest.FmtMembers(r.Excluded)
 	}
 	s += fmt.Sprintf(" expect-rev=%d", w.ExpectRevision)
-	if c := w.Cleanup; c != nil {
-		s += fmt.Sprintf(" cleanup=before:%d", c.Before)
-		if len(c.Left) > 0 {
-			s += ",left:" + strings.Join(c.Left, "+")
-		}
-	}
 	return s + fmt.Sprintf(" reason=%q", r.Reason)
 }
 

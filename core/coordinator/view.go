@@ -21,8 +21,10 @@ type View struct {
 	Acks map[uint64]map[string]uint64
 	// Faults holds the fault reports present.
 	Faults []proto.FaultReport
-	// Left holds graceful-leave markers: domain → incarnation.
-	Left map[string]uint64
+	// Left holds graceful-leave markers: domain → incarnation, and
+	// LeftRev each marker's mod revision.
+	Left    map[string]uint64
+	LeftRev map[string]int64
 	// Resources holds the guarded resources registered in the group.
 	Resources []string
 	// FenceAcks holds fence acknowledgements: epoch → resource names.
@@ -36,6 +38,7 @@ func NewView(g string) View {
 		Live:      map[string]proto.Member{},
 		Acks:      map[uint64]map[string]uint64{},
 		Left:      map[string]uint64{},
+		LeftRev:   map[string]int64{},
 		FenceAcks: map[uint64]map[string]bool{},
 	}
 }

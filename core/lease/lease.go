@@ -9,8 +9,8 @@
 package lease
 
 import (
-	"errors"
 	"fmt"
+	"github.com/idc-dev/idc/proto"
 	"math"
 	"time"
 )
@@ -28,14 +28,14 @@ type Config struct {
 }
 
 // ErrConfig is wrapped by every error Validate returns.
-var ErrConfig = errors.New("idc: invalid lease config")
+var ErrConfig = proto.ErrConfig
 
 // Validate checks that the member has a positive validity window.
 func (c Config) Validate() error {
 	switch {
 	case c.TTL <= 0:
 		return fmt.Errorf("%w: TTL %v must be positive", ErrConfig, c.TTL)
-	case c.Rho < 0 || c.Rho >= 0.5:
+	case !(c.Rho >= 0 && c.Rho < 0.5): // NaN too
 		return fmt.Errorf("%w: drift bound ρ=%v must be in [0, 0.5)", ErrConfig, c.Rho)
 	case c.Margin < 0:
 		return fmt.Errorf("%w: margin %v must not be negative", ErrConfig, c.Margin)

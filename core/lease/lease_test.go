@@ -28,7 +28,7 @@ func TestValidate(t *testing.T) {
 		{"negative margin", Config{TTL: time.Second, Margin: -1}, "margin -1ns must not be negative"},
 		{"margin eats validity exactly", Config{TTL: 2 * time.Second, Rho: 0.01, Margin: 1980 * ms}, "leaves no validity"},
 		{"margin above TTL", Config{TTL: time.Second, Margin: 2 * time.Second}, "leaves no validity"},
-		{"rho NaN", Config{TTL: time.Second, Rho: math.NaN()}, "idc: invalid lease config"},
+		{"rho NaN", Config{TTL: time.Second, Rho: math.NaN()}, "idc: invalid config"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()

@@ -35,7 +35,8 @@ const (
 	// Quiescing: the last connected epoch was disconnected; waiting for the
 	// next one to connect.
 	Quiescing
-	// Fenced: stopped for good under this incarnation.
+	// Fenced: stopped for good under this incarnation (fenced, or closed
+	// by the driver: Err says which).
 	Fenced
 	// Left: left the group.
 	Left
@@ -301,6 +302,17 @@ func (m *Machine) maybeLeave() {
 		m.phase, m.err = Left, proto.ErrLeft
 		m.emit(Leave{})
 	}
+}
+
+// Close stops the membership for good at the driver's request: like a
+// fence, but the reason is proto.ErrClosed.
+func (m *Machine) Close() {
+	if m.stopped() {
+		return
+	}
+	m.disconnect()
+	m.phase, m.err = Fenced, proto.ErrClosed
+	m.emit(Fence{Err: proto.ErrClosed})
 }
 
 // fence stops the membership for good.

@@ -1,4 +1,4 @@
-package idc
+package membership
 
 import (
 	"time"
@@ -10,16 +10,19 @@ import (
 // memberMetrics are one membership's Prometheus metrics, labelled with its
 // group and domain. They are registered with Config.Metrics, if set.
 type memberMetrics struct {
-	epoch        prometheus.Gauge
-	connected    prometheus.Gauge
-	connects     prometheus.Counter
-	quiesce      prometheus.Observer
-	opsInFlight  prometheus.Gauge
-	fencedLease  prometheus.Counter
-	fencedEvict  prometheus.Counter
-	leaseValid   prometheus.Gauge
-	renewFailed  prometheus.Counter
-	disconnected time.Time // when the last epoch was disconnected
+	epoch       prometheus.Gauge
+	connected   prometheus.Gauge
+	connects    prometheus.Counter
+	quiesce     prometheus.Observer
+	opsInFlight prometheus.Gauge
+	fencedLease prometheus.Counter
+	fencedEvict prometheus.Counter
+	leaseValid  prometheus.Gauge
+	renewFailed prometheus.Counter
+	watchHung   prometheus.Counter
+	// disconnectedAt is when the last epoch was disconnected (the
+	// machine's clock; 0 if never).
+	disconnectedAt time.Duration
 }
 
 func newMemberMetrics(reg prometheus.Registerer, group, domain string) *memberMetrics {
@@ -46,5 +49,6 @@ func newMemberMetrics(reg prometheus.Registerer, group, domain string) *memberMe
 		fencedEvict: fenced.WithLabelValues(group, domain, "evicted"),
 		leaseValid:  gauge("lease_valid_seconds", "How long the lease is certainly valid by the local clock, as of the last answered renewal.").WithLabelValues(group, domain),
 		renewFailed: counter("renew_failures_total", "Lease renewals the store did not answer.").WithLabelValues(group, domain),
+		watchHung:   counter("watch_hung_total", "Epoch watches replaced because they delivered nothing, not even a requested progress notification, within two watch checks.").WithLabelValues(group, domain),
 	}
 }

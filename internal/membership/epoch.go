@@ -1,0 +1,96 @@
+package membership
+
+import (
+	"context"
+	"slices"
+
+	"github.com/idc-dev/idc/core/member"
+	"github.com/idc-dev/idc/proto"
+)
+
+// Epoch is one connected epoch of the membership.
+type Epoch struct {
+	d       *Driver
+	num     uint64
+	members []proto.Member
+	ctx     *gate
+	cancel  context.CancelCauseFunc
+}
+
+func newEpoch(d *Driver, num uint64, members []proto.Member) *Epoch {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &Epoch{d: d, num: num, members: members, ctx: &gate{Context: ctx, d: d}, cancel: cancel}
+}
+
+// gate is an epoch's context. Its Err reads the lease clock first, so a
+// membership whose lease lapsed while the process was paused reports the
+// context ended at once, before its timer has fired (G6): the context is
+// a gate, not only a notification. Contexts derived from it end when its
+// Done closes, which the lease timer does.
+type gate struct {
+	context.Context
+	d *Driver
+}
+
+func (g *gate) Err() error {
+	g.d.do(g.d.tick)
+	return g.Context.Err()
+}
+
+// Number returns the epoch number.
+func (e *Epoch) Number() uint64 { return e.num }
+
+// Members returns the members of the epoch, sorted by ID.
+func (e *Epoch) Members() []proto.Member { return slices.Clone(e.members) }
+
+// Context ends when the epoch is disconnected or the membership stops; its
+// Err reads the lease clock.
+func (e *Epoch) Context() context.Context { return e.ctx }
+
+// Token returns the fencing token of this membership in this epoch.
+func (e *Epoch) Token() proto.Token {
+	c := e.d.cfg
+	return proto.Token{Group: c.Group, Epoch: e.num, Domain: c.ID, Incarnation: c.Incarnation}
+}
+
+// Err returns nil while the epoch is connected and the lease certainly
+// valid by the local clock, and otherwise why not.
+func (e *Epoch) Err() error {
+	d := e.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.tick()
+	if err := d.m.Err(); err != nil {
+		return err
+	}
+	if cur, _ := d.m.Current(); cur != e.num || d.m.Phase() != member.Connected || e.ctx.Context.Err() != nil {
+		if cause := context.Cause(e.ctx.Context); cause != nil {
+			return cause
+		}
+		return d.m.Begin(e.num) // says why: never succeeds here
+	}
+	return nil
+}
+
+// Begin starts an operation in the epoch.
+func (e *Epoch) Begin() error {
+	d := e.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.tick()
+	if err := d.m.Begin(e.num); err != nil {
+		return err
+	}
+	d.met.opsInFlight.Inc()
+	return nil
+}
+
+// End ends an operation begun with Begin.
+func (e *Epoch) End() {
+	d := e.d
+	d.do(func() {
+		d.m.End(e.num)
+		d.met.opsInFlight.Dec()
+		d.handle()
+	})
+}

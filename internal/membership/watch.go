@@ -1,0 +1,132 @@
+package membership
+
+import (
+	"time"
+
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
+)
+
+// rewatchDelay is how long the driver waits before watching again after a
+// watch failed.
+const rewatchDelay = 100 * time.Millisecond
+
+// startWatch watches the epoch record; once the watch is created it reads
+// the record, so no change falls between the two (a record seen twice is
+// ignored by the machine). Watching from now rather than from the read's
+// revision keeps the watch in etcd's synced set, which a watch from a past
+// revision joins only after a catch-up loop. Called with d.mu held.
+func (d *Driver) startWatch() {
+	d.watchGen++
+	gen := d.watchGen
+	d.watchRead, d.early, d.heard = false, nil, true
+	d.watch = d.st.Watch(store.WatchRequest{Key: d.keys.Epoch(d.cfg.Group)}, func(wr store.WatchResponse) {
+		d.do(func() { d.onWatch(gen, wr) })
+	})
+}
+
+func (d *Driver) onWatch(gen uint64, wr store.WatchResponse) {
+	if d.stopped || gen != d.watchGen {
+		return
+	}
+	d.heard = true
+	switch {
+	case wr.Err != nil:
+		d.rewatch("epoch watch failed", wr.Err)
+		return
+	case wr.Created:
+		d.readEpoch(gen)
+	}
+	if !d.watchRead {
+		d.early = append(d.early, wr.Events...)
+		return
+	}
+	d.observeEvents(wr.Events)
+}
+
+// readEpoch reads the epoch record after the watch was created.
+func (d *Driver) readEpoch(gen uint64) {
+	key := d.keys.Epoch(d.cfg.Group)
+	d.st.Txn(store.Txn{Then: []store.Op{store.Get(key)}}, d.cfg.OpTimeout, func(resp store.TxnResponse, err error) {
+		d.do(func() {
+			if d.stopped || gen != d.watchGen {
+				return
+			}
+			if err != nil {
+				d.rewatch("epoch read failed", err)
+				return
+			}
+			for _, kv := range resp.Gets[0] {
+				d.observe(kv.Value)
+			}
+			d.watchRead = true
+			early := d.early
+			d.early = nil
+			d.observeEvents(early)
+			if d.joining != nil && !d.stopped {
+				d.joined()
+			}
+		})
+	})
+}
+
+// rewatch replaces a failed or hung watch. A join in progress fails
+// instead. Called with d.mu held.
+func (d *Driver) rewatch(why string, err error) {
+	if d.watch != nil {
+		d.watch.Cancel()
+		d.watch = nil
+	}
+	d.watchGen++
+	if d.joining != nil {
+		d.revoke(d.lease)
+		d.failJoin(err)
+		return
+	}
+	d.log.Warn(why+"; watching again", "err", err)
+	gen := d.watchGen
+	d.clk.AfterFunc(rewatchDelay, d.locked(func() {
+		if !d.stopped && gen == d.watchGen {
+			d.startWatch()
+		}
+	}))
+}
+
+// checkWatch is the watchdog: a watch that delivered nothing — no event,
+// no progress notification — since the previous check is hung; otherwise
+// it is asked for progress, which it answers by the next check.
+func (d *Driver) checkWatch() {
+	if d.stopped {
+		return
+	}
+	switch {
+	case d.watch == nil:
+		// Being replaced.
+	case !d.heard:
+		d.met.watchHung.Inc()
+		d.rewatch("epoch watch silent", store.ErrUnavailable)
+	default:
+		d.heard = false
+		d.watch.RequestProgress()
+	}
+	d.checkTimer = d.clk.AfterFunc(d.cfg.WatchCheck, d.locked(d.checkWatch))
+}
+
+func (d *Driver) observeEvents(evs []store.Event) {
+	for _, ev := range evs {
+		if !ev.Delete && !d.stopped {
+			d.observe(ev.KV.Value)
+		}
+	}
+}
+
+// observe feeds an epoch record to the machine. Called with d.mu held.
+func (d *Driver) observe(val []byte) {
+	rec, err := proto.DecodeEpoch(val)
+	if err != nil {
+		d.log.Warn("ignoring malformed epoch record", "err", err)
+		return
+	}
+	d.m.Observe(&rec)
+	d.handle()
+}

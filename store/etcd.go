@@ -1,0 +1,237 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Etcd is the Store on an etcd client. Each call runs on a goroutine of
+// its own and calls back from it. Close cancels every call and watch still
+// in progress; the client itself is the caller's.
+type Etcd struct {
+	cli    *clientv3.Client
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewEtcd returns a Store on cli.
+func NewEtcd(cli *clientv3.Client) *Etcd {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Etcd{cli: cli, ctx: ctx, cancel: cancel}
+}
+
+// Client returns the etcd client.
+func (s *Etcd) Client() *clientv3.Client { return s.cli }
+
+// Close cancels the calls and watches in progress and waits until their
+// goroutines have ended (their callbacks may still run meanwhile).
+func (s *Etcd) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// call runs f with a context that ends after timeout, on a goroutine.
+func (s *Etcd) call(timeout time.Duration, f func(ctx context.Context)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, timeout)
+		defer cancel()
+		f(ctx)
+	}()
+}
+
+// Classify maps an etcd client error to the Store's errors (wrapping the
+// original); nil stays nil.
+func Classify(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return fmt.Errorf("%w (%v)", ErrLeaseNotFound, err)
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return fmt.Errorf("%w (%v)", ErrCompacted, err)
+	case errors.Is(err, rpctypes.ErrTooManyOps):
+		return fmt.Errorf("%w (%v)", ErrTooManyOps, err)
+	case errors.Is(err, rpctypes.ErrRequestTooLarge):
+		return fmt.Errorf("%w (%v)", ErrTooLarge, err)
+	case errors.Is(err, rpctypes.ErrNoLeader):
+		return fmt.Errorf("%w (%v)", ErrNoLeader, err)
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// Grant implements Store.
+func (s *Etcd) Grant(ttl, timeout time.Duration, done func(Lease, error)) {
+	s.call(timeout, func(ctx context.Context) {
+		resp, err := s.cli.Grant(ctx, int64(ttl/time.Second))
+		if err != nil {
+			done(Lease{}, Classify(err))
+			return
+		}
+		done(Lease{ID: LeaseID(resp.ID), TTL: time.Duration(resp.TTL) * time.Second}, nil)
+	})
+}
+
+// KeepAlive implements Store.
+func (s *Etcd) KeepAlive(id LeaseID, timeout time.Duration, done func(time.Duration, error)) {
+	s.call(timeout, func(ctx context.Context) {
+		resp, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+		switch {
+		case err != nil:
+			done(0, Classify(err))
+		case resp.TTL <= 0:
+			done(0, ErrLeaseNotFound)
+		default:
+			done(time.Duration(resp.TTL)*time.Second, nil)
+		}
+	})
+}
+
+// Revoke implements Store.
+func (s *Etcd) Revoke(id LeaseID, timeout time.Duration, done func(error)) {
+	s.call(timeout, func(ctx context.Context) {
+		_, err := s.cli.Revoke(ctx, clientv3.LeaseID(id))
+		if done != nil {
+			done(Classify(err))
+		}
+	})
+}
+
+func etcdOps(ops []Op) []clientv3.Op {
+	out := make([]clientv3.Op, len(ops))
+	for i, o := range ops {
+		var opts []clientv3.OpOption
+		if o.End != "" {
+			opts = append(opts, clientv3.WithRange(o.End))
+		}
+		switch o.Type {
+		case OpPut:
+			if o.Lease != 0 {
+				opts = append(opts, clientv3.WithLease(clientv3.LeaseID(o.Lease)))
+			}
+			out[i] = clientv3.OpPut(o.Key, string(o.Value), opts...)
+		case OpDelete:
+			out[i] = clientv3.OpDelete(o.Key, opts...)
+		case OpGet:
+			out[i] = clientv3.OpGet(o.Key, opts...)
+		}
+	}
+	return out
+}
+
+func fromKV(kv *mvccpb.KeyValue) KV {
+	return KV{Key: string(kv.Key), Value: kv.Value, CreateRev: kv.CreateRevision, ModRev: kv.ModRevision, Lease: LeaseID(kv.Lease)}
+}
+
+// Txn implements Store.
+func (s *Etcd) Txn(t Txn, timeout time.Duration, done func(TxnResponse, error)) {
+	cmps := make([]clientv3.Cmp, len(t.If))
+	for i, c := range t.If {
+		target := clientv3.ModRevision(c.Key)
+		if c.Create {
+			target = clientv3.CreateRevision(c.Key)
+		}
+		cmps[i] = clientv3.Compare(target, "=", c.Rev)
+	}
+	then, els := etcdOps(t.Then), etcdOps(t.Else)
+	s.call(timeout, func(ctx context.Context) {
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+		if err != nil {
+			done(TxnResponse{}, Classify(err))
+			return
+		}
+		out := TxnResponse{Succeeded: resp.Succeeded, Revision: resp.Header.Revision}
+		for _, r := range resp.Responses {
+			if rr := r.GetResponseRange(); rr != nil {
+				kvs := make([]KV, len(rr.Kvs))
+				for i, kv := range rr.Kvs {
+					kvs[i] = fromKV(kv)
+				}
+				out.Gets = append(out.Gets, kvs)
+			}
+		}
+		done(out, nil)
+	})
+}
+
+// etcdWatch is a watch on etcd: a goroutine reads its channel and calls
+// back for each response, in order.
+type etcdWatch struct {
+	s      *Etcd
+	ctx    context.Context
+	cancel context.CancelFunc
+	ended  atomic.Bool
+}
+
+// Watch implements Store. It requires a leader (a store that lost its
+// leader ends the watch with ErrNoLeader) and asks for the created
+// notification.
+func (s *Etcd) Watch(r WatchRequest, fn func(WatchResponse)) Watch {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
+	w := &etcdWatch{s: s, ctx: ctx, cancel: cancel}
+	opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
+	if r.End != "" {
+		opts = append(opts, clientv3.WithRange(r.End))
+	}
+	if r.Rev != 0 {
+		opts = append(opts, clientv3.WithRev(r.Rev))
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		deliver := func(resp WatchResponse) bool {
+			if w.ended.Load() {
+				return false
+			}
+			if resp.Err != nil {
+				w.ended.Store(true)
+				cancel()
+			}
+			fn(resp)
+			return !w.ended.Load()
+		}
+		for wr := range s.cli.Watch(ctx, r.Key, opts...) {
+			resp := WatchResponse{Created: wr.Created, Progress: wr.IsProgressNotify(), Revision: wr.Header.Revision}
+			if err := wr.Err(); err != nil {
+				if wr.CompactRevision != 0 {
+					err = fmt.Errorf("%w (at revision %d)", ErrCompacted, wr.CompactRevision)
+				}
+				resp.Err = Classify(err)
+			}
+			for _, ev := range wr.Events {
+				resp.Events = append(resp.Events, Event{Delete: ev.Type == clientv3.EventTypeDelete, KV: fromKV(ev.Kv)})
+			}
+			if !deliver(resp) {
+				return
+			}
+		}
+		deliver(WatchResponse{Err: fmt.Errorf("%w: watch closed", ErrUnavailable)})
+	}()
+	return w
+}
+
+func (w *etcdWatch) RequestProgress() {
+	w.s.wg.Add(1)
+	go func() {
+		defer w.s.wg.Done()
+		// The stream is chosen by the watch's context; a failure shows as
+		// a missing notification, which is what the caller watches for.
+		_ = w.s.cli.RequestProgress(w.ctx)
+	}()
+}
+
+// Cancel implements Watch.
+func (w *etcdWatch) Cancel() {
+	w.ended.Store(true)
+	w.cancel()
+}
