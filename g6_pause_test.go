@@ -103,6 +103,10 @@ func TestG6_PausedProcessStopsOnResume(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	// The signal takes effect asynchronously: the child may run on for a
+	// moment after kill returns. The pause begins once the kernel shows
+	// the process stopped.
+	waitStopped(t, cmd.Process.Pid)
 	stopped := time.Now()
 	next := e.h.WaitFor(t, group, 20*time.Second, "connected without p", func(r proto.EpochRecord) bool {
 		return r.State == proto.Connected && r.Number > old.Number && !proto.Contains(r.Members, proto.Ref{ID: "p", Incarnation: findInc(old, "p")})
@@ -131,6 +135,25 @@ func TestG6_PausedProcessStopsOnResume(t *testing.T) {
 	}
 	t.Logf("paused %v; last I/O %v before the pause; epoch %d connected without it; child: %s",
 		resumed.Sub(stopped).Round(time.Millisecond), stopped.Sub(last).Round(time.Microsecond), next.Number, end)
+}
+
+// waitStopped waits until process pid is in the stopped state ('T' in
+// /proc/<pid>/stat).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pid (comm) state ...: the state follows the last ')'.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'T' {
+			return
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	t.Fatalf("process %d did not stop", pid)
 }
 
 func findInc(r proto.EpochRecord, id string) uint64 {

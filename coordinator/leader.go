@@ -96,8 +96,10 @@ func StartLeader(cfg LeaderConfig) *Leader {
 		groups: map[string]*group{}, maxOps: cfg.MaxTxnOps}
 	l.start = l.clk.Now()
 	l.met.leader.Set(1)
-	l.do(l.list)
-	l.check = l.clk.AfterFunc(cfg.WatchCheck, l.locked(l.checkWatch))
+	l.do(func() {
+		l.list()
+		l.check = l.clk.AfterFunc(cfg.WatchCheck, l.locked(l.checkWatch))
+	})
 	return l
 }
 

@@ -78,6 +78,11 @@ type Config struct {
 	RejoinDelay time.Duration
 	// MaxDelay is the longest a slow message takes (default 0.4·TTL).
 	MaxDelay time.Duration
+	// MaxTxnOps and MaxRequestBytes are the simulated store's limits on a
+	// transaction (etcd's --max-txn-ops, default 128, and
+	// --max-request-bytes, 1.5 MiB): smaller by default (16 and 64 KiB) so
+	// that runs with a few domains reach them.
+	MaxTxnOps, MaxRequestBytes int
 	// NoFaults turns the nemesis off (the workload still runs).
 	NoFaults bool
 	// TraceLen is how many of the last steps a violation shows (default 40).
@@ -126,6 +131,12 @@ func (c Config) WithDefaults() Config {
 	def(&c.MaxDelay, c.TTL*2/5)
 	if c.TraceLen == 0 {
 		c.TraceLen = 40
+	}
+	if c.MaxTxnOps == 0 {
+		c.MaxTxnOps = 16
+	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = 64 << 10
 	}
 	return c
 }

@@ -25,6 +25,16 @@ type Store struct {
 	nextID int64
 	// watchers in registration order.
 	watchers []*watcher
+	// history holds every change since compacted, for watches from a past
+	// revision.
+	history   []batch
+	compacted int64
+}
+
+// batch is the changes of one revision.
+type batch struct {
+	rev int64
+	evs []Event
 }
 
 type kv struct {
@@ -257,8 +267,18 @@ func (s *Store) apply(ops []Op) {
 		return
 	}
 	s.rev = rev
+	s.history = append(s.history, batch{rev, evs})
 	for _, ev := range evs {
-		if rec, ok := ev.Val.(*proto.EpochRecord); ok && !ev.Del {
+		rec, ok := ev.Val.(*proto.EpochRecord)
+		if b, isBytes := ev.Val.([]byte); isBytes && !ev.Del {
+			// Written by a real driver through a storeClient.
+			if p, isKey := keys.Parse(ev.Key); isKey && p.Kind == proto.KindEpoch {
+				if r, err := proto.DecodeEpoch(b); err == nil {
+					rec, ok = &r, true
+				}
+			}
+		}
+		if ok && !ev.Del {
 			w.hist.add(Rec{Kind: HEpoch, At: w.now, Record: rec, Rev: rev})
 			w.note(storeNode, "epoch written rev %d: %s", rev, fmtRecord(rec))
 			if rec.State == proto.Connected {
@@ -333,6 +353,35 @@ func (s *Store) watch(wt *watcher) {
 // unwatch drops every watcher of node n (its process ended).
 func (s *Store) unwatch(n NodeID) {
 	s.watchers = slices.DeleteFunc(s.watchers, func(wt *watcher) bool { return wt.node == n })
+}
+
+// watchFrom registers wt and delivers at once every change since
+// revision from (0: none), in order; false if from is compacted.
+func (s *Store) watchFrom(wt *watcher, from int64) bool {
+	if from > 0 && from <= s.compacted {
+		return false
+	}
+	if from > 0 {
+		i, _ := slices.BinarySearchFunc(s.history, from, func(b batch, r int64) int { return int(b.rev - r) })
+		for _, b := range s.history[i:] {
+			var mine []Event
+			for _, ev := range b.evs {
+				if ev.Key == wt.key || wt.prefix && strings.HasPrefix(ev.Key, wt.key) {
+					mine = append(mine, ev)
+				}
+			}
+			if len(mine) > 0 {
+				s.deliver(wt, mine, b.rev)
+			}
+		}
+	}
+	s.watch(wt)
+	return true
+}
+
+// watching reports whether the watcher with id is registered.
+func (s *Store) watching(id uint64) bool {
+	return slices.ContainsFunc(s.watchers, func(wt *watcher) bool { return wt.id == id })
 }
 
 // cancelWatch drops the watcher with id.
