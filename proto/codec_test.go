@@ -55,6 +55,8 @@ func TestEpochCodecRejectsBadMembers(t *testing.T) {
 		`{"number":1,"members":["a/1/2/3/0",7]}`,
 		`{"number":1,"members":{"a":1}}`,
 		`{"number":1,"members":["a/1/2/3/0"`,
+		`{"number":1,"members":0}`,
+		`{"number":1,"prev":"a/1/2/3/0"}`,
 	} {
 		var r EpochRecord
 		if err := json.Unmarshal([]byte(bad), &r); err == nil {

@@ -4,15 +4,17 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // decodeStoreForm parses the store form of an epoch record (EncodeEpoch)
 // without reflection: a flat JSON object whose values are strings, unsigned
 // numbers and arrays of member strings. Every member reads the record at
 // every change, so this is on the hot path of an epoch change. It reports
-// false for anything else (the verbose form, unknown shapes), which
-// UnmarshalJSON then decodes the general way; it never accepts what the
-// general way would reject as malformed JSON in these fields.
+// false for anything else (the verbose form, unknown shapes, whitespace),
+// which DecodeEpoch then decodes the general way (json.Unmarshal). What it
+// accepts, it decodes exactly as json.Unmarshal would, and it accepts
+// nothing json.Unmarshal rejects: FuzzDecodeEpoch checks both.
 func decodeStoreForm(data []byte) (EpochRecord, bool) {
 	p := parser{s: string(data)}
 	var r EpochRecord
@@ -95,13 +97,15 @@ func (p *parser) byte(c byte) bool {
 
 func (p *parser) end() bool { return p.i == len(p.s) }
 
-// str reads a JSON string. One with escapes is handed to encoding/json.
+// str reads a JSON string. One with escapes or bytes outside ASCII that
+// are not valid UTF-8 is handed to encoding/json, which unescapes it and
+// replaces each invalid byte with U+FFFD.
 func (p *parser) str() (string, bool) {
 	if !p.byte('"') {
 		return "", false
 	}
 	start := p.i
-	escaped := false
+	escaped, ascii := false, true
 	for p.i < len(p.s) {
 		switch c := p.s[p.i]; {
 		case c == '\\':
@@ -111,7 +115,7 @@ func (p *parser) str() (string, bool) {
 		case c == '"':
 			v := p.s[start:p.i]
 			p.i++
-			if escaped {
+			if escaped || !ascii && !utf8.ValidString(v) {
 				var out string
 				if json.Unmarshal([]byte(p.s[start-1:p.i]), &out) != nil {
 					return "", false
@@ -121,6 +125,8 @@ func (p *parser) str() (string, bool) {
 			return v, true
 		case c < 0x20:
 			return "", false
+		case c >= utf8.RuneSelf:
+			ascii = false
 		}
 		p.i++
 	}
@@ -145,14 +151,17 @@ func (p *parser) members() ([]Member, bool) {
 	if !p.byte('[') {
 		return nil, false
 	}
+	if p.byte(']') {
+		return []Member{}, true
+	}
+	if p.i == len(p.s) || p.s[p.i] != '"' { // the verbose form: not ours
+		return nil, false
+	}
 	n := 1
 	if j := strings.IndexByte(p.s[p.i:], ']'); j >= 0 {
 		n += strings.Count(p.s[p.i:p.i+j], ",")
 	}
 	ms := make([]Member, 0, n)
-	if p.byte(']') {
-		return ms, true
-	}
 	for {
 		s, ok := p.str()
 		if !ok {
