@@ -36,10 +36,11 @@ func TestG1_RacingCoordinators(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	e.connected(10*time.Second, ids...)
+	e.connected(testenv.Mark{}, 10*time.Second, ids...)
 	current(t, ds["a"], 5*time.Second, ids...)
 	current(t, ds["b"], 5*time.Second, ids...)
 
+	mark := e.mark()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	wg.Add(4)
@@ -49,7 +50,7 @@ func TestG1_RacingCoordinators(t *testing.T) {
 	go func() { defer wg.Done(); idc.Crash(ds["f"]) }()
 	g := e.join("g")
 	wg.Wait()
-	e.connected(20*time.Second, "a", "b", "g")
+	e.connected(mark, 20*time.Second, "a", "b", "g")
 	e.h.CheckG1(t, group)
 	_ = g
 	t.Logf("history:\n%s", fmtHistory(e))
@@ -65,12 +66,13 @@ func TestG1_ElectedCoordinatorsTakeTurns(t *testing.T) {
 		stops = append(stops, e.coordinator(coordinator.Config{Name: fmt.Sprintf("c%d", i), ElectionTTL: time.Second}))
 	}
 	a := e.join("a")
-	e.connected(10*time.Second, "a")
+	e.connected(testenv.Mark{}, 10*time.Second, "a")
+	mark := e.mark()
 	for i, id := range []string{"b", "c"} {
 		stops[i]() // graceful: resigns; another candidate takes over
 		e.join(id)
 	}
-	e.connected(15*time.Second, "a", "b", "c")
+	e.connected(mark, 15*time.Second, "a", "b", "c")
 	current(t, a, 5*time.Second, "a", "b", "c")
 	e.h.CheckG1(t, group)
 }

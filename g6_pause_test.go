@@ -14,6 +14,7 @@ import (
 
 	"github.com/idc-dev/idc"
 	"github.com/idc-dev/idc/coordinator"
+	"github.com/idc-dev/idc/internal/testenv"
 	"github.com/idc-dev/idc/proto"
 )
 
@@ -82,7 +83,7 @@ func TestG6_PausedProcessStopsOnResume(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	old := e.connected(20*time.Second, "a", "p")
+	old := e.connected(testenv.Mark{}, 20*time.Second, "a", "p")
 	// Let it do I/O in the epoch, then pause it past its lease.
 	var last time.Time
 	ioAt := func(l string) time.Time {
@@ -100,6 +101,7 @@ func TestG6_PausedProcessStopsOnResume(t *testing.T) {
 			t.Fatalf("the child did no I/O")
 		}
 	}
+	mark := e.mark()
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +110,8 @@ func TestG6_PausedProcessStopsOnResume(t *testing.T) {
 	// the process stopped.
 	waitStopped(t, cmd.Process.Pid)
 	stopped := time.Now()
-	next := e.h.WaitFor(t, group, 20*time.Second, "connected without p", func(r proto.EpochRecord) bool {
-		return r.State == proto.Connected && r.Number > old.Number && !proto.Contains(r.Members, proto.Ref{ID: "p", Incarnation: findInc(old, "p")})
+	next := e.h.WaitFor(t, group, mark, 20*time.Second, "connected without p", func(r proto.EpochRecord) bool {
+		return r.State == proto.Connected && r.Number > old.Number && !proto.Contains(r.Members, proto.Ref{ID: "p", Incarnation: findInc(old.EpochRecord, "p")})
 	})
 	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,12 +61,20 @@ func (e *env) join(id string, mod ...func(*idc.Config)) *idc.Domain {
 	return d
 }
 
-// connected waits until an epoch record of the test group is connected
-// with exactly the members ids.
-func (e *env) connected(timeout time.Duration, ids ...string) proto.EpochRecord {
+// mark returns the present point of the store's history: waits from it
+// match only records written after mark was called.
+func (e *env) mark() testenv.Mark {
+	e.t.Helper()
+	return e.h.Mark(e.t)
+}
+
+// connected waits until an epoch record of the test group written after
+// since is connected with exactly the members ids (the zero Mark: any
+// record of the history).
+func (e *env) connected(since testenv.Mark, timeout time.Duration, ids ...string) testenv.Entry {
 	e.t.Helper()
 	slices.Sort(ids)
-	return e.h.WaitFor(e.t, group, timeout, "connected with "+join(ids), func(r proto.EpochRecord) bool {
+	return e.h.WaitFor(e.t, group, since, timeout, "connected with "+join(ids), func(r proto.EpochRecord) bool {
 		return r.State == proto.Connected && slices.Equal(proto.IDs(r.Members), ids)
 	})
 }
@@ -107,3 +116,56 @@ func waitDone(t *testing.T, d *idc.Domain, timeout time.Duration) {
 		t.Fatalf("%s did not stop within %v", d.ID(), timeout)
 	}
 }
+
+// leaseOf returns the store lease of member id among ms.
+func leaseOf(t *testing.T, ms []proto.Member, id string) int64 {
+	t.Helper()
+	m, ok := proto.Find(ms, id)
+	if !ok || m.Lease == 0 {
+		t.Fatalf("no lease of %s among %v", id, proto.IDs(ms))
+	}
+	return m.Lease
+}
+
+// ioLoop does an I/O every millisecond while its epoch allows it, as a
+// careful application does: Epoch.Err right before each I/O, whose time
+// is read after the check.
+type ioLoop struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
+	done chan struct{}
+}
+
+func startIO(ep *idc.Epoch) *ioLoop {
+	l := &ioLoop{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for ep.Err() == nil {
+			l.mu.Lock()
+			l.last, l.n = time.Now(), l.n+1
+			l.mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return l
+}
+
+// stopped waits until the loop has stopped and returns the time of its
+// last I/O and the number of I/Os.
+func (l *ioLoop) stopped(t *testing.T, timeout time.Duration) (time.Time, int) {
+	t.Helper()
+	select {
+	case <-l.done:
+	case <-time.After(timeout):
+		t.Fatalf("the I/O loop did not stop within %v", timeout)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last, l.n
+}
+
+// bystander gives a peer that is not under test a longer lease than the
+// 2 s one under test, so that a test process starved by a loaded machine
+// does not lose it too.
+func bystander(c *idc.Config) { c.LeaseTTL = 5 * time.Second }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/idc-dev/idc"
 	"github.com/idc-dev/idc/coordinator"
+	"github.com/idc-dev/idc/internal/testenv"
 	"github.com/idc-dev/idc/proto"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -54,7 +55,7 @@ func TestMetrics(t *testing.T) {
 	withReg := func(c *idc.Config) { c.Metrics = reg }
 	a := e.join("a", withReg)
 	c := e.join("c", withReg)
-	e.connected(10*time.Second, "a", "c")
+	e.connected(testenv.Mark{}, 10*time.Second, "a", "c")
 	ep := current(t, a, 5*time.Second, "a", "c")
 	op, err := ep.Begin()
 	if err != nil {
@@ -63,17 +64,19 @@ func TestMetrics(t *testing.T) {
 	if got := gather(t, reg)["idc_member_ops_in_flight{domain=a,group=g}"]; got != 1 {
 		t.Errorf("ops in flight of a = %v, want 1", got)
 	}
+	mark := e.mark()
 	e.join("b", withReg)
 	<-ep.Context().Done()
 	time.Sleep(50 * time.Millisecond) // the op holds quiesce for a while
 	op.End()
-	e.connected(10*time.Second, "a", "b", "c")
+	e.connected(mark, 10*time.Second, "a", "b", "c")
 	current(t, a, 5*time.Second, "a", "b", "c")
+	mark = e.mark()
 	if err := a.ReportFault(t.Context(), "c"); err != nil {
 		t.Fatal(err)
 	}
 	waitDone(t, c, 10*time.Second)
-	fin := e.connected(10*time.Second, "a", "b")
+	fin := e.connected(mark, 10*time.Second, "a", "b")
 
 	// a is in every epoch: it acknowledged every one written quiescing
 	// (all but epoch 1) and connected in every one written connected. The

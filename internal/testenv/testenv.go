@@ -1,5 +1,6 @@
 // Package testenv starts real embedded etcd servers and coordinators for
-// idc's integration tests.
+// idc's integration tests, records the epoch history they write (History)
+// and taps store clients to time what they send (Tap).
 package testenv
 
 import (
