@@ -148,9 +148,12 @@ func (c *G3) Observe(h *History) error {
 	return nil
 }
 
-// G4 (departed domains are harmless), lease mode: no I/O of epoch e, by
-// any incarnation, happens after an epoch above e became connected in the
-// store. Survivors cannot (G3: their operations of e ended before they
+// G4 (departed domains are harmless): no I/O of epoch e, by any
+// incarnation, happens after an epoch above e became connected in the
+// store. This holds in every mode while no resource is simulated: with no
+// resource to fence, a departed member must be waited out by its lease in
+// fence mode too (DESIGN §6); guards will check fenced modes at the
+// resource. Survivors cannot (G3: their operations of e ended before they
 // acknowledged); a departed member that still acts is caught here.
 type G4 struct {
 	seen        int
@@ -168,7 +171,7 @@ func (c *G4) Observe(h *History) error {
 				c.max, c.connectedAt = rec.Record.Number, rec.At
 			}
 		case HIO:
-			if h.Mode.UsesLease() && rec.Epoch < c.max {
+			if rec.Epoch < c.max {
 				return fmt.Errorf("%v did I/O of epoch %d (op %d) at %v, after epoch %d connected at %v",
 					rec.Ref, rec.Epoch, rec.Op, rec.At, c.max, c.connectedAt)
 			}
@@ -216,7 +219,9 @@ func (c *G6) Observe(h *History) error {
 func (w *World) checkL1() error {
 	var rec *proto.EpochRecord
 	if e := w.store.kvs[keys.Epoch(group)]; e != nil {
-		rec, _ = e.val.(*proto.EpochRecord)
+		if r, err := proto.DecodeEpoch(e.val); err == nil {
+			rec = &r
+		}
 	}
 	var why []string
 	if rec == nil {
@@ -237,11 +242,11 @@ func (w *World) checkL1() error {
 			case ms == nil:
 				why = append(why, fmt.Sprintf("domain %s never registered", d.id))
 			case ms.stopped:
-				why = append(why, fmt.Sprintf("domain %s's latest incarnation %v stopped (%v) and it has not joined again", d.id, ms.ref(), ms.m.Err()))
+				why = append(why, fmt.Sprintf("domain %s's latest incarnation %v stopped (%v) and it has not joined again", d.id, ms.ref(), ms.drv.Err()))
 			case !proto.Contains(rec.Members, ms.ref()):
-				why = append(why, fmt.Sprintf("live domain %v is not a member (phase %v)", ms.ref(), ms.m.Phase()))
+				why = append(why, fmt.Sprintf("live domain %v is not a member (phase %v)", ms.ref(), ms.drv.Phase()))
 			case ms.delivered != rec.Number:
-				why = append(why, fmt.Sprintf("member %v has not delivered epoch %d (delivered %d, phase %v)", ms.ref(), rec.Number, ms.delivered, ms.m.Phase()))
+				why = append(why, fmt.Sprintf("member %v has not delivered epoch %d (delivered %d, phase %v)", ms.ref(), rec.Number, ms.delivered, ms.drv.Phase()))
 			}
 		}
 		for _, m := range rec.Members {
@@ -264,18 +269,20 @@ func (w *World) describe() string {
 	live := w.store.sortedKeys(keys.Groups(), "")
 	fmt.Fprintf(&b, "store keys at rev %d: %s\n", w.store.rev, strings.Join(live, " "))
 	for _, c := range w.coords {
-		fmt.Fprintf(&b, "%s: down=%v busy=%v backlog=%d", c.n.name, c.n.down, c.busy, len(c.backlog))
-		if cg := c.groups[group]; cg != nil {
-			dl, ok := cg.m.NextDeadline()
-			fmt.Fprintf(&b, " view rev %d %s; next deadline %v (%v) now %v", cg.view.EpochRevision, fmtRecord(cg.view.Epoch), dl, ok, c.now())
+		desc := "not started"
+		if c.l != nil {
+			desc = c.l.Describe(group)
 		}
-		b.WriteByte('\n')
+		fmt.Fprintf(&b, "%s: down=%v backlog=%d %s\n", c.n.name, c.n.down, len(c.n.backlog), desc)
 	}
 	for _, d := range w.domains {
 		fmt.Fprintf(&b, "%s: dead=%v", d.id, d.dead)
 		if ms := d.ms; ms != nil {
-			cur, _ := ms.m.Current()
-			fmt.Fprintf(&b, " %v phase=%v current=%d delivered=%d acked=%d stopped=%v ops=%d", ms.ref(), ms.m.Phase(), cur, ms.delivered, ms.m.Acked(), ms.stopped, len(d.ops))
+			var cur uint64
+			if ep := ms.drv.Last(); ep != nil {
+				cur = ep.Number()
+			}
+			fmt.Fprintf(&b, " %v phase=%v last=%d delivered=%d stopped=%v ops=%d joining=%v", ms.ref(), ms.drv.Phase(), cur, ms.delivered, ms.stopped, len(d.ops), d.joining)
 		}
 		b.WriteByte('\n')
 	}

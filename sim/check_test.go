@@ -116,12 +116,12 @@ func TestChecksFire(t *testing.T) {
 			epoch(3*s, 2, proto.Connected, []proto.Member{a}, nil),
 			{Kind: HIO, At: 3*s + 1, Ref: b.Ref(), Epoch: 1, Op: 1},
 		}, "b/1 did I/O of epoch 1"},
-		{"G4 not in fence mode", func() Check { return &G4{} }, proto.ModeFence, []Rec{
+		{"G4 in fence mode with no resource", func() Check { return &G4{} }, proto.ModeFence, []Rec{
 			epoch(1*s, 1, proto.Connected, ab, nil),
 			epoch(2*s, 2, proto.Quiescing, []proto.Member{a}, ab),
 			epoch(3*s, 2, proto.Connected, []proto.Member{a}, nil),
 			{Kind: HIO, At: 3*s + 1, Ref: b.Ref(), Epoch: 1, Op: 1},
-		}, ""},
+		}, "after epoch 2 connected"},
 
 		{"G6 ok", func() Check { return &G6{} }, proto.ModeLease, []Rec{
 			{Kind: HGrant, At: 0, Lease: 5, TTL: 2 * s},
@@ -186,7 +186,7 @@ func TestViolationError(t *testing.T) {
 	if _, err := Run(Config{Domains: -1}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("bad config: %v", err)
 	}
-	if _, err := Run(Config{Mode: proto.ModeFence}); !errors.Is(err, ErrConfig) {
-		t.Fatalf("fence mode: %v", err)
+	if _, err := Run(Config{Mode: "fencing"}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("bad mode: %v", err)
 	}
 }

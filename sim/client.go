@@ -47,55 +47,75 @@ func timeout(what string, d time.Duration) error {
 	return fmt.Errorf("%w: %s: no answer within %v", store.ErrUnavailable, what, d)
 }
 
+// answer is what the store sends back: a value or an error.
+type answer struct {
+	v   any
+	err error
+}
+
+// request sends req to the store and calls back with its answer, or with
+// a timeout error if none arrives in time. A store without a leader
+// answers every request with ErrNoLeader.
+func (c storeClient) request(what string, to time.Duration, req func() answer, done func(answer)) {
+	w := c.w
+	w.call(c.n, to, what, func() any {
+		if w.store.leaderless() {
+			return answer{err: store.ErrNoLeader}
+		}
+		return req()
+	}, func(resp any) {
+		if done != nil {
+			done(resp.(answer))
+		}
+	}, func() {
+		if done != nil {
+			done(answer{err: timeout(what, to)})
+		}
+	})
+}
+
 func (c storeClient) Grant(ttl, to time.Duration, done func(store.Lease, error)) {
 	w := c.w
-	w.call(c.n, to, "grant", func() any { return store.Lease{ID: store.LeaseID(w.store.Grant(ttl)), TTL: ttl} },
-		func(resp any) { done(resp.(store.Lease), nil) },
-		func() { done(store.Lease{}, timeout("grant", to)) })
+	c.request("grant", to, func() answer {
+		return answer{v: store.Lease{ID: store.LeaseID(w.store.Grant(ttl)), TTL: ttl}}
+	}, func(a answer) {
+		l, _ := a.v.(store.Lease)
+		done(l, a.err)
+	})
 }
 
 func (c storeClient) KeepAlive(id store.LeaseID, to time.Duration, done func(time.Duration, error)) {
 	w := c.w
-	w.call(c.n, to, "keepalive", func() any { return w.store.KeepAlive(int64(id)) },
-		func(resp any) {
-			if !resp.(bool) {
-				done(0, store.ErrLeaseNotFound)
-				return
-			}
-			done(w.cfg.TTL, nil)
-		},
-		func() { done(0, timeout("keepalive", to)) })
+	c.request("keepalive", to, func() answer {
+		if !w.store.KeepAlive(int64(id)) {
+			return answer{err: store.ErrLeaseNotFound}
+		}
+		return answer{v: w.cfg.TTL}
+	}, func(a answer) {
+		ttl, _ := a.v.(time.Duration)
+		done(ttl, a.err)
+	})
 }
 
 func (c storeClient) Revoke(id store.LeaseID, to time.Duration, done func(error)) {
 	w := c.w
-	w.call(c.n, to, "revoke", func() any { return w.store.Revoke(int64(id)) },
-		func(resp any) {
-			if done == nil {
-				return
-			}
-			if !resp.(bool) {
-				done(store.ErrLeaseNotFound)
-				return
-			}
-			done(nil)
-		},
-		func() {
-			if done != nil {
-				done(timeout("revoke", to))
-			}
-		})
+	c.request("revoke", to, func() answer {
+		if !w.store.Revoke(int64(id)) {
+			return answer{err: store.ErrLeaseNotFound}
+		}
+		return answer{}
+	}, func(a answer) {
+		if done != nil {
+			done(a.err)
+		}
+	})
 }
 
 // Txn runs t at the store, as etcd would: refused whole if it has more
 // operations than MaxTxnOps or more bytes than MaxRequestBytes.
 func (c storeClient) Txn(t store.Txn, to time.Duration, done func(store.TxnResponse, error)) {
 	w := c.w
-	type answer struct {
-		resp store.TxnResponse
-		err  error
-	}
-	w.call(c.n, to, "txn", func() any {
+	c.request("txn", to, func() answer {
 		if n := max(len(t.If), t.Ops()); n > w.cfg.MaxTxnOps {
 			return answer{err: fmt.Errorf("%w (%d > %d)", store.ErrTooManyOps, n, w.cfg.MaxTxnOps)}
 		}
@@ -103,11 +123,11 @@ func (c storeClient) Txn(t store.Txn, to time.Duration, done func(store.TxnRespo
 			return answer{err: fmt.Errorf("%w (%d > %d bytes)", store.ErrTooLarge, n, w.cfg.MaxRequestBytes)}
 		}
 		resp, err := w.store.txnBytes(t)
-		return answer{resp, err}
-	}, func(resp any) {
-		a := resp.(answer)
-		done(a.resp, a.err)
-	}, func() { done(store.TxnResponse{}, timeout("txn", to)) })
+		return answer{v: resp, err: err}
+	}, func(a answer) {
+		resp, _ := a.v.(store.TxnResponse)
+		done(resp, a.err)
+	})
 }
 
 func txnBytes(t store.Txn) int {

@@ -18,7 +18,13 @@ import (
 //   - crash a domain (for good; at most half of them);
 //   - the store revokes a live lease early (etcd issues 12528, 15247);
 //   - pause a coordinator, which then works off its backlog;
-//   - crash a coordinator, which restarts (a fresh process) later.
+//   - crash a coordinator, which restarts (a fresh process) later;
+//   - hang every watch of a domain or coordinator: the stream silently
+//     delivers nothing more, events and progress notifications alike;
+//   - the store loses its leader for a while: requests fail with
+//     ErrNoLeader and every watch ends with it;
+//   - the store compacts its history: a watch from an older revision fails
+//     with ErrCompacted.
 //
 // Every fault ends by cfg.Duration; then the quiet period.
 
@@ -49,7 +55,7 @@ func (w *World) until(d time.Duration) time.Duration { return min(w.now+d, w.cfg
 func (w *World) inject() {
 	d := w.domains[w.rng.IntN(len(w.domains))]
 	ttl := w.cfg.TTL
-	switch k := w.rng.IntN(13); {
+	switch k := w.rng.IntN(16); {
 	case k < 3: // pause
 		if d.dead {
 			return
@@ -120,6 +126,25 @@ func (w *World) inject() {
 		w.faults.Pauses++
 		w.note(c.n.id, "nemesis: pause for %v", until-w.now)
 		w.pause(c.n, until)
+	case k == 13: // hang the watches of a node
+		n := d.n
+		if w.chance(0.5) {
+			n = w.coords[w.rng.IntN(len(w.coords))].n
+		}
+		if n.down || w.store.hang(n.id) == 0 {
+			return
+		}
+		w.faults.HungWatches++
+		w.note(n.id, "nemesis: its watches hang")
+	case k == 14: // the store loses its leader
+		until := w.until(w.uniform(50*time.Millisecond, 1500*time.Millisecond))
+		w.faults.NoLeader++
+		w.note(storeNode, "nemesis: no leader for %v", until-w.now)
+		w.store.loseLeader(until)
+	case k == 15: // compaction
+		w.faults.Compactions++
+		w.note(storeNode, "nemesis: compaction at revision %d", w.store.rev)
+		w.store.compact()
 	default: // crash a coordinator
 		c := w.coords[w.rng.IntN(len(w.coords))]
 		if c.n.down {

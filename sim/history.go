@@ -149,19 +149,24 @@ const fnvOffset, fnvPrime = 14695981039346656037, 1099511628211
 
 func newTrace(n int) *trace { return &trace{ring: make([]traceEntry, n), hash: fnvOffset} }
 
+// mix folds v into the hash: a multiply and an xor-shift per word.
 func (t *trace) mix(v uint64) {
-	for i := 0; i < 8; i++ {
-		t.hash ^= v & 0xff
-		t.hash *= fnvPrime
-		v >>= 8
-	}
+	t.hash = (t.hash ^ v) * fnvPrime
+	t.hash ^= t.hash >> 29
 }
 
+// mixString folds s into the hash eight bytes at a time.
 func (t *trace) mixString(s string) {
-	for i := 0; i < len(s); i++ {
-		t.hash ^= uint64(s[i])
-		t.hash *= fnvPrime
+	for len(s) >= 8 {
+		t.mix(uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56)
+		s = s[8:]
 	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		v |= uint64(s[i]) << (8 * i)
+	}
+	t.mix(v ^ uint64(len(s))<<60)
 }
 
 func (t *trace) add(at time.Duration, node, what string, a, b int64) {

@@ -1,31 +1,29 @@
-// Package sim is idc's deterministic simulator (issue 3). It runs the real
-// pure state machines — core/member.Machine and core/coordinator.Machine —
-// under a simulated store (a linearizable etcd with leases, transactions and
-// watches), network and clocks, in a single goroutine, with no real time and
-// no real I/O. One int64 seed decides everything through one PCG source:
-// message delays and losses, watch delays, clock rates, the workload, and
-// the nemesis (pauses, partitions, crashes, early lease revocation by the
+// Package sim is idc's deterministic simulator. It runs the real drivers
+// — the member driver (internal/membership, what idc.Domain runs) and the
+// coordinator's Leader (what coordinator.Run runs once elected), and with
+// them the pure machines of core/ — over a simulated store, network and
+// clocks, in a single goroutine, with no real time and no real I/O. The
+// drivers reach the world only through store.Store and clock.Clock; here
+// those are a simulated etcd (client.go, txn.go, store.go) and each node's
+// drifting local clock, whose answers and timers are events of the node.
+// One int64 seed decides everything through one PCG source: message
+// delays and losses, watch delays, clock rates, the workload, and the
+// nemesis (pauses, partitions, crashes, early lease revocation by the
 // store, coordinator crashes).
 //
 // After every step the checks (G1, G3, G4, G6; see check.go) read the
 // history; at the end of a run L1 is checked. A violation comes back as an
 // error that errors.Is ErrViolation, with the seed and the last steps.
 //
-// The world is generic: a node has an id, a clock, a generation (bumped on
-// restart) and a pause backlog; messages go to a node id and run a handler
-// there (network.send; World.call for store requests). Channels (G2) and
-// resource guards with fence acknowledgements (G5) are meant to be added as
-// further node kinds: a guard node watches the store like a member, writes
-// fence acks under groups/<g>/fenceacks/ (the coordinator view already
-// folds them in) and records the requests it applies in the history; a
-// channel is a message between domain nodes through network.send. Each
-// adds history record kinds and a Check of its own (DefaultChecks).
+// Channels (G2) and resource guards (G5) are to be added as further
+// drivers on the same interfaces, each adding history record kinds and a
+// Check of its own (DefaultChecks).
 //
-// Files: clock.go (event queue, local clocks), net.go (delays, loss,
+// Files: clock.go (event queue, local clocks), client.go and txn.go (the
+// store.Store and clock.Clock the drivers see), net.go (delays, loss,
 // partitions, store calls), store.go (the simulated etcd), domain.go and
-// work.go (member driver and application), coord.go (coordinator driver;
-// its views are folded by core/coordinator.View.Fold, as the real
-// driver's), faults.go (nemesis), history.go (history, trace),
+// work.go (the application around the member driver), coord.go (the
+// coordinator driver), faults.go (nemesis), history.go (history, trace),
 // check.go (G1, G3, G4, G6, L1).
 package sim
 
@@ -51,8 +49,9 @@ type Config struct {
 	// (default: 1 or 2, decided by the seed). With two, both act, as with
 	// coordinator.Config.NoElection.
 	Coordinators int
-	// Mode is the group's mode (default lease; fence needs resource guards,
-	// which are not simulated yet).
+	// Mode is the group's mode (default: lease, fence or both, decided by
+	// the seed). No resource guards are simulated yet, so in fence mode the
+	// group has no resource and must wait departed members' leases out.
 	Mode proto.Mode
 	// Duration is how long faults are injected (default 20 s); then Quiet
 	// (default Bound()) passes without faults before L1 is checked.
@@ -69,6 +68,8 @@ type Config struct {
 	QuiesceTimeout time.Duration
 	// OpTimeout bounds each store request of the drivers (default 1 s).
 	OpTimeout time.Duration
+	// WatchCheck is the drivers' watch watchdog interval (default 1 s).
+	WatchCheck time.Duration
 	// Damping is the coordinators' flap damping (default: 3 departures in
 	// 1 min hold a domain back for 3 s, shorter than the real default of
 	// 15 s so that runs stay short; the L1 bound includes the hold).
@@ -92,11 +93,12 @@ type Config struct {
 	//
 	// CoordinatorMutation is passed to core/coordinator.Config.Mutation.
 	CoordinatorMutation coordinator.Mutation
-	// NoCAS makes the simulated coordinator driver ignore ExpectRevision
-	// (a plain put).
+	// NoCAS makes the coordinator driver write epochs without the
+	// compare-and-swap (coordinator.LeaderConfig.NoCAS).
 	NoCAS bool
-	// ValidityFromReceipt makes the simulated member driver pass the time
-	// it received a renewal's answer, not the time it sent it, to Renewed.
+	// ValidityFromReceipt makes the member driver count lease validity
+	// from a renewal's answer, not its send
+	// (membership.Config.ValidityFromReceipt).
 	ValidityFromReceipt bool
 }
 
@@ -114,9 +116,6 @@ func (c Config) WithDefaults() Config {
 	if c.Domains == 0 {
 		c.Domains = 4
 	}
-	if c.Mode == "" {
-		c.Mode = proto.ModeLease
-	}
 	def(&c.Duration, 20*time.Second)
 	def(&c.TTL, 2*time.Second)
 	if c.Rho == 0 {
@@ -126,6 +125,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.CoordinatorMargin, 500*time.Millisecond)
 	def(&c.QuiesceTimeout, 3*time.Second)
 	def(&c.OpTimeout, time.Second)
+	def(&c.WatchCheck, time.Second)
 	def(&c.RejoinDelay, time.Second)
 	def(&c.Damping.Hold, 3*time.Second)
 	def(&c.MaxDelay, c.TTL*2/5)
@@ -148,8 +148,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: %d domains (want 1..64)", ErrConfig, c.Domains)
 	case c.Coordinators < 0 || c.Coordinators > 2:
 		return fmt.Errorf("%w: %d coordinators (want 1 or 2, or 0 for the seed to decide)", ErrConfig, c.Coordinators)
-	case c.Mode != proto.ModeLease && c.Mode != proto.ModeBoth:
-		return fmt.Errorf("%w: mode %q: only lease (or both) can be simulated until resource guards exist", ErrConfig, c.Mode)
+	case c.Mode != "" && !c.Mode.Valid():
+		return fmt.Errorf("%w: mode %q (want lease, fence or both)", ErrConfig, c.Mode)
 	case c.Duration < 0 || c.Quiet < 0:
 		return fmt.Errorf("%w: negative duration", ErrConfig)
 	case c.MaxDelay <= 0 || c.OpTimeout <= 0 || c.RejoinDelay <= 0:
@@ -187,6 +187,7 @@ func (c Config) coordConfig() coordinator.Config {
 // epoch with every live domain connects within detection (a lease TTL) +
 // the quiesce deadline + the coordinator's lease wait (TTL·(1+ρ)+margin by
 // a clock that may run slow) + the flap damping hold (by a slow clock too) +
+// the time to notice a hung watch (2·WatchCheck, by a slow clock) +
 // the rejoin delay + the slowest message still
 // in flight + a store request timeout and the drivers' longest retry backoff
 // (1 s) + a few store round trips.
@@ -194,8 +195,14 @@ func (c Config) Bound() time.Duration {
 	wait := lease.Config{TTL: c.TTL, Rho: c.Rho, Margin: c.CoordinatorMargin}.Wait()
 	wait = time.Duration(float64(wait) / (1 - c.Rho))
 	hold := time.Duration(float64(c.coordConfig().Damping.Hold) / (1 - c.Rho))
-	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + time.Second + 200*time.Millisecond
+	watch := time.Duration(float64(2*c.WatchCheck) / (1 - c.Rho))
+	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + time.Second + 200*time.Millisecond
 }
+
+// maxSteps bounds a run: a driver that loops without time passing (a
+// timer armed for a moment already past, a retry without backoff) is a
+// bug, reported rather than run forever. Runs take some 10^4 steps.
+const maxSteps = 2_000_000
 
 // group is the one group simulated (the machines support several; the
 // drivers keep per-group state where the real ones do).
@@ -206,11 +213,13 @@ var keys = proto.Keys{}
 // Faults counts the faults injected in a run, by kind.
 type Faults struct {
 	Pauses, Partitions, SlowLinks, Crashes, EarlyRevocations, CoordinatorCrashes, FaultReports, Leaves int
+	HungWatches, NoLeader, Compactions                                                                 int
 }
 
 // Total is the number of faults injected.
 func (f Faults) Total() int {
-	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves
+	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves +
+		f.HungWatches + f.NoLeader + f.Compactions
 }
 
 // Result summarises a run.
@@ -264,7 +273,6 @@ type node struct {
 	down        bool // crashed (domains: for good; coordinators: until restart)
 	pausedUntil time.Duration
 	backlog     []*event
-	onResume    func()
 }
 
 // World is one simulation run.
@@ -300,6 +308,10 @@ func newWorld(cfg Config) *World {
 	if w.cfg.Coordinators == 0 {
 		w.cfg.Coordinators = 1 + w.rng.IntN(2)
 	}
+	if w.cfg.Mode == "" {
+		w.cfg.Mode = []proto.Mode{proto.ModeLease, proto.ModeFence, proto.ModeBoth}[w.rng.IntN(3)]
+	}
+	w.hist.Mode = w.cfg.Mode
 	if w.cfg.Quiet == 0 {
 		w.cfg.Quiet = w.cfg.Bound()
 	}
@@ -392,6 +404,9 @@ func (w *World) run() {
 		}
 		w.now = ev.at
 		w.exec(ev)
+		if w.steps > maxSteps {
+			w.fail("sim", fmt.Sprintf("more than %d steps by %v: something loops without time passing", maxSteps, w.now))
+		}
 	}
 	if w.violation == nil {
 		w.now = w.end
@@ -441,7 +456,9 @@ func (w *World) fail(guarantee, detail string) {
 }
 
 // pause stops node n from processing anything until global time until;
-// then it Ticks (onResume) and works off its backlog in order.
+// then it works off its backlog in order — timers, store answers and the
+// application's own steps alike, as the goroutines of a process resumed
+// from SIGSTOP run in no particular order.
 func (w *World) pause(n *node, until time.Duration) {
 	if n.pausedUntil > w.now || n.down {
 		return
@@ -455,12 +472,7 @@ func (w *World) pause(n *node, until time.Duration) {
 		n.pausedUntil = 0
 		backlog := n.backlog
 		n.backlog = nil
-		if n.onResume != nil {
-			w.steps++
-			w.trace.add(w.now, n.name, "resumed: tick", int64(len(backlog)), 0)
-			n.onResume()
-			w.check()
-		}
+		w.trace.add(w.now, n.name, "resumed", int64(len(backlog)), 0)
 		for _, ev := range backlog {
 			if w.violation != nil {
 				return

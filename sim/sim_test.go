@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -197,4 +199,13 @@ func TestBrokenVariantsAreCaught(t *testing.T) {
 			t.Fatalf("%s not caught by %v in %d seeds", v.name, v.expect, maxSeeds)
 		})
 	}
+}
+
+// TestMain runs the simulator's tests with a lazier garbage collector: a
+// run allocates many small, short-lived events on a small heap, and with
+// the default GOGC the collector, not the simulation, takes most of the
+// time (docs/VERIFICATION.md, seeds/s).
+func TestMain(m *testing.M) {
+	debug.SetGCPercent(800)
+	os.Exit(m.Run())
 }

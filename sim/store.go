@@ -1,13 +1,13 @@
 package sim
 
 import (
-	"errors"
 	"maps"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
 )
 
 // Store is a simulated etcd: a linearizable key-value store with a global
@@ -29,6 +29,41 @@ type Store struct {
 	// revision.
 	history   []batch
 	compacted int64
+	// leaderlessUntil: until then the store has no leader (nemesis).
+	leaderlessUntil time.Duration
+}
+
+// leaderless reports whether the store has no leader now.
+func (s *Store) leaderless() bool { return s.w.now < s.leaderlessUntil }
+
+// loseLeader makes the store leaderless until the given time: requests
+// fail with ErrNoLeader, and every watch (idc's drivers require a leader)
+// ends with it.
+func (s *Store) loseLeader(until time.Duration) {
+	s.leaderlessUntil = max(s.leaderlessUntil, until)
+	for _, wt := range s.watchers {
+		s.deliverEnd(wt, store.ErrNoLeader)
+	}
+	s.watchers = nil
+}
+
+// hang makes every watch of node n silently deliver nothing more, as a
+// stream on a blackholed connection does.
+func (s *Store) hang(n NodeID) int {
+	hung := 0
+	for _, wt := range s.watchers {
+		if wt.node == n && !wt.hung {
+			wt.hung = true
+			hung++
+		}
+	}
+	return hung
+}
+
+// compact forgets the history: watches from a revision up to now fail with
+// ErrCompacted.
+func (s *Store) compact() {
+	s.compacted, s.history = s.rev, nil
 }
 
 // batch is the changes of one revision.
@@ -38,7 +73,7 @@ type batch struct {
 }
 
 type kv struct {
-	val         any
+	val         []byte
 	create, mod int64
 	lease       int64
 }
@@ -53,7 +88,7 @@ type slease struct {
 // Event is one key change delivered by a watch.
 type Event struct {
 	Key    string
-	Val    any // nil for a deletion
+	Val    []byte // nil for a deletion
 	Del    bool
 	Mod    int64
 	Create int64
@@ -66,10 +101,12 @@ type watcher struct {
 	prefix bool
 	lastAt time.Duration // FIFO per watcher
 	fn     func(evs []Event, rev int64)
+	// end ends the watch with an error (no leader), after the responses
+	// already on their way.
+	end func(error)
+	// hung: the stream silently delivers nothing more (nemesis).
+	hung bool
 }
-
-// ErrLeaseNotFound is the store's answer for a lease it does not have.
-var ErrLeaseNotFound = errors.New("etcdserver: requested lease not found")
 
 func newStore(w *World) *Store {
 	return &Store{w: w, kvs: map[string]*kv{}, leases: map[int64]*slease{}, nextID: 0x6f00}
@@ -151,7 +188,6 @@ const (
 	OpDelete
 	// OpDeleteRange deletes every key in [Key, End).
 	OpDeleteRange
-	OpGet
 )
 
 // Op is one operation of a transaction.
@@ -159,68 +195,8 @@ type Op struct {
 	Kind  OpKind
 	Key   string
 	End   string
-	Val   any
+	Val   []byte
 	Lease int64
-}
-
-// Cmp is one compare of a transaction: the key's mod revision (or create
-// revision, if Create) equals Rev; an absent key has revision 0.
-type Cmp struct {
-	Key    string
-	Create bool
-	Rev    int64
-}
-
-// TxnResp is a transaction's answer.
-type TxnResp struct {
-	Err       error
-	Succeeded bool
-	// Got is the value an OpGet read (nil if absent).
-	Got any
-	Rev int64
-}
-
-// Txn runs a transaction: if every compare holds, then, else els.
-func (s *Store) Txn(cmps []Cmp, then, els []Op) TxnResp {
-	ok := true
-	for _, c := range cmps {
-		var rev int64
-		if e := s.kvs[c.Key]; e != nil {
-			rev = e.mod
-			if c.Create {
-				rev = e.create
-			}
-		}
-		if rev != c.Rev {
-			ok = false
-			break
-		}
-	}
-	ops := then
-	if !ok {
-		ops = els
-	}
-	for _, o := range ops {
-		if o.Kind == OpPut && o.Lease != 0 && !s.leaseLive(o.Lease) {
-			return TxnResp{Err: ErrLeaseNotFound, Rev: s.rev}
-		}
-	}
-	resp := TxnResp{Succeeded: ok}
-	for _, o := range ops {
-		if o.Kind == OpGet {
-			if e := s.kvs[o.Key]; e != nil {
-				resp.Got = e.val
-			}
-		}
-	}
-	s.apply(ops)
-	resp.Rev = s.rev
-	return resp
-}
-
-// Put writes key (under lease, if not 0).
-func (s *Store) Put(key string, val any, lease int64) error {
-	return s.Txn(nil, []Op{{Kind: OpPut, Key: key, Val: val, Lease: lease}}, nil).Err
 }
 
 // apply carries out the writes of ops as one revision and notifies the
@@ -269,16 +245,13 @@ func (s *Store) apply(ops []Op) {
 	s.rev = rev
 	s.history = append(s.history, batch{rev, evs})
 	for _, ev := range evs {
-		rec, ok := ev.Val.(*proto.EpochRecord)
-		if b, isBytes := ev.Val.([]byte); isBytes && !ev.Del {
-			// Written by a real driver through a storeClient.
-			if p, isKey := keys.Parse(ev.Key); isKey && p.Kind == proto.KindEpoch {
-				if r, err := proto.DecodeEpoch(b); err == nil {
-					rec, ok = &r, true
-				}
+		var rec *proto.EpochRecord
+		if p, isKey := keys.Parse(ev.Key); isKey && p.Kind == proto.KindEpoch && !ev.Del {
+			if r, err := proto.DecodeEpoch(ev.Val); err == nil {
+				rec = &r
 			}
 		}
-		if ok && !ev.Del {
+		if rec != nil {
 			w.hist.add(Rec{Kind: HEpoch, At: w.now, Record: rec, Rev: rev})
 			w.note(storeNode, "epoch written rev %d: %s", rev, fmtRecord(rec))
 			if rec.State == proto.Connected {
@@ -304,6 +277,9 @@ func (s *Store) apply(ops []Op) {
 // while the watcher's node is cut off (the client resumes the watch from
 // its last revision once it reconnects).
 func (s *Store) deliver(wt *watcher, evs []Event, rev int64) {
+	if wt.hung {
+		return
+	}
 	w := s.w
 	at := w.now + w.net.delay(storeNode, wt.node)
 	if end := w.net.partitioned[wt.node]; end > w.now {
@@ -312,6 +288,18 @@ func (s *Store) deliver(wt *watcher, evs []Event, rev int64) {
 	at = max(at, wt.lastAt)
 	wt.lastAt = at
 	w.after(wt.node, at-w.now, "watch event", rev, int64(len(evs)), func() { wt.fn(evs, rev) })
+}
+
+// deliverEnd ends a watch with err after the responses already on their
+// way.
+func (s *Store) deliverEnd(wt *watcher, err error) {
+	if wt.hung || wt.end == nil {
+		return
+	}
+	w := s.w
+	at := max(w.now+w.net.delay(storeNode, wt.node), wt.lastAt)
+	wt.lastAt = at
+	w.after(wt.node, at-w.now, "watch ends", 0, 0, func() { wt.end(err) })
 }
 
 // sortedKeys returns the keys in [from, to), sorted; to == "" means every
@@ -325,18 +313,6 @@ func (s *Store) sortedKeys(from, to string) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// List returns every key with prefix and the revision, and registers a
-// watch on the prefix from the next revision (one store step: no gap).
-func (s *Store) List(prefix string, wt *watcher) ([]Event, int64) {
-	var out []Event
-	for _, k := range s.sortedKeys(prefix, "") {
-		e := s.kvs[k]
-		out = append(out, Event{Key: k, Val: e.val, Mod: e.mod, Create: e.create})
-	}
-	s.watch(wt)
-	return out, s.rev
 }
 
 // watch registers wt, replacing any earlier watcher with the same id.

@@ -41,8 +41,7 @@ func (s *Store) txnBytes(t store.Txn) (store.TxnResponse, error) {
 			var kvs []store.KV
 			for _, k := range s.rangeKeys(o.Key, o.End) {
 				e := s.kvs[k]
-				b, _ := e.val.([]byte)
-				kvs = append(kvs, store.KV{Key: k, Value: b, CreateRev: e.create, ModRev: e.mod, Lease: store.LeaseID(e.lease)})
+				kvs = append(kvs, store.KV{Key: k, Value: e.val, CreateRev: e.create, ModRev: e.mod, Lease: store.LeaseID(e.lease)})
 			}
 			resp.Gets = append(resp.Gets, kvs)
 		case store.OpPut:
@@ -86,35 +85,37 @@ func (c storeClient) Watch(r store.WatchRequest, fn func(store.WatchResponse)) s
 		}
 		resp := store.WatchResponse{Revision: rev}
 		for _, ev := range evs {
-			b, isBytes := ev.Val.([]byte)
-			if !isBytes && !ev.Del {
-				continue
-			}
-			resp.Events = append(resp.Events, store.Event{Delete: ev.Del, KV: store.KV{Key: ev.Key, Value: b, CreateRev: ev.Create, ModRev: ev.Mod}})
+			resp.Events = append(resp.Events, store.Event{Delete: ev.Del, KV: store.KV{Key: ev.Key, Value: ev.Val, CreateRev: ev.Create, ModRev: ev.Mod}})
 		}
 		fn(resp)
 	}}
+	wt.end = func(err error) {
+		if !sw.cancelled {
+			sw.cancelled = true
+			fn(store.WatchResponse{Err: err})
+		}
+	}
 	sw.wt = wt
 	w.call(c.n, w.cfg.OpTimeout, "watch", func() any {
-		if !w.store.watchFrom(wt, r.Rev) {
-			return int64(-1)
+		switch {
+		case w.store.leaderless():
+			return answer{err: store.ErrNoLeader}
+		case !w.store.watchFrom(wt, r.Rev):
+			return answer{err: fmt.Errorf("%w (from revision %d)", store.ErrCompacted, r.Rev)}
 		}
-		return w.store.rev
-	}, func(rev any) {
+		return answer{v: w.store.rev}
+	}, func(resp any) {
+		a := resp.(answer)
 		switch {
 		case sw.cancelled:
-		case rev.(int64) < 0:
-			sw.cancelled = true
-			fn(store.WatchResponse{Err: fmt.Errorf("%w (from revision %d)", store.ErrCompacted, r.Rev)})
+		case a.err != nil:
+			wt.end(a.err)
 		default:
-			fn(store.WatchResponse{Created: true, Revision: rev.(int64)})
+			fn(store.WatchResponse{Created: true, Revision: a.v.(int64)})
 		}
 	}, func() {
 		w.store.cancelWatch(sw.id) // if it arrived after all, it is a stream nobody reads
-		if !sw.cancelled {
-			sw.cancelled = true
-			fn(store.WatchResponse{Err: timeout("watch", w.cfg.OpTimeout)})
-		}
+		wt.end(timeout("watch", w.cfg.OpTimeout))
 	})
 	return sw
 }

@@ -5,15 +5,15 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc/core/member"
-	"github.com/idc-dev/idc/proto"
 )
 
-// The application: in each connected epoch it begins operations (Epoch.Begin)
-// with random durations; each does I/O now and then, checking the machine
-// first as Epoch.Err does. A well-behaved operation winds up soon after its
-// epoch's context ends; a careless one (only while faults run) ignores the
-// context and ends late. Now and then the application reports a peer lost
-// or leaves gracefully.
+// The application: in each connected epoch it begins operations
+// (Epoch.Begin) with random durations; each does I/O now and then, gated
+// right before each I/O either on Epoch.Err or on the epoch context's Err
+// (half the memberships each), as the documentation tells users to. A
+// well-behaved operation winds up soon after its epoch's context ends; a
+// careless one (only while faults run) ignores the context and ends late.
+// Now and then the application reports a peer lost or leaves gracefully.
 
 const (
 	opMin, opMax    = 5 * time.Millisecond, 300 * time.Millisecond
@@ -29,11 +29,14 @@ const (
 // once Begin refuses (the application waits for the next epoch).
 func (ms *Membership) work(e uint64) {
 	w := ms.d.w
-	ms.tick()
-	if err := ms.m.Begin(e); err != nil {
+	if ms.stopped || ms.d.dead {
 		return
 	}
-	o := &op{id: w.id(), ms: ms, epoch: e}
+	ep := ms.drv.Current()
+	if ep == nil || ep.Number() != e || ep.Begin() != nil {
+		return
+	}
+	o := &op{id: w.id(), ms: ms, ep: ep, epoch: e}
 	dur := w.uniform(opMin, opMax)
 	if w.faulty() && w.chance(carelessP) {
 		o.careless = true
@@ -50,22 +53,28 @@ func (ms *Membership) work(e uint64) {
 	w.afterLocal(ms.d.n.id, w.uniform(opGapMin, opGap), "app begins", int64(e), 0, func() { ms.work(e) })
 }
 
-// io is one I/O of operation o: done only if, after a Tick, the membership
-// is not fenced and o's epoch is still the connected one (Epoch.Err).
+// io is one I/O of operation o, done only if the gate allows it.
 func (ms *Membership) io(o *op) {
 	if o.ended {
 		return
 	}
 	w := ms.d.w
-	ms.tick()
-	cur, _ := ms.m.Current()
-	if ms.m.Err() == nil && ms.m.Phase() == member.Connected && cur == o.epoch && !ms.cancelled[o.epoch] {
+	var err error
+	if ms.ctxGate {
+		err = o.ep.Context().Err()
+	} else {
+		err = o.ep.Err()
+	}
+	if o.ended { // the gate's check may have ended the membership
+		return
+	}
+	if err == nil {
 		w.ios++
 		w.hist.add(Rec{Kind: HIO, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: o.epoch, Op: o.id})
 	} else {
 		w.refused++
 		if !o.careless {
-			return // winds up (cancel scheduled its end)
+			return // winds up (the context's end scheduled it)
 		}
 	}
 	next := ms.d.n.clock.globalDelay(w.uniform(ioGapMin, ioGap))
@@ -82,38 +91,24 @@ func (ms *Membership) end(o *op) {
 	w := ms.d.w
 	o.ended = true
 	ms.d.ops = slices.DeleteFunc(ms.d.ops, func(x *op) bool { return x == o })
-	ms.m.End(o.epoch)
 	w.hist.add(Rec{Kind: HEnd, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: o.epoch, Op: o.id})
-	ms.handle()
+	o.ep.End()
 }
 
-// cancel ends epoch e's context: its well-behaved operations wind up.
-func (ms *Membership) cancel(e uint64) {
-	ms.cancelled[e] = true
-	ms.windUp(func(o *op) bool { return o.epoch == e })
-}
-
-// cancelAll ends every context of the membership (fenced).
-func (ms *Membership) cancelAll() {
-	for _, o := range ms.d.ops {
-		if o.ms == ms {
-			ms.cancelled[o.epoch] = true
-		}
-	}
-	ms.windUp(func(*op) bool { return true })
-}
-
+// windUp schedules the end of ms's well-behaved operations that match.
 func (ms *Membership) windUp(match func(*op) bool) {
 	w := ms.d.w
 	for _, o := range ms.d.ops {
-		if o.ms == ms && !o.careless && !o.ended && match(o) {
+		if o.ms == ms && !o.careless && !o.ended && !o.winding && match(o) {
+			o.winding = true
 			w.afterLocal(ms.d.n.id, w.uniform(0, windUp), "op winds up", int64(o.id), 0, func() { ms.end(o) })
 		}
 	}
 }
 
 // app is the application's occasional behaviour while faults run: report
-// a peer lost (ReportFault) or leave gracefully (then rejoin).
+// a peer lost (ReportFault) or leave gracefully (then rejoin); now and
+// then a domain leaves before it was ever admitted.
 func (d *Domain) app() {
 	w := d.w
 	if !w.faulty() {
@@ -121,14 +116,24 @@ func (d *Domain) app() {
 	}
 	defer w.afterLocal(d.n.id, w.uniform(appEvery/4, appEvery*7/4), "app", 0, 0, d.app)
 	ms := d.ms
-	if ms == nil || ms.stopped || ms.m.Phase() != member.Connected {
+	if ms == nil || ms.stopped || d.joining {
 		return
 	}
 	switch r := w.rng.Float64(); {
+	case ms.drv.Phase() == member.Joining:
+		if r < 0.1 {
+			w.faults.Leaves++
+			w.note(d.n.id, "%v leaves before it was admitted", ms.ref())
+			ms.drv.Leave()
+		}
+	case ms.drv.Phase() != member.Connected:
 	case r < reportP:
-		_, members := ms.m.Current()
+		ep := ms.drv.Current()
+		if ep == nil {
+			return
+		}
 		var peers []string
-		for _, m := range members {
+		for _, m := range ep.Members() {
 			if m.ID != d.id {
 				peers = append(peers, m.ID)
 			}
@@ -139,26 +144,22 @@ func (d *Domain) app() {
 	case r < reportP+leaveP*0.3:
 		w.faults.Leaves++
 		w.note(d.n.id, "%v leaves", ms.ref())
-		ms.m.Leave()
-		ms.handle()
+		ms.drv.Leave()
 	}
 }
 
-// reportFault is Domain.ReportFault: one attempt, under the lease.
+// reportFault is Domain.ReportFault.
 func (d *Domain) reportFault(suspect string) {
 	w := d.w
 	ms := d.ms
-	if ms == nil || ms.stopped || ms.m.Phase() != member.Connected || suspect == d.id {
-		return
-	}
-	e, members := ms.m.Current()
-	sus, ok := proto.Find(members, suspect)
-	if !ok {
+	if ms == nil || ms.stopped || d.joining || suspect == d.id {
 		return
 	}
 	w.faults.FaultReports++
-	w.note(d.n.id, "%v reports losing %s in epoch %d", ms.ref(), suspect, e)
-	rep := proto.FaultReport{Epoch: e, Reporter: d.id, ReporterIncarnation: ms.inc, Suspect: suspect, SuspectIncarnation: sus.Incarnation}
-	key := keys.Fault(group, e, d.id, suspect)
-	w.call(d.n.id, w.cfg.OpTimeout, "report fault", func() any { return w.store.Put(key, rep, ms.lease) }, nil, nil)
+	w.note(d.n.id, "%v reports losing %s", ms.ref(), suspect)
+	ms.drv.ReportFault(suspect, func(err error) {
+		if err != nil {
+			w.note(d.n.id, "%v: report of %s: %v", ms.ref(), suspect, err)
+		}
+	})
 }

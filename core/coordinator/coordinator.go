@@ -143,6 +143,10 @@ type Machine struct {
 	cleanAt  time.Duration
 	// dirty: the view held garbage at the last step.
 	dirty bool
+	// of, survivors and departed cache the survivors and departed members
+	// of the record last asked about (every step asks several times).
+	of                  *proto.EpochRecord
+	survivors, departed []proto.Member
 
 	actions []Action
 }
@@ -289,20 +293,38 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 	if rec == nil || rec.State != proto.Quiescing || m.stale() {
 		return next, found
 	}
-	for _, s := range rec.Survivors() {
+	for _, s := range m.survivorsOf(rec) {
 		if !m.view.acked(rec.Number, s.Ref()) {
 			consider(m.quiescingAt + m.cfg.QuiesceTimeout)
 			break
 		}
 	}
 	if m.leases() {
-		for _, d := range rec.Departed() {
+		for _, d := range m.departedOf(rec) {
 			if at, ok := m.goneAt[d.Ref()]; ok && !m.view.left(d.Ref()) {
 				consider(at + m.wait(d))
 			}
 		}
 	}
 	return next, found
+}
+
+// survivorsOf returns rec.Survivors(), cached per record.
+func (m *Machine) survivorsOf(rec *proto.EpochRecord) []proto.Member {
+	m.cache(rec)
+	return m.survivors
+}
+
+// departedOf returns rec.Departed(), cached per record.
+func (m *Machine) departedOf(rec *proto.EpochRecord) []proto.Member {
+	m.cache(rec)
+	return m.departed
+}
+
+func (m *Machine) cache(rec *proto.EpochRecord) {
+	if m.of != rec {
+		m.of, m.survivors, m.departed = rec, rec.Survivors(), rec.Departed()
+	}
 }
 
 // fences reports whether changes wait for the resources' fence
@@ -351,13 +373,13 @@ func (m *Machine) step() {
 	}
 	if rec.State == proto.Quiescing && m.quiescing != rec.Number {
 		m.quiescing, m.quiescingAt = rec.Number, m.now
-		for _, d := range rec.Departed() {
+		for _, d := range m.departedOf(rec) {
 			if !v.left(d.Ref()) {
 				m.damp.departed(d.Ref(), m.now)
 			}
 		}
 	}
-	for _, d := range append(rec.Departed(), rec.Excluded...) {
+	for _, d := range slices.Concat(m.departedOf(rec), rec.Excluded) {
 		if !v.live(d.Ref()) {
 			m.markGone(d.Ref(), m.now)
 		}
@@ -436,7 +458,7 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 	for _, x := range rec.Excluded {
 		drop[x.Ref()] = "excluded"
 	}
-	for _, d := range rec.Departed() {
+	for _, d := range m.departedOf(rec) {
 		drop[d.Ref()] = "departed"
 	}
 	// Valid fault reports: the reporter is a live member of the current
@@ -462,7 +484,7 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 		}
 	}
 	if rec.State == proto.Quiescing && m.now >= m.quiescingAt+m.cfg.QuiesceTimeout {
-		for _, s := range rec.Survivors() {
+		for _, s := range m.survivorsOf(rec) {
 			if !v.acked(rec.Number, s.Ref()) {
 				if _, ok := drop[s.Ref()]; !ok {
 					drop[s.Ref()] = fmt.Sprintf("%s did not quiesce within %v", s.ID, m.cfg.QuiesceTimeout)
@@ -584,7 +606,7 @@ func (m *Machine) reason(rec *proto.EpochRecord, desired []proto.Member, drop ma
 // whose membership is still live (DESIGN §5: a member cut off from its
 // peers only would otherwise renew forever).
 func (m *Machine) revokeDeparted(rec *proto.EpochRecord) {
-	for _, d := range append(rec.Departed(), rec.Excluded...) {
+	for _, d := range slices.Concat(m.departedOf(rec), rec.Excluded) {
 		r := d.Ref()
 		if lm, ok := m.view.Live[r.ID]; ok && lm.Incarnation == r.Incarnation && !m.revoking[r] {
 			if _, gone := m.goneAt[r]; !gone {
@@ -600,7 +622,7 @@ func (m *Machine) revokeDeparted(rec *proto.EpochRecord) {
 // stopped or fenced (G4).
 func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 	v := &m.view
-	for _, s := range rec.Survivors() {
+	for _, s := range m.survivorsOf(rec) {
 		if !v.acked(rec.Number, s.Ref()) && m.cfg.Mutation != MutationConnectEarly {
 			return false
 		}
@@ -609,7 +631,7 @@ func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 	// members: a survivor's request of the old epoch may still be in the
 	// network after its operation ended and it acknowledged (the spin
 	// model's finding F1, model/README.md).
-	departed := rec.Departed()
+	departed := m.departedOf(rec)
 	if m.fences() && !v.fenced(rec.Number) {
 		return false
 	}

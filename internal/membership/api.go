@@ -45,17 +45,17 @@ func (d *Driver) errLocked() error {
 
 // Current returns the connected epoch, or nil while there is none. It
 // reads the lease clock first.
-func (d *Driver) Current() *Epoch {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.m == nil {
-		return nil
-	}
-	d.tick()
-	if d.m.Phase() != member.Connected {
-		return nil
-	}
-	return d.cur
+func (d *Driver) Current() (ep *Epoch) {
+	d.do(func() {
+		if d.m == nil {
+			return
+		}
+		d.tick()
+		if d.m.Phase() == member.Connected {
+			ep = d.cur
+		}
+	})
+	return ep
 }
 
 // Last returns the last epoch the membership was connected in (nil if

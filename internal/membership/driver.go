@@ -230,8 +230,8 @@ func (d *Driver) revokeThen(id store.LeaseID, f func()) {
 
 // rearm sets the lease timer to the lease deadline. Called with d.mu held.
 func (d *Driver) rearm() {
-	if d.stopped || d.m == nil {
-		return
+	if d.stopped || d.m == nil || d.m.Err() != nil {
+		return // a stopped machine (left, fenced) has no deadline to keep
 	}
 	dl, ok := d.m.LeaseDeadline()
 	if !ok {
@@ -348,6 +348,11 @@ func (d *Driver) handle() {
 			if !d.stopped {
 				d.revokeThen(d.lease, d.closing)
 				d.closing = nil
+			}
+			if d.joining != nil {
+				// Fenced before the join completed (its lease lapsed
+				// while the watch was being set up): the join fails.
+				d.failJoin(fmt.Errorf("join: %w", a.Err))
 			}
 			d.halt()
 		case member.Leave:

@@ -55,34 +55,32 @@ func (e *Epoch) Token() proto.Token {
 
 // Err returns nil while the epoch is connected and the lease certainly
 // valid by the local clock, and otherwise why not.
-func (e *Epoch) Err() error {
+func (e *Epoch) Err() (err error) {
 	d := e.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.tick()
-	if err := d.m.Err(); err != nil {
-		return err
-	}
-	if cur, _ := d.m.Current(); cur != e.num || d.m.Phase() != member.Connected || e.ctx.Context.Err() != nil {
-		if cause := context.Cause(e.ctx.Context); cause != nil {
-			return cause
+	d.do(func() {
+		d.tick()
+		if err = d.m.Err(); err != nil {
+			return
 		}
-		return d.m.Begin(e.num) // says why: never succeeds here
-	}
-	return nil
+		if cur, _ := d.m.Current(); cur != e.num || d.m.Phase() != member.Connected || e.ctx.Context.Err() != nil {
+			if err = context.Cause(e.ctx.Context); err == nil {
+				err = d.m.Begin(e.num) // says why: never succeeds here
+			}
+		}
+	})
+	return err
 }
 
 // Begin starts an operation in the epoch.
-func (e *Epoch) Begin() error {
+func (e *Epoch) Begin() (err error) {
 	d := e.d
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.tick()
-	if err := d.m.Begin(e.num); err != nil {
-		return err
-	}
-	d.met.opsInFlight.Inc()
-	return nil
+	d.do(func() {
+		d.tick()
+		if err = d.m.Begin(e.num); err == nil {
+			d.met.opsInFlight.Inc()
+		}
+	})
+	return err
 }
 
 // End ends an operation begun with Begin.

@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"sync"
 	"time"
 
 	"github.com/idc-dev/idc/internal/promutil"
@@ -25,7 +26,20 @@ type memberMetrics struct {
 	disconnectedAt time.Duration
 }
 
+// unregistered is the one set of metrics every membership without a
+// registry shares: nothing reads them, and building a set per membership
+// is most of what a join allocates.
+var unregistered = sync.OnceValue(func() *memberMetrics { return buildMemberMetrics(nil, "", "") })
+
 func newMemberMetrics(reg prometheus.Registerer, group, domain string) *memberMetrics {
+	if reg == nil {
+		m := *unregistered()
+		return &m // disconnectedAt is per membership
+	}
+	return buildMemberMetrics(reg, group, domain)
+}
+
+func buildMemberMetrics(reg prometheus.Registerer, group, domain string) *memberMetrics {
 	labels := []string{"group", "domain"}
 	gauge := func(name, help string) *prometheus.GaugeVec {
 		return promutil.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "idc", Subsystem: "member", Name: name, Help: help}, labels))
