@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/idc-dev/idc/internal/mutation"
 	"log/slog"
 	"maps"
 	"slices"
@@ -42,9 +43,6 @@ type LeaderConfig struct {
 	Logger *slog.Logger
 	// Metrics, if set, receives the leader's measurements.
 	Metrics *Metrics
-	// NoCAS is a deliberately broken variant for the simulator only: epoch
-	// writes without the compare-and-swap (breaks G1).
-	NoCAS bool
 }
 
 // Leader coordinates every group while it runs. Its methods are safe for
@@ -209,7 +207,7 @@ func (l *Leader) checkWatch() {
 		return
 	}
 	switch {
-	case l.watch == nil:
+	case l.watch == nil || mutation.On(mutation.NoWatchdog):
 		// Being listed again.
 	case !l.heard:
 		l.log.Warn("watch silent; relisting")
@@ -333,10 +331,19 @@ func (l *Leader) write(g *group, a core.WriteEpoch, finish func(func(time.Durati
 	keys := l.cfg.Keys
 	key := keys.Epoch(g.name)
 	var cmps []store.Cmp
-	if !l.cfg.NoCAS {
+	if !mutation.On(mutation.NoCAS) {
 		cmps = append([]store.Cmp{{Key: key, Rev: a.ExpectRevision}}, l.cfg.Guard...)
 	}
 	txn := store.Txn{If: cmps, Then: []store.Op{store.Put(key, proto.EncodeEpoch(a.Record), 0)}}
+	if mutation.On(mutation.CleanupInCAS) && a.Record.State == proto.Connected {
+		// As the connect once did: the cleanup in the same transaction.
+		for _, pfx := range []string{keys.Acks(g.name), keys.Faults(g.name), keys.FenceAcks(g.name)} {
+			txn.Then = append(txn.Then, store.DeleteRange(pfx, pfx+proto.EpochKey(a.Record.Number)))
+		}
+		for _, id := range slices.Sorted(maps.Keys(g.view.Left)) {
+			txn.Then = append(txn.Then, store.Delete(keys.Left(g.name, id)))
+		}
+	}
 	l.st.Txn(txn, l.cfg.OpTimeout, func(resp store.TxnResponse, err error) {
 		finish(func(now time.Duration) {
 			rec := a.Record

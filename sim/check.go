@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -287,4 +288,50 @@ func (w *World) describe() string {
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// checkBounded is checked at the end of a run, after L1: the store holds
+// nothing a connected epoch made obsolete — no acks, fault reports or
+// fence acks of an epoch before the connected one, no leave marker but a
+// live incarnation's — so that a store under churn stays bounded
+// (DESIGN §9). The coordinator's cleanups have had the quiet period.
+func (w *World) checkBounded() error {
+	var rec *proto.EpochRecord
+	if e := w.store.kvs[keys.Epoch(group)]; e != nil {
+		if r, err := proto.DecodeEpoch(e.val); err == nil {
+			rec = &r
+		}
+	}
+	if rec == nil || rec.State != proto.Connected {
+		return nil // L1 reports it
+	}
+	var garbage []string
+	for _, k := range w.store.sortedKeys(keys.Group(group), "") {
+		p, ok := keys.Parse(k)
+		if !ok {
+			continue
+		}
+		switch p.Kind {
+		case proto.KindAcks, proto.KindFaults, proto.KindFenceAcks:
+			if p.Epoch < rec.Number {
+				garbage = append(garbage, k)
+			}
+		case proto.KindLeft:
+			var l proto.Left
+			_ = json.Unmarshal(w.store.kvs[k].val, &l)
+			m := w.store.kvs[keys.Member(group, p.Name)]
+			var live proto.Member
+			if m != nil {
+				_ = json.Unmarshal(m.val, &live)
+			}
+			if m == nil || live.Incarnation != l.Incarnation {
+				garbage = append(garbage, k)
+			}
+		}
+	}
+	if len(garbage) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the store still holds %d obsolete keys %v after the quiet period, with epoch %d connected: %s",
+		len(garbage), w.cfg.Quiet, rec.Number, strings.Join(garbage, " "))
 }

@@ -172,17 +172,8 @@ func TestL1Fires(t *testing.T) {
 	t.Fatal("L1 never failed with a 1 ms quiet period")
 }
 
-// TestViolationError: a violation is an ErrViolation carrying its seed
-// and trace.
-func TestViolationError(t *testing.T) {
-	_, err := Run(Config{Seed: 1, Coordinators: 2, NoCAS: true})
-	var v *Violation
-	if !errors.Is(err, ErrViolation) || !errors.As(err, &v) {
-		t.Fatalf("want a violation, got %v", err)
-	}
-	if v.Seed != 1 || v.Trace == "" || !strings.Contains(err.Error(), "seed 1") {
-		t.Fatalf("violation lacks seed or trace: %+v", v)
-	}
+// TestConfigErrors: a bad configuration is an ErrConfig.
+func TestConfigErrors(t *testing.T) {
 	if _, err := Run(Config{Domains: -1}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("bad config: %v", err)
 	}

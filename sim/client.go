@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"github.com/idc-dev/idc/internal/mutation"
 	"time"
 
 	clk "github.com/idc-dev/idc/clock"
@@ -16,7 +17,17 @@ type nodeClock struct {
 	n NodeID
 }
 
-func (c nodeClock) Now() time.Duration { return c.w.nodes[c.n].clock.local(c.w.now) }
+// Now reads the node's clock, which counts time its host spent suspended
+// (CLOCK_BOOTTIME, as clock.System does) — unless the MonotonicClock
+// variant is on.
+func (c nodeClock) Now() time.Duration {
+	n := c.w.nodes[c.n]
+	t := n.clock.local(c.w.now)
+	if mutation.On(mutation.MonotonicClock) {
+		t -= n.suspended
+	}
+	return t
+}
 
 func (c nodeClock) AfterFunc(d time.Duration, f func()) clk.Timer {
 	return simTimer{c.w.afterLocal(c.n, d, "timer", 0, 0, f)}

@@ -25,7 +25,7 @@ func (c *Coord) start() {
 	c.l = coordinator.StartLeader(coordinator.LeaderConfig{
 		Store: storeClient{c.w, c.n.id}, Clock: nodeClock{c.w, c.n.id}, Keys: keys,
 		Machine: cfg.coordConfig(), OpTimeout: cfg.OpTimeout, WatchCheck: cfg.WatchCheck,
-		MaxTxnOps: cfg.MaxTxnOps, Logger: quiet, NoCAS: cfg.NoCAS,
+		MaxTxnOps: cfg.MaxTxnOps, Logger: quiet,
 	})
 }
 

@@ -80,8 +80,7 @@ func (d *Domain) join() {
 		Lease: cfg.memberLease(), RenewInterval: cfg.renewInterval(), OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: keys,
 		Store: storeClient{w, d.n.id}, Clock: nodeClock{w, d.n.id}, Logger: quiet,
-		OnChange:            ms.changed,
-		ValidityFromReceipt: cfg.ValidityFromReceipt,
+		OnChange: ms.changed,
 	}, func(_ *membership.Driver, err error) {
 		d.joining = false
 		if err != nil {

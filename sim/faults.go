@@ -8,8 +8,9 @@ import (
 // slow-message rates (net.go) and the clock rates (World.drawClock); while
 // faults run (the first cfg.Duration), a fault now and then:
 //
-//   - pause a domain (SIGSTOP) for up to 2.5·TTL: it processes nothing,
-//     then Ticks and works off its backlog;
+//   - pause a domain (SIGSTOP), or suspend its host, for up to 2.5·TTL: it
+//     processes nothing, then works off its backlog (a suspend also stops
+//     CLOCK_MONOTONIC, which the MonotonicClock variant reads);
 //   - partition a domain from the store for up to 2·TTL (requests and
 //     answers lost, watch responses held until it heals); often a peer then
 //     reports it lost, as a real peer whose channel broke would;
@@ -61,8 +62,16 @@ func (w *World) inject() {
 			return
 		}
 		until := w.until(w.uniform(10*time.Millisecond, time.Duration(maxPauseTTL*float64(ttl))))
-		w.faults.Pauses++
-		w.note(d.n.id, "nemesis: pause for %v", until-w.now)
+		if w.chance(0.5) && d.n.pausedUntil <= w.now {
+			// The host suspends: like a pause, and a clock that stops
+			// during suspend falls behind by the time it lasted.
+			w.faults.Suspends++
+			w.note(d.n.id, "nemesis: host suspended for %v", until-w.now)
+			d.n.suspended += d.n.clock.local(until) - d.n.clock.local(w.now)
+		} else {
+			w.faults.Pauses++
+			w.note(d.n.id, "nemesis: pause for %v", until-w.now)
+		}
 		w.pause(d.n, until)
 	case k < 6: // partition from the store
 		until := w.until(w.uniform(50*time.Millisecond, time.Duration(maxPartitionTTL*float64(ttl))))

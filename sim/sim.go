@@ -81,25 +81,13 @@ type Config struct {
 	MaxDelay time.Duration
 	// MaxTxnOps and MaxRequestBytes are the simulated store's limits on a
 	// transaction (etcd's --max-txn-ops, default 128, and
-	// --max-request-bytes, 1.5 MiB): smaller by default (16 and 64 KiB) so
+	// --max-request-bytes, 1.5 MiB): smaller by default (6 and 64 KiB) so
 	// that runs with a few domains reach them.
 	MaxTxnOps, MaxRequestBytes int
 	// NoFaults turns the nemesis off (the workload still runs).
 	NoFaults bool
 	// TraceLen is how many of the last steps a violation shows (default 40).
 	TraceLen int
-
-	// Broken variants, for TestBrokenVariantsAreCaught only.
-	//
-	// CoordinatorMutation is passed to core/coordinator.Config.Mutation.
-	CoordinatorMutation coordinator.Mutation
-	// NoCAS makes the coordinator driver write epochs without the
-	// compare-and-swap (coordinator.LeaderConfig.NoCAS).
-	NoCAS bool
-	// ValidityFromReceipt makes the member driver count lease validity
-	// from a renewal's answer, not its send
-	// (membership.Config.ValidityFromReceipt).
-	ValidityFromReceipt bool
 }
 
 // ErrConfig is wrapped by every configuration error.
@@ -133,7 +121,7 @@ func (c Config) WithDefaults() Config {
 		c.TraceLen = 40
 	}
 	if c.MaxTxnOps == 0 {
-		c.MaxTxnOps = 16
+		c.MaxTxnOps = 6
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = 64 << 10
@@ -178,7 +166,7 @@ func (c Config) renewInterval() time.Duration { return c.TTL / 5 }
 func (c Config) coordConfig() coordinator.Config {
 	return coordinator.Config{
 		Group: group, Mode: c.Mode, QuiesceTimeout: c.QuiesceTimeout,
-		Rho: c.Rho, Margin: c.CoordinatorMargin, Mutation: c.CoordinatorMutation,
+		Rho: c.Rho, Margin: c.CoordinatorMargin,
 		Damping: c.Damping,
 	}.WithDefaults()
 }
@@ -213,13 +201,13 @@ var keys = proto.Keys{}
 // Faults counts the faults injected in a run, by kind.
 type Faults struct {
 	Pauses, Partitions, SlowLinks, Crashes, EarlyRevocations, CoordinatorCrashes, FaultReports, Leaves int
-	HungWatches, NoLeader, Compactions                                                                 int
+	HungWatches, NoLeader, Compactions, Suspends                                                       int
 }
 
 // Total is the number of faults injected.
 func (f Faults) Total() int {
 	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves +
-		f.HungWatches + f.NoLeader + f.Compactions
+		f.HungWatches + f.NoLeader + f.Compactions + f.Suspends
 }
 
 // Result summarises a run.
@@ -273,6 +261,9 @@ type node struct {
 	down        bool // crashed (domains: for good; coordinators: until restart)
 	pausedUntil time.Duration
 	backlog     []*event
+	// suspended is the local time the node's host spent suspended: a
+	// clock that stops during suspend (CLOCK_MONOTONIC) is behind by it.
+	suspended time.Duration
 }
 
 // World is one simulation run.
@@ -412,6 +403,8 @@ func (w *World) run() {
 		w.now = w.end
 		if err := w.checkL1(); err != nil {
 			w.fail("L1", err.Error())
+		} else if err := w.checkBounded(); err != nil {
+			w.fail("bounded", err.Error())
 		}
 	}
 }

@@ -17,6 +17,7 @@ package coordinator
 
 import (
 	"fmt"
+	"github.com/idc-dev/idc/internal/mutation"
 	"slices"
 	"strings"
 	"time"
@@ -43,9 +44,6 @@ type Config struct {
 	// Damping holds back domains that keep departing (defaults in
 	// Damping).
 	Damping Damping
-	// Mutation deliberately breaks the machine, for verification only
-	// (see Mutation). Zero is the correct machine.
-	Mutation Mutation
 }
 
 // ErrConfig is wrapped by every error Validate returns.
@@ -336,6 +334,9 @@ func (m *Machine) fences() bool { return m.cfg.Mode.UsesFence() && len(m.view.Re
 // fence set that is empty fences nothing, so the lease must be waited out
 // instead (DESIGN §6).
 func (m *Machine) leases() bool {
+	if mutation.On(mutation.FenceNothing) {
+		return m.cfg.Mode.UsesLease()
+	}
 	return m.cfg.Mode.UsesLease() || m.cfg.Mode.UsesFence() && len(m.view.Resources) == 0
 }
 
@@ -425,7 +426,7 @@ func (m *Machine) cleanup(rec *proto.EpochRecord) {
 	}
 	for id, inc := range v.Left {
 		r := proto.Ref{ID: id, Incarnation: inc}
-		if !v.live(r) && !proto.Contains(rec.Members, r) {
+		if !v.live(r) && !proto.Contains(rec.Members, r) && !mutation.On(mutation.KeepLeaveMarkers) {
 			if c.Left == nil {
 				c.Left = map[string]int64{}
 			}
@@ -623,7 +624,7 @@ func (m *Machine) revokeDeparted(rec *proto.EpochRecord) {
 func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 	v := &m.view
 	for _, s := range m.survivorsOf(rec) {
-		if !v.acked(rec.Number, s.Ref()) && m.cfg.Mutation != MutationConnectEarly {
+		if !v.acked(rec.Number, s.Ref()) && !mutation.On(mutation.ConnectEarly) {
 			return false
 		}
 	}
@@ -641,7 +642,7 @@ func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 				continue
 			}
 			at, ok := m.goneAt[d.Ref()]
-			if ok && m.cfg.Mutation == MutationTrustStoreExpiry {
+			if ok && mutation.On(mutation.TrustStoreExpiry) {
 				continue
 			}
 			if !ok || m.now < at+m.wait(d) {

@@ -52,10 +52,6 @@ type Config struct {
 	// state (connected, disconnected, fenced, left), without the driver's
 	// lock held.
 	OnChange func()
-	// ValidityFromReceipt is a deliberately broken variant for the
-	// simulator only: lease validity counted from a renewal's answer
-	// instead of its send time (breaks G6).
-	ValidityFromReceipt bool
 }
 
 // Validate checks what package idc does not already check.

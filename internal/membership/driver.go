@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/idc-dev/idc/internal/mutation"
 	"log/slog"
 	"sync"
 	"time"
@@ -269,7 +270,7 @@ func (d *Driver) renew() {
 			switch {
 			case err == nil:
 				at := sent
-				if d.cfg.ValidityFromReceipt {
+				if mutation.On(mutation.ValidityFromReceipt) {
 					at = d.now()
 				}
 				d.m.Renewed(at)

@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"github.com/idc-dev/idc/internal/mutation"
 	"time"
 
 	"github.com/idc-dev/idc/proto"
@@ -100,7 +101,7 @@ func (d *Driver) checkWatch() {
 		return
 	}
 	switch {
-	case d.watch == nil:
+	case d.watch == nil || mutation.On(mutation.NoWatchdog):
 		// Being replaced.
 	case !d.heard:
 		d.met.watchHung.Inc()
