@@ -22,7 +22,8 @@ import (
 // and none may be.
 func TestJoinRejectsBadConfig(t *testing.T) {
 	srv := listenCounting(t)
-	ok := idc.Config{Group: "g", ID: "a", Endpoints: []string{"http://" + srv.addr}}
+	ok := idc.DefaultConfig()
+	ok.Group, ok.ID, ok.Endpoints = "g", "a", []string{"http://" + srv.addr}
 	tests := []struct {
 		name string
 		mod  func(*idc.Config)
@@ -34,8 +35,16 @@ func TestJoinRejectsBadConfig(t *testing.T) {
 		{"TTL below store minimum", func(c *idc.Config) { c.LeaseTTL = time.Second }, "below the store's minimum"},
 		{"TTL not whole seconds", func(c *idc.Config) { c.LeaseTTL = 2500 * time.Millisecond }, "not whole seconds"},
 		{"drift bound too large", func(c *idc.Config) { c.Rho = 0.7 }, "drift bound"},
-		{"margin eats validity", func(c *idc.Config) { c.LeaseMargin = 5 * time.Second }, "renew interval"},
+		{"margin eats validity", func(c *idc.Config) { c.LeaseMargin = 5 * time.Second }, "leaves no validity"},
 		{"renew slower than validity", func(c *idc.Config) { c.RenewInterval = 10 * time.Second }, "renew interval"},
+		{"zero renew interval", func(c *idc.Config) { c.RenewInterval = 0 }, "renew interval 0s must be positive"},
+		{"zero op timeout", func(c *idc.Config) { c.OpTimeout = 0 }, "op timeout 0s must be positive"},
+		{"zero watch check", func(c *idc.Config) { c.WatchCheck = 0 }, "watch check 0s must be positive"},
+		{"no endpoints", func(c *idc.Config) { c.Endpoints = nil }, "no store endpoints"},
+		{"bad endpoint scheme", func(c *idc.Config) { c.Endpoints = []string{"ftp://127.0.0.1:2379"} }, `scheme "ftp"`},
+		{"endpoint without port", func(c *idc.Config) { c.Endpoints = []string{"http://localhost"} }, "want http://host:port"},
+		{"empty prefix", func(c *idc.Config) { c.Prefix = "" }, "key prefix"},
+		{"negative drift bound", func(c *idc.Config) { c.Rho = -1 }, "drift bound"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -51,6 +60,9 @@ func TestJoinRejectsBadConfig(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("err = %q, want it to say %q", err, tt.want)
+			}
+			if n := strings.Count(err.Error(), "idc:"); n != 1 {
+				t.Errorf("err = %q: %d 'idc:' prefixes, want one", err, n)
 			}
 			if n := srv.connections(t); n != 0 {
 				t.Errorf("%d connection(s) to the store: a bad config must fail before dialing", n)
@@ -140,7 +152,7 @@ func TestJoinAlreadyLive(t *testing.T) {
 	e := newEnv(t)
 	e.coordinator(coordinator.Config{})
 	a := e.join("a")
-	_, err := idc.Join(context.Background(), idc.Config{Group: group, ID: "a", Client: e.cli, LeaseTTL: 2 * time.Second})
+	_, err := idc.Join(context.Background(), testConfig("a", e.cli))
 	if !errors.Is(err, idc.ErrAlreadyLive) {
 		t.Fatalf("err = %v, want ErrAlreadyLive", err)
 	}
@@ -163,7 +175,9 @@ func TestJoinUnreachableStore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	_, err = idc.Join(ctx, idc.Config{Group: "g", ID: "a", Endpoints: []string{"http://" + addr}, Logger: testenv.Logger(t)})
+	cfg := testConfig("a", nil)
+	cfg.Endpoints, cfg.Logger = []string{"http://" + addr}, testenv.Logger(t)
+	_, err = idc.Join(ctx, cfg)
 	returned := time.Now()
 	if !errors.Is(err, store.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want ErrUnavailable wrapping the context's deadline", err)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/idc-dev/idc/clock"
@@ -14,13 +15,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Domain is one domain's membership in one group. It renews the
+// Membership is one domain's membership in one group (a domain in several
+// groups has one per group). It renews the
 // membership's lease, watches the group's epoch record, acknowledges
 // quiesce and fences itself when its lease may have lapsed; the protocol
 // is the pure machine of core/member, driven by the event-driven driver
 // that the deterministic simulator also runs (internal/membership). All
 // its methods are safe for concurrent use.
-type Domain struct {
+type Membership struct {
 	cfg    Config
 	d      *membership.Driver
 	st     *store.Etcd
@@ -33,20 +35,23 @@ type Domain struct {
 }
 
 // Join registers domain cfg.ID in group cfg.Group and returns the
-// membership. It waits for the store, retrying with backoff, until ctx
-// ends. Errors wrap ErrConfig, ErrAlreadyLive or store.ErrUnavailable.
+// membership. cfg is taken as given (start from DefaultConfig). It waits
+// for the store, retrying with backoff, until ctx ends. Errors wrap
+// ErrConfig, ErrAlreadyLive or ErrUnavailable.
 //
 // Join returns before the domain is connected: call Next for its first
 // epoch.
-func Join(ctx context.Context, cfg Config) (*Domain, error) {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+func Join(ctx context.Context, cfg Config) (*Membership, error) {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 	if cfg.Incarnation == 0 {
 		cfg.Incarnation = newIncarnation()
 	}
-	dom := &Domain{cfg: cfg, cli: cfg.Client}
+	dom := &Membership{cfg: cfg, cli: cfg.Client}
 	if dom.cli == nil {
 		cli, err := store.Dial(ctx, store.DialConfig{Endpoints: cfg.Endpoints, Logger: cfg.Logger.With("group", cfg.Group, "domain", cfg.ID)})
 		if err != nil {
@@ -93,7 +98,7 @@ func newIncarnation() uint64 {
 
 // release ends the store calls still in progress and closes the client if
 // Join opened it.
-func (d *Domain) release() {
+func (d *Membership) release() {
 	d.st.Close()
 	if d.ownCli {
 		d.cli.Close()
@@ -101,27 +106,27 @@ func (d *Domain) release() {
 }
 
 // ID returns the domain's ID.
-func (d *Domain) ID() string { return d.cfg.ID }
+func (d *Membership) ID() string { return d.cfg.ID }
 
 // Group returns the group's name.
-func (d *Domain) Group() string { return d.cfg.Group }
+func (d *Membership) Group() string { return d.cfg.Group }
 
 // Incarnation returns this membership's incarnation.
-func (d *Domain) Incarnation() uint64 { return d.cfg.Incarnation }
+func (d *Membership) Incarnation() uint64 { return d.cfg.Incarnation }
 
 // Done is closed when the membership has stopped: fenced, left or closed.
 // Err is not nil from then on.
-func (d *Domain) Done() <-chan struct{} { return d.d.Done() }
+func (d *Membership) Done() <-chan struct{} { return d.d.Done() }
 
 // Err returns why the membership stopped (wrapping ErrFenced, ErrLeft or
 // ErrClosed), or nil while it runs.
-func (d *Domain) Err() error { return d.d.Err() }
+func (d *Membership) Err() error { return d.d.Err() }
 
 // Next returns the next connected epoch: the first one the first time,
 // then each time one newer than the last returned, skipping any that ended
 // in between. It fails with an error wrapping ErrFenced, ErrLeft or
 // ErrClosed once the membership has stopped, or with ctx's error.
-func (d *Domain) Next(ctx context.Context) (*Epoch, error) {
+func (d *Membership) Next(ctx context.Context) (*Epoch, error) {
 	for {
 		ch := d.d.Changed()
 		if err := d.d.Err(); err != nil {
@@ -140,7 +145,7 @@ func (d *Domain) Next(ctx context.Context) (*Epoch, error) {
 
 // deliver reports whether epoch n is newer than the last Next returned,
 // and if so records it as returned.
-func (d *Domain) deliver(n uint64) bool {
+func (d *Membership) deliver(n uint64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if n <= d.delivered {
@@ -151,7 +156,7 @@ func (d *Domain) deliver(n uint64) bool {
 }
 
 // Current returns the connected epoch, or nil while there is none.
-func (d *Domain) Current() *Epoch {
+func (d *Membership) Current() *Epoch {
 	if ep := d.d.Current(); ep != nil {
 		return &Epoch{d: d, e: ep}
 	}
@@ -163,7 +168,7 @@ func (d *Domain) Current() *Epoch {
 // holds only for that epoch. A report that reaches the store after a later
 // epoch connected is not counted: ReportFault then fails with an error
 // wrapping ErrEpochEnded.
-func (d *Domain) ReportFault(ctx context.Context, peer string) error {
+func (d *Membership) ReportFault(ctx context.Context, peer string) error {
 	ch := make(chan error, 1)
 	d.d.ReportFault(peer, func(err error) { ch <- err })
 	select {
@@ -180,7 +185,7 @@ func (d *Domain) ReportFault(ctx context.Context, peer string) error {
 // the lease back. If ctx ends first, Leave returns ctx's error and the
 // leave completes in the background once the operations end (Close stops
 // it). After Leave, Err wraps ErrLeft.
-func (d *Domain) Leave(ctx context.Context) error {
+func (d *Membership) Leave(ctx context.Context) error {
 	d.d.Leave()
 	select {
 	case <-d.d.Done():
@@ -200,7 +205,7 @@ func (d *Domain) Leave(ctx context.Context) error {
 // the lease out before the next epoch connects; call Leave first to leave
 // gracefully. After Close, Err is not nil (ErrClosed unless the membership
 // had already stopped). Calling it more than once is harmless.
-func (d *Domain) Close() error {
+func (d *Membership) Close() error {
 	d.closeOnce.Do(func() {
 		revoked := make(chan struct{})
 		d.d.Close(func() { close(revoked) })

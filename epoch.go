@@ -13,7 +13,7 @@ import (
 // as an operation (Begin/End, or Do): the member acknowledges quiesce only
 // once the epoch's last operation has ended (G3).
 type Epoch struct {
-	d *Domain
+	d *Membership
 	e *membership.Epoch
 }
 

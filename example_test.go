@@ -36,7 +36,9 @@ func Example() {
 	go coordinator.Run(cctx, coordinator.Config{Client: cli, Logger: quiet})
 
 	// A domain.
-	d, err := idc.Join(ctx, idc.Config{Group: "storage", ID: "driver-a", Endpoints: etcd.Endpoints, Logger: quiet})
+	cfg := idc.DefaultConfig()
+	cfg.Group, cfg.ID, cfg.Endpoints, cfg.Logger = "storage", "driver-a", etcd.Endpoints, quiet
+	d, err := idc.Join(ctx, cfg)
 	if err != nil {
 		fmt.Println(err)
 		return

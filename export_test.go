@@ -2,7 +2,7 @@ package idc
 
 // Crash stops d as if its process had died: no leave marker, no lease
 // revocation, no fence; its lease simply stops being renewed. For tests.
-func Crash(d *Domain) {
+func Crash(d *Membership) {
 	d.d.Crash()
 	d.st.Close()
 }

@@ -22,7 +22,7 @@ func TestG1_RacingCoordinators(t *testing.T) {
 		e.coordinator(coordinator.Config{NoElection: true, Name: fmt.Sprintf("c%d", i)})
 	}
 	ids := []string{"a", "b", "c", "d", "e", "f"}
-	ds := map[string]*idc.Domain{}
+	ds := map[string]*idc.Membership{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, id := range ids {

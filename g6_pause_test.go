@@ -34,7 +34,9 @@ func TestMain(m *testing.M) {
 func pauseChild(endpoint string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := idc.Join(ctx, idc.Config{Group: group, ID: "p", Endpoints: []string{endpoint}, LeaseTTL: 2 * time.Second, LeaseMargin: 100 * time.Millisecond})
+	cfg := testConfig("p", nil)
+	cfg.Endpoints = []string{endpoint}
+	d, err := idc.Join(ctx, cfg)
 	if err != nil {
 		fmt.Println("stopped", err)
 		return 1

@@ -45,9 +45,10 @@ func (e *env) coordinator(cfg coordinator.Config) (stop func()) {
 }
 
 // join joins domain id to the test group with a 2 s lease.
-func (e *env) join(id string, mod ...func(*idc.Config)) *idc.Domain {
+func (e *env) join(id string, mod ...func(*idc.Config)) *idc.Membership {
 	e.t.Helper()
-	cfg := idc.Config{Group: group, ID: id, Client: e.cli, LeaseTTL: 2 * time.Second, LeaseMargin: 100 * time.Millisecond, Logger: testenv.Logger(e.t)}
+	cfg := testConfig(id, e.cli)
+	cfg.Logger = testenv.Logger(e.t)
 	for _, f := range mod {
 		f(&cfg)
 	}
@@ -80,7 +81,7 @@ func (e *env) connected(since testenv.Mark, timeout time.Duration, ids ...string
 }
 
 // current waits until d is connected in an epoch with exactly ids.
-func current(t *testing.T, d *idc.Domain, timeout time.Duration, ids ...string) *idc.Epoch {
+func current(t *testing.T, d *idc.Membership, timeout time.Duration, ids ...string) *idc.Epoch {
 	t.Helper()
 	slices.Sort(ids)
 	deadline := time.Now().Add(timeout)
@@ -108,7 +109,7 @@ func join(ids []string) string {
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
 
 // waitDone waits until d has stopped.
-func waitDone(t *testing.T, d *idc.Domain, timeout time.Duration) {
+func waitDone(t *testing.T, d *idc.Membership, timeout time.Duration) {
 	t.Helper()
 	select {
 	case <-d.Done():
@@ -169,3 +170,12 @@ func (l *ioLoop) stopped(t *testing.T, timeout time.Duration) (time.Time, int) {
 // 2 s one under test, so that a test process starved by a loaded machine
 // does not lose it too.
 func bystander(c *idc.Config) { c.LeaseTTL = 5 * time.Second }
+
+// testConfig is the tests' membership configuration: a 2 s lease renewed
+// every fifth of it, a 100 ms margin.
+func testConfig(id string, cli *clientv3.Client) idc.Config {
+	cfg := idc.DefaultConfig()
+	cfg.Group, cfg.ID, cfg.Client = group, id, cli
+	cfg.LeaseTTL, cfg.RenewInterval, cfg.LeaseMargin = 2*time.Second, 400*time.Millisecond, 100*time.Millisecond
+	return cfg
+}

@@ -4,7 +4,7 @@
 // which carries nothing stale. Every change is decided in an etcd store; a
 // domain that may have lost its lease stops itself.
 //
-// A domain joins with Join and takes epochs with Domain.Next. Work in an
+// A domain joins with Join and takes epochs with Membership.Next. Work in an
 // epoch is bracketed as an operation (Epoch.Begin and Op.End, or Epoch.Do);
 // the epoch's context ends at disconnect, and the member acknowledges
 // quiesce only when the epoch's last operation has ended.

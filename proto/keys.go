@@ -23,7 +23,7 @@ const (
 
 // ErrBadName is returned for a group, domain or resource name that idc
 // cannot use as a key element.
-var ErrBadName = errors.New("idc: bad name")
+var ErrBadName = errors.New("bad name")
 
 // MaxNameLen bounds group, domain and resource names.
 const MaxNameLen = 128

@@ -20,7 +20,7 @@ var ErrUnavailable = errors.New("idc: store unavailable")
 
 // ErrEndpoint is wrapped by errors about an endpoint that cannot be a
 // store's address at all (bad scheme, no host or port).
-var ErrEndpoint = errors.New("idc: bad store endpoint")
+var ErrEndpoint = errors.New("bad store endpoint")
 
 // DialConfig says how to reach the store.
 type DialConfig struct {

@@ -54,12 +54,15 @@ func newCluster(t *testing.T) *cluster {
 	cli := testenv.Client(t, e.Endpoints)
 	testenv.Coordinator(t, coordinator.Config{Client: cli, LeaseMargin: 100 * time.Millisecond})
 	return &cluster{t: t, endpoints: e.Endpoints[0], cfg: func(id string) idc.Config {
-		return idc.Config{Group: "g", ID: id, Client: cli, LeaseTTL: 2 * time.Second, Logger: testenv.Logger(t)}
+		cfg := idc.DefaultConfig()
+		cfg.Group, cfg.ID, cfg.Client, cfg.Logger = "g", id, cli, testenv.Logger(t)
+		cfg.LeaseTTL, cfg.RenewInterval = 2*time.Second, 400*time.Millisecond
+		return cfg
 	}}
 }
 
 // join joins id and waits until it is connected in an epoch of n members.
-func (c *cluster) join(id string, n int) *idc.Domain {
+func (c *cluster) join(id string, n int) *idc.Membership {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

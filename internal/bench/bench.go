@@ -158,8 +158,10 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		}
 	}()
 	tr := newEpochs()
-	join := func(id string, cli *clientv3.Client) (*idc.Domain, error) {
-		d, err := idc.Join(ctx, idc.Config{Group: "bench", ID: id, Client: cli, Logger: quiet})
+	join := func(id string, cli *clientv3.Client) (*idc.Membership, error) {
+		cfg := idc.DefaultConfig()
+		cfg.Group, cfg.ID, cfg.Client, cfg.Logger = "bench", id, cli, quiet
+		d, err := idc.Join(ctx, cfg)
 		if err == nil {
 			tr.follow(ctx, d)
 		}
@@ -176,7 +178,7 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		return cli, err
 	}
 	o.say("joining %d members", o.Members)
-	var ds []*idc.Domain
+	var ds []*idc.Membership
 	defer func() {
 		for _, d := range ds {
 			d.Close()
@@ -267,17 +269,17 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 // goroutine per domain blocked in Next, so waiting costs no polling.
 type epochs struct {
 	mu      sync.Mutex
-	latest  map[*idc.Domain]*idc.Epoch
-	size    map[*idc.Domain]int // members of latest, counted once
+	latest  map[*idc.Membership]*idc.Epoch
+	size    map[*idc.Membership]int // members of latest, counted once
 	changed chan struct{}
 }
 
 func newEpochs() *epochs {
-	return &epochs{latest: map[*idc.Domain]*idc.Epoch{}, size: map[*idc.Domain]int{}, changed: make(chan struct{})}
+	return &epochs{latest: map[*idc.Membership]*idc.Epoch{}, size: map[*idc.Membership]int{}, changed: make(chan struct{})}
 }
 
 // follow records d's epochs until d stops.
-func (t *epochs) follow(ctx context.Context, d *idc.Domain) {
+func (t *epochs) follow(ctx context.Context, d *idc.Membership) {
 	go func() {
 		for {
 			ep, err := d.Next(ctx)
@@ -296,7 +298,7 @@ func (t *epochs) follow(ctx context.Context, d *idc.Domain) {
 
 // wait waits until every domain of ds holds the same connected epoch, of
 // n members.
-func (t *epochs) wait(ctx context.Context, ds []*idc.Domain, n int) error {
+func (t *epochs) wait(ctx context.Context, ds []*idc.Membership, n int) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for {

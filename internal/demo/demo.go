@@ -89,10 +89,13 @@ func Run(ctx context.Context, o Options) error {
 	defer stopWatch()
 	go watchEpochs(wctx, p, cli, group)
 	cfg := func(id string) idc.Config {
-		return idc.Config{Group: group, ID: id, Client: cli, LeaseTTL: 2 * time.Second, Logger: log}
+		cfg := idc.DefaultConfig()
+		cfg.Group, cfg.ID, cfg.Client, cfg.Logger = group, id, cli, log
+		cfg.LeaseTTL, cfg.RenewInterval = 2*time.Second, 400*time.Millisecond
+		return cfg
 	}
 	var wg sync.WaitGroup
-	domains := map[string]*idc.Domain{}
+	domains := map[string]*idc.Membership{}
 	slow := make(chan struct{}) // closed to start b's slow operation
 	for _, id := range []string{"a", "b", "c"} {
 		d, err := idc.Join(ctx, cfg(id))
@@ -177,7 +180,7 @@ func watchEpochs(ctx context.Context, p *printer, cli *clientv3.Client, group st
 }
 
 // waitMembers waits until d's current epoch has n members.
-func waitMembers(ctx context.Context, d *idc.Domain, n int) error {
+func waitMembers(ctx context.Context, d *idc.Membership, n int) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -193,7 +196,7 @@ func waitMembers(ctx context.Context, d *idc.Domain, n int) error {
 }
 
 // follow prints the epochs d sees and runs a small workload in each.
-func follow(ctx context.Context, p *printer, d *idc.Domain, slow <-chan struct{}) {
+func follow(ctx context.Context, p *printer, d *idc.Membership, slow <-chan struct{}) {
 	who := d.ID()
 	for {
 		ep, err := d.Next(ctx)
