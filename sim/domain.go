@@ -10,7 +10,7 @@ import (
 )
 
 // Domain is a simulated domain: an application (work.go) around the real
-// member driver, internal/membership — the code idc.Domain runs on etcd —
+// member driver, internal/membership — the code idc.Membership runs on etcd —
 // on the node's simulated store client and clock. When a membership ends
 // (fenced, left) the application joins again with a new incarnation, as a
 // real one calling idc.Join again would.

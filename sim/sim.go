@@ -1,5 +1,5 @@
 // Package sim is idc's deterministic simulator. It runs the real drivers
-// — the member driver (internal/membership, what idc.Domain runs) and the
+// — the member driver (internal/membership, what idc.Membership runs) and the
 // coordinator's Leader (what coordinator.Run runs once elected), and with
 // them the pure machines of core/ — over a simulated store, network and
 // clocks, in a single goroutine, with no real time and no real I/O. The
