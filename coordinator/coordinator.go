@@ -147,7 +147,9 @@ func (c Config) machineConfig(group string) core.Config {
 
 // Run campaigns for the coordinator role and, while elected, coordinates
 // every group under the key prefix (a Leader on the etcd client). It
-// returns when ctx ends (with nil) or on a configuration error.
+// returns when ctx ends (with nil) or on a configuration error (wrapping
+// ErrConfig), including a store that grants the election session a longer
+// lease than ElectionTTL.
 func Run(ctx context.Context, cfg Config) error {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -161,6 +163,9 @@ func Run(ctx context.Context, cfg Config) error {
 			err = lead(ctx, cfg, log, met, nil, nil)
 		} else {
 			err = campaign(ctx, cfg, log, met)
+		}
+		if errors.Is(err, ErrConfig) {
+			return err
 		}
 		if err != nil && ctx.Err() == nil {
 			log.Warn("coordinator restarting", "err", err)
@@ -180,6 +185,18 @@ func campaign(ctx context.Context, cfg Config, log *slog.Logger, met *Metrics) e
 		return fmt.Errorf("election session: %w", err)
 	}
 	defer sess.Close()
+	// A store whose minimum lease is longer silently raises the TTL, and
+	// with it how long a crashed coordinator holds the election: refuse,
+	// as members refuse a lease they did not ask for.
+	tctx, tcancel := context.WithTimeout(ctx, cfg.OpTimeout)
+	ttl, err := cfg.Client.TimeToLive(tctx, sess.Lease())
+	tcancel()
+	if err != nil {
+		return fmt.Errorf("election session: %w", err)
+	}
+	if granted := time.Duration(ttl.GrantedTTL) * time.Second; granted != cfg.ElectionTTL {
+		return fmt.Errorf("%w: the store granted the election session a %v lease for the %v asked (its minimum lease is longer); set the election TTL to at least %v", ErrConfig, granted, cfg.ElectionTTL, granted)
+	}
 	el := concurrency.NewElection(sess, cfg.Keys.Election())
 	if err := el.Campaign(ctx, cfg.Name); err != nil {
 		return fmt.Errorf("campaign: %w", err)

@@ -34,6 +34,9 @@ const (
 	// KindResync: the watch lost its place (compaction) and read the store
 	// afresh; events in between were not seen.
 	KindResync = "resync"
+	// KindAbsent: a group named to the watch has no records (yet); the
+	// watch goes on and shows it once it appears.
+	KindAbsent = "absent"
 )
 
 // Event is one change in a group.
@@ -81,6 +84,8 @@ func (e Event) String() string {
 		fmt.Fprintf(&b, "resource %s applied the fence of epoch %d", e.FenceAck.Resource, e.FenceAck.Epoch)
 	case e.Kind == KindResync:
 		b.WriteString("watch lost its place; read the store afresh")
+	case e.Kind == KindAbsent:
+		b.WriteString("no such group (no records yet); waiting for it to appear")
 	default:
 		b.WriteString(e.Kind)
 	}
@@ -89,7 +94,8 @@ func (e Event) String() string {
 
 // Watch calls fn with every change in the named groups (every group when
 // none is named) until ctx ends or fn returns an error, which Watch then
-// returns. It starts with the current epoch record of each group. If the
+// returns. It starts with the current epoch record of each group, and a
+// KindAbsent event for each group named that has no records yet. If the
 // watch loses its place (the store compacted the revisions it needed) it
 // reads the store afresh and goes on after a KindResync event.
 func Watch(ctx context.Context, cli *clientv3.Client, keys proto.Keys, groups []string, fn func(Event) error) error {
@@ -119,6 +125,13 @@ func Watch(ctx context.Context, cli *clientv3.Client, keys proto.Keys, groups []
 		for _, g := range names {
 			if rec := views[g].Epoch; rec != nil && want(g) {
 				if err := fn(Event{Time: time.Now(), Revision: rev, Group: g, Kind: KindEpoch, Epoch: rec}); err != nil {
+					return err
+				}
+			}
+		}
+		for _, g := range groups {
+			if _, ok := views[g]; !ok {
+				if err := fn(Event{Time: time.Now(), Revision: rev, Group: g, Kind: KindAbsent}); err != nil {
 					return err
 				}
 			}

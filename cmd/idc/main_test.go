@@ -249,3 +249,36 @@ func TestStoreServesMetrics(t *testing.T) {
 		t.Errorf("idc store ended with %v, want nil on interrupt", err)
 	}
 }
+
+// TestWatchAbsentGroup: watching a group that has no records says so at
+// once (rather than waiting silently), then shows the group when it
+// appears.
+func TestWatchAbsentGroup(t *testing.T) {
+	c := newCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(wctx, &out, "watch", "g", "--etcd-endpoints", c.endpoints) }()
+	for !strings.Contains(out.String(), "no such group") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("watch of a missing group said nothing:\n%s", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	c.join("a", 1)
+	for !strings.Contains(out.String(), "epoch 1 connected") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("watch never showed the group once it appeared:\n%s", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("watch ended with %v", err)
+	}
+}
