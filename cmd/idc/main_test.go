@@ -282,3 +282,24 @@ func TestWatchAbsentGroup(t *testing.T) {
 		t.Errorf("watch ended with %v", err)
 	}
 }
+
+// TestBadGlobalFlags: flag values that would quietly mean something else
+// (a zero timeout, an unknown log level, a bad endpoint) are refused with
+// a configuration error before anything is dialed.
+func TestBadGlobalFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status", "--dial-timeout", "0"}, "--dial-timeout 0s must be positive"},
+		{[]string{"status", "--log-level", "loud"}, `--log-level "loud"`},
+		{[]string{"watch", "--prefix", "idc"}, "must start with '/'"},
+		{[]string{"status", "--etcd-endpoints", "127.0.0.1:2379"}, "bad store endpoint"},
+	} {
+		var out syncBuffer
+		err := run(context.Background(), &out, tt.args...)
+		if !errors.Is(err, idc.ErrConfig) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("idc %v: err = %v, want ErrConfig saying %q", tt.args, err, tt.want)
+		}
+	}
+}

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -33,16 +36,38 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.prefix, "prefix", "/idc", "key prefix of idc's records in the store")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	pf.DurationVar(&g.timeout, "dial-timeout", 10*time.Second, "how long to keep trying to reach the store")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.validate() }
 	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g))
 	return root
+}
+
+// validate refuses flag values that would mean something else than they
+// say (a zero timeout, an unknown log level) instead of quietly using a
+// default.
+func (g *globals) validate() error {
+	var lvl slog.Level
+	switch {
+	case g.timeout <= 0:
+		return fmt.Errorf("%w: --dial-timeout %v must be positive", proto.ErrConfig, g.timeout)
+	case lvl.UnmarshalText([]byte(g.logLevel)) != nil:
+		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", proto.ErrConfig, g.logLevel)
+	case !strings.HasPrefix(g.prefix, "/"):
+		return fmt.Errorf("%w: --prefix %q must start with '/'", proto.ErrConfig, g.prefix)
+	case len(g.endpoints) == 0:
+		return fmt.Errorf("%w: --etcd-endpoints is empty", proto.ErrConfig)
+	}
+	for _, ep := range g.endpoints {
+		if err := store.CheckEndpoint(ep); err != nil {
+			return fmt.Errorf("%w: --etcd-endpoints: %w", proto.ErrConfig, err)
+		}
+	}
+	return nil
 }
 
 // logger returns the slog logger for the --log-level flag, on stderr.
 func (g *globals) logger() *slog.Logger {
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
-		lvl = slog.LevelInfo
-	}
+	_ = lvl.UnmarshalText([]byte(g.logLevel)) // validated
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 }
 
