@@ -61,6 +61,7 @@ type Leader struct {
 	watch   store.Watch
 	gen     uint64 // of the current listing and watch
 	heard   bool   // the watch delivered something since the last check
+	hung    bool   // the last watch was found hung: watch on a fresh stream
 	timer   clock.Timer
 	check   clock.Timer
 	maxOps  int
@@ -165,7 +166,9 @@ func (l *Leader) list() {
 				}
 			}
 			l.heard = true
-			l.watch = l.st.Watch(store.WatchRequest{Key: keys.Groups(), End: store.PrefixEnd(keys.Groups()), Rev: resp.Revision + 1},
+			fresh := l.hung
+			l.hung = false
+			l.watch = l.st.Watch(store.WatchRequest{Key: keys.Groups(), End: store.PrefixEnd(keys.Groups()), Rev: resp.Revision + 1, Fresh: fresh},
 				func(wr store.WatchResponse) { l.do(func() { l.onWatch(gen, wr) }) })
 			// Every group is updated: one that vanished from the store has
 			// an empty view now, which its machine waits on (G1).
@@ -212,6 +215,7 @@ func (l *Leader) checkWatch() {
 	case !l.heard:
 		l.log.Warn("watch silent; relisting")
 		l.met.relists.Inc()
+		l.hung = true
 		l.list()
 	default:
 		l.heard = false

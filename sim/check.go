@@ -332,6 +332,6 @@ func (w *World) checkBounded() error {
 	if len(garbage) == 0 {
 		return nil
 	}
-	return fmt.Errorf("the store still holds %d obsolete keys %v after the quiet period, with epoch %d connected: %s",
+	return fmt.Errorf("the store still holds %d obsolete keys after a quiet period of %v, with epoch %d connected: %s",
 		len(garbage), w.cfg.Quiet, rec.Number, strings.Join(garbage, " "))
 }

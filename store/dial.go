@@ -30,9 +30,10 @@ type DialConfig struct {
 	// KeepAliveTime and KeepAliveTimeout are the gRPC keep-alive: a
 	// connection that answers no ping within KeepAliveTime+KeepAliveTimeout
 	// is closed and its calls and watches fail over to another endpoint, so
-	// a silently dropped connection is noticed within that bound (defaults
-	// 5 s and 2 s; etcd refuses pings more often than every 5 s unless its
-	// --grpc-keepalive-min-time is lowered).
+	// a silently dropped connection is closed within that bound (defaults
+	// 10 s, gRPC's minimum, and 2 s). Until then idc's requests route
+	// around it (store.Etcd repeats a stuck request on the next
+	// connection) and its watches are replaced on a fresh stream.
 	KeepAliveTime, KeepAliveTimeout time.Duration
 	// Logger receives one warning per failed attempt (default slog.Default()).
 	Logger *slog.Logger
@@ -40,7 +41,7 @@ type DialConfig struct {
 
 // Defaults of DialConfig.
 const (
-	DefaultKeepAliveTime    = 5 * time.Second
+	DefaultKeepAliveTime    = 10 * time.Second
 	DefaultKeepAliveTimeout = 2 * time.Second
 )
 

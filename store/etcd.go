@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
 
 // Etcd is the Store on an etcd client. Each call runs on a goroutine of
@@ -21,6 +23,11 @@ type Etcd struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// streams numbers the current watch stream: etcd's client multiplexes
+	// every watch of a context onto one gRPC stream, so a watch replaced
+	// because it hung would otherwise join the same dead stream. A Fresh
+	// watch starts the next number, and the watches after it share that.
+	streams atomic.Int64
 }
 
 // NewEtcd returns a Store on cli.
@@ -50,6 +57,25 @@ func (s *Etcd) call(timeout time.Duration, f func(ctx context.Context)) {
 	}()
 }
 
+// attempts runs op up to twice within ctx: the first attempt gets half
+// the time left. A connection that is silently dead stays "ready" to gRPC
+// until its keep-alive fails (10 s and more), and etcd's client picks
+// connections round robin; so a request stuck on a dead one is sent again
+// on the next pick while time is left. Every request idc makes may be
+// repeated: puts and deletes are idempotent, a compare-and-swap repeated
+// after it applied fails its compare, and a lease granted twice expires.
+func attempts[T any](ctx context.Context, op func(context.Context) (T, error)) (T, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		actx, cancel := context.WithTimeout(ctx, time.Until(dl)/2)
+		v, err := op(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || actx.Err() == nil {
+			return v, err
+		}
+	}
+	return op(ctx)
+}
+
 // Classify maps an etcd client error to the Store's errors (wrapping the
 // original); nil stays nil.
 func Classify(err error) error {
@@ -73,7 +99,9 @@ func Classify(err error) error {
 // Grant implements Store.
 func (s *Etcd) Grant(ttl, timeout time.Duration, done func(Lease, error)) {
 	s.call(timeout, func(ctx context.Context) {
-		resp, err := s.cli.Grant(ctx, int64(ttl/time.Second))
+		resp, err := attempts(ctx, func(ctx context.Context) (*clientv3.LeaseGrantResponse, error) {
+			return s.cli.Grant(ctx, int64(ttl/time.Second))
+		})
 		if err != nil {
 			done(Lease{}, Classify(err))
 			return
@@ -85,7 +113,9 @@ func (s *Etcd) Grant(ttl, timeout time.Duration, done func(Lease, error)) {
 // KeepAlive implements Store.
 func (s *Etcd) KeepAlive(id LeaseID, timeout time.Duration, done func(time.Duration, error)) {
 	s.call(timeout, func(ctx context.Context) {
-		resp, err := s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+		resp, err := attempts(ctx, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
+			return s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+		})
 		switch {
 		case err != nil:
 			done(0, Classify(err))
@@ -100,7 +130,9 @@ func (s *Etcd) KeepAlive(id LeaseID, timeout time.Duration, done func(time.Durat
 // Revoke implements Store.
 func (s *Etcd) Revoke(id LeaseID, timeout time.Duration, done func(error)) {
 	s.call(timeout, func(ctx context.Context) {
-		_, err := s.cli.Revoke(ctx, clientv3.LeaseID(id))
+		_, err := attempts(ctx, func(ctx context.Context) (*clientv3.LeaseRevokeResponse, error) {
+			return s.cli.Revoke(ctx, clientv3.LeaseID(id))
+		})
 		if done != nil {
 			done(Classify(err))
 		}
@@ -145,7 +177,9 @@ func (s *Etcd) Txn(t Txn, timeout time.Duration, done func(TxnResponse, error)) 
 	}
 	then, els := etcdOps(t.Then), etcdOps(t.Else)
 	s.call(timeout, func(ctx context.Context) {
-		resp, err := s.cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+		resp, err := attempts(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			return s.cli.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+		})
 		if err != nil {
 			done(TxnResponse{}, Classify(err))
 			return
@@ -177,7 +211,12 @@ type etcdWatch struct {
 // leader ends the watch with ErrNoLeader) and asks for the created
 // notification.
 func (s *Etcd) Watch(r WatchRequest, fn func(WatchResponse)) Watch {
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
+	stream := s.streams.Load()
+	if r.Fresh {
+		stream = s.streams.Add(1)
+	}
+	sctx := metadata.AppendToOutgoingContext(s.ctx, "idc-watch-stream", strconv.FormatInt(stream, 10))
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(sctx))
 	w := &etcdWatch{s: s, ctx: ctx, cancel: cancel}
 	opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
 	if r.End != "" {

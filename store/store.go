@@ -138,6 +138,10 @@ type WatchRequest struct {
 	Key, End string
 	// Rev is the first revision to deliver (0: from now).
 	Rev int64
+	// Fresh asks for a new stream to the store rather than one shared
+	// with other watches: set it when replacing a watch found hung, whose
+	// stream (and the connection under it) may be dead.
+	Fresh bool
 }
 
 // Event is one change of a key.

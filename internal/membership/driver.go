@@ -47,6 +47,7 @@ type Driver struct {
 	watchRead bool          // the record was read after the watch was created
 	early     []store.Event // events delivered before that read
 	heard     bool          // the watch delivered something since the last check
+	hung      bool          // the last watch was found hung
 }
 
 // Start registers the membership: it grants the lease (refusing a TTL the

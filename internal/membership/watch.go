@@ -21,7 +21,9 @@ func (d *Driver) startWatch() {
 	d.watchGen++
 	gen := d.watchGen
 	d.watchRead, d.early, d.heard = false, nil, true
-	d.watch = d.st.Watch(store.WatchRequest{Key: d.keys.Epoch(d.cfg.Group)}, func(wr store.WatchResponse) {
+	fresh := d.hung
+	d.hung = false
+	d.watch = d.st.Watch(store.WatchRequest{Key: d.keys.Epoch(d.cfg.Group), Fresh: fresh}, func(wr store.WatchResponse) {
 		d.do(func() { d.onWatch(gen, wr) })
 	})
 }
@@ -105,6 +107,7 @@ func (d *Driver) checkWatch() {
 		// Being replaced.
 	case !d.heard:
 		d.met.watchHung.Inc()
+		d.hung = true // watch again on a fresh stream
 		d.rewatch("epoch watch silent", store.ErrUnavailable)
 	default:
 		d.heard = false
