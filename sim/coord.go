@@ -36,6 +36,7 @@ func (c *Coord) crash(restart time.Duration) {
 	c.n.gen++ // its pending events are dropped
 	c.n.backlog, c.n.pausedUntil = nil, 0
 	w.store.unwatch(c.n.id)
+	w.resetConns(c.n.id)
 	c.l.Stop()
 	w.after(worldNode, restart, "restart "+c.n.name, 0, 0, func() {
 		c.n.down = false

@@ -164,6 +164,7 @@ func (d *Domain) crash() {
 	d.n.down = true
 	d.n.backlog, d.n.pausedUntil = nil, 0
 	w.store.unwatch(d.n.id)
+	w.resetConns(d.n.id)
 	for _, o := range d.ops {
 		o.ended = true
 		w.hist.add(Rec{Kind: HKill, At: w.now, Ref: o.ms.ref(), Lease: o.ms.lease, Epoch: o.epoch, Op: o.id})

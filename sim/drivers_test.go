@@ -1,8 +1,6 @@
 package sim
 
 import (
-	"log/slog"
-	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -15,13 +13,8 @@ import (
 // real membership drivers over the simulated store, network and clocks:
 // the same code as on etcd, deterministically, in one goroutine.
 func TestRealDriversInSimulatedWorld(t *testing.T) {
-	cfg := Config{Seed: 1, NoFaults: true}.WithDefaults()
-	w := &World{cfg: cfg, rng: rand.New(rand.NewPCG(1, 2)), hist: &History{Mode: cfg.Mode}, trace: newTrace(40)}
-	w.addNode("world", clock{rate: 1})
-	w.addNode("store", clock{rate: 1})
-	w.net = newNetwork(w)
-	w.store = newStore(w)
-	quiet := slog.New(slog.DiscardHandler)
+	w := bareWorld(1)
+	cfg := w.cfg
 	cn := w.addNode("c1", clock{rate: 1.01, offset: time.Hour})
 	coordinator.StartLeader(coordinator.LeaderConfig{
 		Store: storeClient{w, cn.id}, Clock: nodeClock{w, cn.id}, Machine: cfg.coordConfig(),
@@ -42,15 +35,7 @@ func TestRealDriversInSimulatedWorld(t *testing.T) {
 			ds = append(ds, d)
 		})
 	}
-	w.end = 10 * time.Second
-	for len(w.q) > 0 {
-		ev := w.q.pop()
-		if ev.at > w.end {
-			break
-		}
-		w.now = ev.at
-		w.exec(ev)
-	}
+	w.runFor(10 * time.Second)
 	if len(ds) != 3 {
 		t.Fatalf("%d of 3 joined", len(ds))
 	}

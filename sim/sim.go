@@ -281,8 +281,11 @@ type World struct {
 	domains []*Domain
 	hist    *History
 	checks  []Check
-	trace   *trace
-	nextID  uint64 // ops, watches, incarnations
+	// listeners and conns are the simulated network's (netconn.go).
+	listeners map[string]*simListener
+	conns     map[NodeID][]*simConn
+	trace     *trace
+	nextID    uint64 // ops, watches, incarnations
 
 	steps, epochs, ios, refused int
 	faults                      Faults

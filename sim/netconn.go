@@ -1,0 +1,237 @@
+package sim
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	netw "github.com/idc-dev/idc/network"
+)
+
+// nodeNet is the simulated network as a netw.Network for one node:
+// listeners are registered by address in the world; a dial is a message to
+// the listener's node, answered or timed out by the dialer's clock; frames
+// travel with the network's delays, in order per direction (a connection
+// is a stream), and are held while either end is cut off (and delivered
+// when it heals, as TCP retransmits). A connection whose node crashed ends
+// at its peer with io.EOF, as the kernel's reset would.
+type nodeNet struct {
+	w *World
+	n NodeID
+}
+
+var _ netw.Network = nodeNet{}
+
+type simListener struct {
+	w      *World
+	n      NodeID
+	addr   string
+	accept func(netw.Conn)
+	closed bool
+}
+
+func (l *simListener) Addr() string { return l.addr }
+
+func (l *simListener) Close() error {
+	l.closed = true
+	delete(l.w.listeners, l.addr)
+	return nil
+}
+
+// Listen implements netw.Network. Addresses are names in the simulated
+// world: any string not already listened on.
+func (nn nodeNet) Listen(addr string, accept func(netw.Conn)) (netw.Listener, error) {
+	w := nn.w
+	if w.listeners == nil {
+		w.listeners = map[string]*simListener{}
+	}
+	if _, taken := w.listeners[addr]; taken || addr == "" {
+		return nil, fmt.Errorf("%w: %q is taken", netw.ErrAddress, addr)
+	}
+	l := &simListener{w: w, n: nn.n, addr: addr, accept: accept}
+	w.listeners[addr] = l
+	return l, nil
+}
+
+// Dial implements netw.Network.
+func (nn nodeNet) Dial(addr string, timeout time.Duration, done func(netw.Conn, error)) {
+	w := nn.w
+	answered := false
+	timer := w.afterLocal(nn.n, timeout, "dial timed out", 0, 0, func() {
+		if !answered {
+			answered = true
+			done(nil, fmt.Errorf("%w: %s: no answer within %v", netw.ErrUnreachable, addr, timeout))
+		}
+	})
+	l := w.listeners[addr]
+	if l == nil || l.closed {
+		// Connection refused: the answer comes back at once.
+		w.after(nn.n, w.net.delay(nn.n, nn.n), "dial refused", 0, 0, func() {
+			if !answered {
+				answered, timer.off = true, true
+				done(nil, fmt.Errorf("%w: %s: connection refused", netw.ErrUnreachable, addr))
+			}
+		})
+		return
+	}
+	client := &simConn{w: w, node: nn.n, remote: addr}
+	server := &simConn{w: w, node: l.n, remote: w.nodes[nn.n].name}
+	client.peer, server.peer = server, client
+	if w.conns == nil {
+		w.conns = map[NodeID][]*simConn{}
+	}
+	w.conns[nn.n] = append(w.conns[nn.n], client)
+	w.conns[l.n] = append(w.conns[l.n], server)
+	at := client.arrival()
+	w.after(l.n, at-w.now, "accept", 0, 0, func() {
+		if l.closed || client.closed {
+			server.closed = true
+			return
+		}
+		l.accept(server)
+		back := server.arrival()
+		w.after(nn.n, back-w.now, "dial answered", 0, 0, func() {
+			if answered {
+				client.Close() // too late: the dialer gave up
+				return
+			}
+			answered, timer.off = true, true
+			done(client, nil)
+		})
+	})
+}
+
+// simConn is one end of a simulated connection.
+type simConn struct {
+	w       *World
+	node    NodeID
+	peer    *simConn
+	remote  string
+	closed  bool
+	lastAt  time.Duration // FIFO: no frame arrives before the last one
+	waiting int           // frames sent and not yet written
+	recv    func([]byte, error)
+	inbox   []inFrame // arrived before Receive was called
+	ended   bool      // the end-of-stream callback ran
+}
+
+type inFrame struct {
+	b   []byte
+	err error
+}
+
+// arrival is when a frame sent now from c reaches its peer: a delay of
+// its own, never before the previous frame, held while either end is cut
+// off.
+func (c *simConn) arrival() time.Duration {
+	w := c.w
+	at := w.now + w.net.delay(c.node, c.peer.node)
+	for _, n := range []NodeID{c.node, c.peer.node} {
+		if end := w.net.partitioned[n]; end > w.now {
+			at = max(at, end+w.net.delay(c.node, c.peer.node))
+		}
+	}
+	at = max(at, c.lastAt)
+	c.lastAt = at
+	return at
+}
+
+func (c *simConn) Send(frame []byte, done func(error)) {
+	w := c.w
+	fail := func(err error) {
+		if done != nil {
+			w.after(c.node, 0, "send failed", 0, 0, func() { done(err) })
+		}
+	}
+	switch {
+	case len(frame) > netw.MaxFrame:
+		fail(fmt.Errorf("%w: %d bytes", netw.ErrFrameTooLarge, len(frame)))
+		return
+	case c.closed:
+		fail(netw.ErrClosed)
+		return
+	case c.waiting >= netw.SendWindow:
+		fail(netw.ErrBusy)
+		return
+	}
+	b := append([]byte(nil), frame...)
+	c.waiting++
+	// Written once the frame left: a moment later by the sender's clock.
+	w.after(c.node, minDelay, "frame written", int64(len(b)), 0, func() {
+		c.waiting--
+		if done != nil {
+			if c.closed {
+				done(netw.ErrClosed)
+			} else {
+				done(nil)
+			}
+		}
+	})
+	peer := c.peer
+	w.after(peer.node, c.arrival()-w.now, "frame", int64(len(b)), 0, func() { peer.deliver(inFrame{b: b}) })
+}
+
+// deliver hands an arriving frame (or the end of the stream) to the
+// receiver, or keeps it until Receive is called.
+func (c *simConn) deliver(f inFrame) {
+	if c.ended || c.closed && f.err == nil {
+		return
+	}
+	if c.recv == nil {
+		c.inbox = append(c.inbox, f)
+		return
+	}
+	if f.err != nil {
+		c.ended = true
+	}
+	c.recv(f.b, f.err)
+}
+
+func (c *simConn) Receive(fn func([]byte, error)) {
+	if c.recv != nil {
+		return
+	}
+	c.recv = fn
+	inbox := c.inbox
+	c.inbox = nil
+	for _, f := range inbox {
+		c.deliver(f)
+	}
+}
+
+// Close closes this end; the peer sees io.EOF after the frames in flight.
+func (c *simConn) Close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	peer := c.peer
+	c.w.after(peer.node, c.arrival()-c.w.now, "connection closed", 0, 0, func() { peer.deliver(inFrame{err: io.EOF}) })
+	if c.recv != nil && !c.ended {
+		c.ended = true
+		c.w.after(c.node, 0, "connection closed here", 0, 0, func() { c.recv(nil, netw.ErrClosed) })
+	}
+	return nil
+}
+
+func (c *simConn) Remote() string { return c.remote }
+
+// resetConns ends every connection of node n, which crashed: its peers see
+// io.EOF after the frames in flight, as the kernel's reset would show
+// them; its listeners go.
+func (w *World) resetConns(n NodeID) {
+	for _, c := range w.conns[n] {
+		if !c.closed {
+			c.closed = true
+			peer := c.peer
+			w.after(peer.node, c.arrival()-w.now, "connection reset", 0, 0, func() { peer.deliver(inFrame{err: io.EOF}) })
+		}
+	}
+	delete(w.conns, n)
+	for addr, l := range w.listeners {
+		if l.n == n {
+			l.closed = true
+			delete(w.listeners, addr)
+		}
+	}
+}
