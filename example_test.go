@@ -33,7 +33,9 @@ func Example() {
 	defer cli.Close()
 	cctx, stopCoordinator := context.WithCancel(ctx)
 	defer stopCoordinator()
-	go coordinator.Run(cctx, coordinator.Config{Client: cli, Logger: quiet})
+	ccfg := coordinator.DefaultConfig()
+	ccfg.Client, ccfg.Logger = cli, quiet
+	go coordinator.Run(cctx, ccfg)
 
 	// A domain.
 	cfg := idc.DefaultConfig()

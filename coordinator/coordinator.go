@@ -27,56 +27,59 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// Config configures a coordinator candidate. Zero fields take the defaults
-// documented on each.
+// Config configures a coordinator candidate. Start from DefaultConfig and
+// set Client: Run takes every field as given, so an explicit zero is never
+// mistaken for "unset".
 type Config struct {
 	// Client is the store client (required).
 	Client *clientv3.Client
-	// Keys is the key layout (default prefix "/idc").
+	// Keys is the key layout (DefaultConfig: prefix "/idc").
 	Keys proto.Keys
-	// Mode is how departed members are handled in every group (default
-	// lease). Fence acknowledgements come from resource guards.
+	// Mode is how departed members are handled in every group
+	// (DefaultConfig: lease). Fence acknowledgements come from resource
+	// guards; a fence-mode group with no resource waits leases out.
 	Mode proto.Mode
 	// QuiesceTimeout is how long survivors have to acknowledge quiesce
-	// before they are dropped in a further epoch (default 10 s).
+	// before they are dropped in a further epoch (DefaultConfig: 10 s).
 	QuiesceTimeout time.Duration
-	// Rho is the clock-rate drift bound ρ (default 0.01) and LeaseMargin
-	// the safety margin (default 500 ms): a departed member counts as
-	// stopped TTL·(1+ρ)+LeaseMargin after its lease was seen gone. Use at
-	// least the values the members use.
+	// Rho is the clock-rate drift bound ρ (DefaultConfig: 0.01) and
+	// LeaseMargin the safety margin (DefaultConfig: 500 ms): a departed
+	// member counts as stopped TTL·(1+ρ)+LeaseMargin after its lease was
+	// seen gone. Use at least the values the members use.
 	Rho         float64
 	LeaseMargin time.Duration
-	// Damping holds back domains that keep departing (core/coordinator
-	// Damping: by default 3 departures within 1 min hold a domain's next
-	// incarnation back for 15 s).
+	// Damping holds back domains that keep departing (DefaultConfig: 3
+	// departures within 1 min hold a domain's next incarnation back for
+	// 15 s; Drops 0 or less: no damping).
 	Damping core.Damping
-	// Name identifies this candidate in the election (default host:pid).
+	// Name identifies this candidate in the election ("": host:pid).
 	Name string
 	// ElectionTTL is the TTL of the election session, which bounds how long
-	// a crashed coordinator holds the election (default 2 s, etcd's minimum
-	// at its default timings).
+	// a crashed coordinator holds the election (DefaultConfig: 2 s, etcd's
+	// minimum at its default timings). A store that grants a longer one is
+	// refused.
 	ElectionTTL time.Duration
 	// NoElection runs without an election: every candidate acts at once.
 	// Safe (every write is a compare-and-swap) but wasteful; for tests that
 	// show exactly that.
 	NoElection bool
-	// OpTimeout bounds each store operation (default 5 s).
+	// OpTimeout bounds each store operation (DefaultConfig: 5 s).
 	OpTimeout time.Duration
 	// WatchCheck is the watchdog interval of the coordinator's watch
-	// (default 2 s): a watch that delivers nothing, not even a requested
-	// progress notification, is replaced within 2·WatchCheck.
+	// (DefaultConfig: 2 s): a watch that delivers nothing, not even a
+	// requested progress notification, is replaced within 2·WatchCheck.
 	WatchCheck time.Duration
 	// MaxTxnOps is the most operations one cleanup transaction carries
-	// (default 128, etcd's --max-txn-ops).
+	// (DefaultConfig: 128, etcd's --max-txn-ops).
 	MaxTxnOps int
-	// Logger (default slog.Default()).
+	// Logger receives the coordinator's logs (nil: slog.Default()).
 	Logger *slog.Logger
 	// Metrics, if set, registers the coordinator's Prometheus metrics
 	// (idc_coordinator_*).
 	Metrics prometheus.Registerer
 }
 
-// Defaults of Config.
+// Defaults of DefaultConfig.
 const (
 	DefaultQuiesceTimeout = 10 * time.Second
 	DefaultRho            = 0.01
@@ -90,59 +93,44 @@ const (
 // ErrConfig is wrapped by configuration errors (proto.ErrConfig).
 var ErrConfig = proto.ErrConfig
 
-func (c Config) withDefaults() Config {
-	if c.Mode == "" {
-		c.Mode = proto.ModeLease
+// DefaultConfig returns a Config with every default set; set Client.
+func DefaultConfig() Config {
+	return Config{
+		Keys: proto.Keys{Prefix: proto.DefaultPrefix}, Mode: proto.ModeLease,
+		QuiesceTimeout: DefaultQuiesceTimeout, Rho: DefaultRho, LeaseMargin: DefaultLeaseMargin,
+		Damping:     core.Damping{Drops: core.DefaultFlapDrops, Window: core.DefaultFlapWindow, Hold: core.DefaultFlapHold},
+		ElectionTTL: DefaultElectionTTL, OpTimeout: DefaultOpTimeout, WatchCheck: DefaultWatchCheck,
+		MaxTxnOps: DefaultMaxTxnOps,
 	}
-	if c.QuiesceTimeout == 0 {
-		c.QuiesceTimeout = DefaultQuiesceTimeout
-	}
-	if c.Rho == 0 {
-		c.Rho = DefaultRho
-	}
-	if c.LeaseMargin == 0 {
-		c.LeaseMargin = DefaultLeaseMargin
-	}
-	if c.Name == "" {
-		h, _ := os.Hostname()
-		c.Name = fmt.Sprintf("%s:%d", h, os.Getpid())
-	}
-	if c.ElectionTTL == 0 {
-		c.ElectionTTL = DefaultElectionTTL
-	}
-	if c.OpTimeout == 0 {
-		c.OpTimeout = DefaultOpTimeout
-	}
-	if c.WatchCheck == 0 {
-		c.WatchCheck = DefaultWatchCheck
-	}
-	if c.MaxTxnOps == 0 {
-		c.MaxTxnOps = DefaultMaxTxnOps
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return c
 }
 
-func (c Config) validate() error {
-	if c.Client == nil {
-		return fmt.Errorf("%w: no store client", ErrConfig)
-	}
-	if c.ElectionTTL < time.Second || c.ElectionTTL%time.Second != 0 {
+// Validate checks the settings of c as they are (nothing is defaulted);
+// errors wrap ErrConfig and say what to change. Run also needs a Client.
+func (c Config) Validate() error {
+	switch {
+	case c.ElectionTTL < time.Second || c.ElectionTTL%time.Second != 0:
 		return fmt.Errorf("%w: election TTL %v must be whole seconds, at least 1 s", ErrConfig, c.ElectionTTL)
-	}
-	if c.OpTimeout <= 0 || c.WatchCheck <= 0 || c.MaxTxnOps <= 0 {
-		return fmt.Errorf("%w: op timeout %v, watch check %v and max txn ops %d must be positive", ErrConfig, c.OpTimeout, c.WatchCheck, c.MaxTxnOps)
+	case c.OpTimeout <= 0:
+		return fmt.Errorf("%w: op timeout %v must be positive", ErrConfig, c.OpTimeout)
+	case c.WatchCheck <= 0:
+		return fmt.Errorf("%w: watch check %v must be positive", ErrConfig, c.WatchCheck)
+	case c.MaxTxnOps < 4:
+		return fmt.Errorf("%w: max txn ops %d must be at least 4", ErrConfig, c.MaxTxnOps)
+	case c.Damping.Drops > 0 && (c.Damping.Window <= 0 || c.Damping.Hold <= 0):
+		return fmt.Errorf("%w: flap window %v and hold %v must be positive when damping (%d drops)", ErrConfig, c.Damping.Window, c.Damping.Hold, c.Damping.Drops)
 	}
 	return c.machineConfig("g").Validate()
 }
 
 func (c Config) machineConfig(group string) core.Config {
+	d := c.Damping
+	if d.Drops <= 0 {
+		d = core.Damping{Drops: -1, Window: time.Minute, Hold: time.Minute} // off
+	}
 	return core.Config{
 		Group: group, Mode: c.Mode, QuiesceTimeout: c.QuiesceTimeout,
-		Rho: c.Rho, Margin: c.LeaseMargin, Damping: c.Damping,
-	}.WithDefaults()
+		Rho: c.Rho, Margin: c.LeaseMargin, Damping: d, Policy: core.DropSuspect{},
+	}
 }
 
 // Run campaigns for the coordinator role and, while elected, coordinates
@@ -151,9 +139,18 @@ func (c Config) machineConfig(group string) core.Config {
 // ErrConfig), including a store that grants the election session a longer
 // lease than ElectionTTL.
 func Run(ctx context.Context, cfg Config) error {
-	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if cfg.Client == nil {
+		return fmt.Errorf("%w: no store client", ErrConfig)
+	}
+	if cfg.Name == "" {
+		h, _ := os.Hostname()
+		cfg.Name = fmt.Sprintf("%s:%d", h, os.Getpid())
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 	log := cfg.Logger.With("coordinator", cfg.Name)
 	met := newMetrics(cfg.Metrics)

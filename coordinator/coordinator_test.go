@@ -27,7 +27,9 @@ func TestElectionTTLRaisedIsRefused(t *testing.T) {
 	}
 	defer e.Close()
 	cli := testenv.Client(t, e.Endpoints)
-	err = coordinator.Run(ctx, coordinator.Config{Client: cli, ElectionTTL: time.Second, Logger: testenv.Logger(t)})
+	cfg := coordinator.DefaultConfig()
+	cfg.Client, cfg.ElectionTTL, cfg.Logger = cli, time.Second, testenv.Logger(t)
+	err = coordinator.Run(ctx, cfg)
 	if !errors.Is(err, coordinator.ErrConfig) || !strings.Contains(err.Error(), "at least 2s") {
 		t.Fatalf("Run with a 1 s election TTL on a store with a 2 s minimum: %v, want ErrConfig saying at least 2s", err)
 	}

@@ -303,3 +303,27 @@ func TestBadGlobalFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreFlagsTakenAsGiven: `idc store` takes its flags as given: a zero
+// quiesce timeout is an error, not the default, and so is a drift bound
+// out of range — before any store is started.
+func TestStoreFlagsTakenAsGiven(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"store", "--quiesce-timeout", "0"}, "quiesce timeout 0s must be positive"},
+		{[]string{"store", "--rho", "0.7"}, "drift bound"},
+		{[]string{"store", "--mode", "fencing"}, `--mode "fencing"`},
+		{[]string{"store", "--flap-hold", "0"}, "flap window 1m0s and hold 0s must be positive"},
+	} {
+		var out syncBuffer
+		err := run(context.Background(), &out, append(tt.args, "--data-dir", t.TempDir())...)
+		if !errors.Is(err, idc.ErrConfig) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("idc %v: err = %v, want ErrConfig saying %q", tt.args, err, tt.want)
+		}
+		if strings.Contains(out.String(), "embedded etcd serving") {
+			t.Errorf("idc %v started a store before refusing its flags", tt.args)
+		}
+	}
+}

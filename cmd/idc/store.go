@@ -41,7 +41,17 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 			ctx := cmd.Context()
 			log := g.logger()
 			if !proto.Mode(mode).Valid() {
-				return fmt.Errorf("--mode %q: want lease, fence or both", mode)
+				return fmt.Errorf("%w: --mode %q: want lease, fence or both", proto.ErrConfig, mode)
+			}
+			// Every flag is taken as given: a zero is a zero (and a zero
+			// timeout an error), never a quiet default.
+			ccfg := coordinator.DefaultConfig()
+			ccfg.Keys, ccfg.Mode = proto.Keys{Prefix: g.prefix}, proto.Mode(mode)
+			ccfg.QuiesceTimeout, ccfg.Rho, ccfg.LeaseMargin, ccfg.Name = quiesce, rho, margin, name
+			ccfg.Logger = log
+			ccfg.Damping = core.Damping{Drops: flapDrops, Window: flapWindow, Hold: flapHold}
+			if err := ccfg.Validate(); err != nil {
+				return err
 			}
 			endpoints := g.endpoints
 			if !cmd.Flags().Changed("etcd-endpoints") {
@@ -80,11 +90,8 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 				return err
 			}
 			defer cli.Close()
-			err = coordinator.Run(ctx, coordinator.Config{
-				Client: cli, Keys: proto.Keys{Prefix: g.prefix}, Mode: proto.Mode(mode),
-				QuiesceTimeout: quiesce, Rho: rho, LeaseMargin: margin, Name: name, Logger: log, Metrics: reg,
-				Damping: core.Damping{Drops: flapDrops, Window: flapWindow, Hold: flapHold},
-			})
+			ccfg.Client, ccfg.Metrics = cli, reg
+			err = coordinator.Run(ctx, ccfg)
 			if errors.Is(err, context.Canceled) {
 				return nil
 			}
@@ -101,7 +108,7 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 	f.Float64Var(&rho, "rho", coordinator.DefaultRho, "clock-rate drift bound ρ")
 	f.DurationVar(&margin, "lease-margin", coordinator.DefaultLeaseMargin, "safety margin added to the wait for a departed member")
 	f.StringVar(&name, "name", "", "this coordinator candidate's name (default host:pid)")
-	f.IntVar(&flapDrops, "flap-drops", core.DefaultFlapDrops, "departures within --flap-window that make a domain flap (negative: no damping)")
+	f.IntVar(&flapDrops, "flap-drops", core.DefaultFlapDrops, "departures within --flap-window that make a domain flap (0: no damping)")
 	f.DurationVar(&flapWindow, "flap-window", core.DefaultFlapWindow, "window in which departures are counted for flap damping")
 	f.DurationVar(&flapHold, "flap-hold", core.DefaultFlapHold, "how long a flapping domain is held back from admission after its last departure")
 	f.StringVar(&metricsAddr, "metrics-listen", "", "serve the coordinator's Prometheus metrics at this host:port under /metrics (default: off)")

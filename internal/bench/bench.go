@@ -141,7 +141,9 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 	cctx, stop := context.WithCancel(ctx)
 	var cwg sync.WaitGroup
 	cwg.Add(1)
-	go func() { defer cwg.Done(); _ = coordinator.Run(cctx, coordinator.Config{Client: ccli, Logger: quiet}) }()
+	ccfg := coordinator.DefaultConfig()
+	ccfg.Client, ccfg.Logger = ccli, quiet
+	go func() { defer cwg.Done(); _ = coordinator.Run(cctx, ccfg) }()
 	defer func() { stop(); cwg.Wait() }()
 
 	res := Result{Members: o.Members, SharedClient: o.SharedClient}

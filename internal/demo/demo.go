@@ -79,7 +79,9 @@ func Run(ctx context.Context, o Options) error {
 	coordDone := make(chan struct{})
 	go func() {
 		defer close(coordDone)
-		_ = coordinator.Run(cctx, coordinator.Config{Client: cli, Logger: log, QuiesceTimeout: 3 * time.Second, LeaseMargin: 200 * time.Millisecond})
+		ccfg := coordinator.DefaultConfig()
+		ccfg.Client, ccfg.Logger, ccfg.QuiesceTimeout, ccfg.LeaseMargin = cli, log, 3*time.Second, 200*time.Millisecond
+		_ = coordinator.Run(cctx, ccfg)
 	}()
 	defer func() { stopCoord(); <-coordDone }()
 	p.say("store", "coordinator started (lease mode: departed members are waited out)")

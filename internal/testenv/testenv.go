@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc/coordinator"
+	core "github.com/idc-dev/idc/core/coordinator"
 	"github.com/idc-dev/idc/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -63,9 +64,12 @@ func Client(t testing.TB, endpoints []string) *clientv3.Client {
 }
 
 // Coordinator runs a coordinator until the returned stop function is
-// called or the test ends; stop waits until it has returned.
+// called or the test ends; stop waits until it has returned. The fields of
+// cfg that are set (not zero) override coordinator.DefaultConfig(): a test
+// convenience, which coordinator.Run itself does not offer.
 func Coordinator(t testing.TB, cfg coordinator.Config) (stop func()) {
 	t.Helper()
+	cfg = overDefaults(cfg)
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t)
 	}
@@ -80,4 +84,36 @@ func Coordinator(t testing.TB, cfg coordinator.Config) (stop func()) {
 	stop = func() { cancel(); <-done }
 	t.Cleanup(stop)
 	return stop
+}
+
+// overDefaults returns coordinator.DefaultConfig() with the fields set in c.
+func overDefaults(c coordinator.Config) coordinator.Config {
+	d := coordinator.DefaultConfig()
+	d.Client, d.Name, d.NoElection, d.Logger, d.Metrics = c.Client, c.Name, c.NoElection, c.Logger, c.Metrics
+	if c.Keys.Prefix != "" {
+		d.Keys = c.Keys
+	}
+	if c.Mode != "" {
+		d.Mode = c.Mode
+	}
+	set := func(dst *time.Duration, v time.Duration) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	set(&d.QuiesceTimeout, c.QuiesceTimeout)
+	set(&d.LeaseMargin, c.LeaseMargin)
+	set(&d.ElectionTTL, c.ElectionTTL)
+	set(&d.OpTimeout, c.OpTimeout)
+	set(&d.WatchCheck, c.WatchCheck)
+	if c.Rho != 0 {
+		d.Rho = c.Rho
+	}
+	if c.MaxTxnOps != 0 {
+		d.MaxTxnOps = c.MaxTxnOps
+	}
+	if c.Damping != (core.Damping{}) {
+		d.Damping = c.Damping
+	}
+	return d
 }
