@@ -71,6 +71,9 @@ func TestG6_SelfFenceBeforeStoreExpiry(t *testing.T) {
 	if ep.Context().Err() == nil {
 		t.Error("G6 violated: m's epoch context still live after fencing")
 	}
+	if cause := context.Cause(ep.Context()); !errorsIs(cause, idc.ErrFenced) || !errorsIs(cause, idc.ErrLeaseExpired) {
+		t.Errorf("the epoch context's cause is %v, want the fence (ErrFenced wrapping ErrLeaseExpired), not a plain disconnect", cause)
+	}
 	if _, err := ep.Begin(); !errorsIs(err, idc.ErrFenced) {
 		t.Errorf("G6 violated: Begin after fencing: %v", err)
 	}
