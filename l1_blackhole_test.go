@@ -10,17 +10,12 @@ import (
 	"github.com/idc-dev/idc/store"
 )
 
-// TestL1_BlackholedStoreEndpoint: the coordinator's client has two
+// TestL1_BlackholedStoreEndpoint: the coordinator's client has three
 // endpoints of one store; one of them is silently blackholed (packets
 // dropped both ways, the connection left open), as a dead path in a
-// network does. Whichever of the two carried the coordinator's watch and
-// requests, the group still changes epochs, within a bound from the
-// configuration: the gRPC keep-alive closes the dead connection
-// (KeepAliveTime + KeepAliveTimeout), the watchdog replaces a silent watch
-// (2·WatchCheck), and requests caught on the dead path time out
-// (OpTimeout) and are retried. Then the other endpoint is blackholed.
-// Without keep-alive and watchdog the coordinator waited on the dead
-// stream for ever.
+// network does, then a second one too. Whichever carried the
+// coordinator's watch, election and requests, the group still changes
+// epochs while one path is alive, within a bound from the configuration.
 func TestL1_BlackholedStoreEndpoint(t *testing.T) {
 	const (
 		watchCheck = 500 * time.Millisecond
@@ -29,9 +24,10 @@ func TestL1_BlackholedStoreEndpoint(t *testing.T) {
 	e := newEnv(t)
 	pa, a := testenv.Proxy(t, e.etcd.Endpoints[0])
 	pb, b := testenv.Proxy(t, e.etcd.Endpoints[0])
+	_, c := testenv.Proxy(t, e.etcd.Endpoints[0])
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ccli, err := store.Dial(ctx, store.DialConfig{Endpoints: []string{a, b}, Logger: testenv.Logger(t)})
+	ccli, err := store.Dial(ctx, store.DialConfig{Endpoints: []string{a, b, c}, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,15 +37,19 @@ func TestL1_BlackholedStoreEndpoint(t *testing.T) {
 	e.join("m2")
 	e.connected(testenv.Mark{}, 10*time.Second, "m1", "m2")
 
-	// Phase 1: endpoint a is dead, b alive and connected. A request stuck
-	// on a is repeated on b within its OpTimeout, and a watch stuck on a's
-	// stream is replaced on a fresh stream within 2·WatchCheck: the change
-	// takes a few store rounds and at most one watchdog cycle.
-	// Phase 2: b is dead, and a, healed, must first reconnect (its old
-	// connection was broken by the blackhole): until gRPC's keep-alive
-	// closes b's connection (KeepAliveTime + KeepAliveTimeout) b may be the
-	// only connection gRPC deems ready, so that is the bound.
+	// A request or watch may land on a dead connection until gRPC's
+	// keep-alive closes it (KeepAliveTime + KeepAliveTimeout); a leader
+	// whose election lease lapsed meanwhile is replaced within the
+	// election TTL; then a watchdog cycle (2·WatchCheck) and a few store
+	// rounds (OpTimeout each). Usually much less is needed: a request
+	// stuck on a dead connection is repeated on the next one and a hung
+	// watch is replaced on a fresh stream, so a change typically connects
+	// in 1-3 s (12 s when a watch replaced on the shared stream waits for
+	// the keep-alive), which the log shows; a timing like that is a
+	// figure, not a bound. Without the keep-alive the coordinator waited
+	// on the dead stream for ever.
 	keepalive := store.DefaultKeepAliveTime + store.DefaultKeepAliveTimeout
+	bound := keepalive + coordinator.DefaultElectionTTL + 2*watchCheck + 4*opTimeout
 	phases := []struct {
 		cut, heal interface {
 			BlackholeTx()
@@ -61,8 +61,8 @@ func TestL1_BlackholedStoreEndpoint(t *testing.T) {
 		members []string
 		bound   time.Duration
 	}{
-		{cut: pa, join: "m3", members: []string{"m1", "m2", "m3"}, bound: 2*watchCheck + 4*opTimeout},
-		{cut: pb, heal: pa, join: "m4", members: []string{"m1", "m2", "m3", "m4"}, bound: keepalive + 2*watchCheck + 4*opTimeout},
+		{cut: pa, join: "m3", members: []string{"m1", "m2", "m3"}, bound: bound},
+		{cut: pb, join: "m4", members: []string{"m1", "m2", "m3", "m4"}, bound: bound},
 	}
 	for i, ph := range phases {
 		if ph.heal != nil {
@@ -76,9 +76,9 @@ func TestL1_BlackholedStoreEndpoint(t *testing.T) {
 		e.join(ph.join)
 		rec := e.connected(mark, ph.bound+10*time.Second, ph.members...)
 		took := rec.Seen.Sub(start)
-		t.Logf("phase %d (endpoint %d blackholed): %s connected after %v (bound %v)", i+1, i+1, ph.join, took.Round(time.Millisecond), ph.bound)
+		t.Logf("phase %d (%d of 3 endpoints blackholed): %s connected after %v (bound %v)", i+1, i+1, ph.join, took.Round(time.Millisecond), ph.bound)
 		if took > ph.bound {
-			t.Errorf("L1: phase %d: with one store endpoint blackholed the change took %v, beyond the bound %v", i+1, took, ph.bound)
+			t.Errorf("L1: phase %d: with %d store endpoints blackholed the change took %v, beyond the bound %v", i+1, i+1, took, ph.bound)
 		}
 	}
 	e.h.CheckG1(t, group)

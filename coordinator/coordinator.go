@@ -12,7 +12,6 @@ package coordinator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -24,7 +23,6 @@ import (
 	"github.com/idc-dev/idc/store"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Config configures a coordinator candidate. Start from DefaultConfig and
@@ -133,11 +131,11 @@ func (c Config) machineConfig(group string) core.Config {
 	}
 }
 
-// Run campaigns for the coordinator role and, while elected, coordinates
-// every group under the key prefix (a Leader on the etcd client). It
-// returns when ctx ends (with nil) or on a configuration error (wrapping
-// ErrConfig), including a store that grants the election session a longer
-// lease than ElectionTTL.
+// Run campaigns for the coordinator role (a Candidate) and, while elected,
+// coordinates every group under the key prefix (a Leader), on the etcd
+// client. It returns when ctx ends (with nil) or on a configuration error
+// (wrapping ErrConfig), including a store that grants the election a
+// longer lease than ElectionTTL.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -152,77 +150,25 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	log := cfg.Logger.With("coordinator", cfg.Name)
-	met := newMetrics(cfg.Metrics)
-	for ctx.Err() == nil {
-		var err error
-		if cfg.NoElection {
-			err = lead(ctx, cfg, log, met, nil, nil)
-		} else {
-			err = campaign(ctx, cfg, log, met)
-		}
-		if errors.Is(err, ErrConfig) {
-			return err
-		}
-		if err != nil && ctx.Err() == nil {
-			log.Warn("coordinator restarting", "err", err)
-			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-ctx.Done():
-			}
-		}
-	}
-	return nil
-}
-
-// campaign waits to be elected, then leads until the election session ends.
-func campaign(ctx context.Context, cfg Config, log *slog.Logger, met *Metrics) error {
-	sess, err := concurrency.NewSession(cfg.Client, concurrency.WithTTL(int(cfg.ElectionTTL/time.Second)), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("election session: %w", err)
-	}
-	defer sess.Close()
-	// A store whose minimum lease is longer silently raises the TTL, and
-	// with it how long a crashed coordinator holds the election: refuse,
-	// as members refuse a lease they did not ask for.
-	tctx, tcancel := context.WithTimeout(ctx, cfg.OpTimeout)
-	ttl, err := cfg.Client.TimeToLive(tctx, sess.Lease())
-	tcancel()
-	if err != nil {
-		return fmt.Errorf("election session: %w", err)
-	}
-	if granted := time.Duration(ttl.GrantedTTL) * time.Second; granted != cfg.ElectionTTL {
-		return fmt.Errorf("%w: the store granted the election session a %v lease for the %v asked (its minimum lease is longer); set the election TTL to at least %v", ErrConfig, granted, cfg.ElectionTTL, granted)
-	}
-	el := concurrency.NewElection(sess, cfg.Keys.Election())
-	if err := el.Campaign(ctx, cfg.Name); err != nil {
-		return fmt.Errorf("campaign: %w", err)
-	}
-	log.Info("elected coordinator", "key", el.Key(), "rev", el.Rev())
-	guard := []store.Cmp{{Key: el.Key(), Create: true, Rev: el.Rev()}}
-	err = lead(ctx, cfg, log, met, guard, sess.Done())
-	if ctx.Err() == nil {
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = el.Resign(rctx)
-		rcancel()
-	}
-	return err
-}
-
-// lead runs a Leader on the etcd client until ctx ends or lost closes.
-func lead(ctx context.Context, cfg Config, log *slog.Logger, met *Metrics, guard []store.Cmp, lost <-chan struct{}) error {
 	st := store.NewEtcd(cfg.Client)
 	defer st.Close()
-	l := StartLeader(LeaderConfig{
+	lc := LeaderConfig{
 		Store: st, Clock: clock.System(), Keys: cfg.Keys, Machine: cfg.machineConfig(""),
 		OpTimeout: cfg.OpTimeout, WatchCheck: cfg.WatchCheck, MaxTxnOps: cfg.MaxTxnOps,
-		Guard: guard, Logger: log, Metrics: met,
-	})
-	defer l.Stop()
+		Logger: cfg.Logger.With("coordinator", cfg.Name), Metrics: newMetrics(cfg.Metrics),
+	}
+	if cfg.NoElection {
+		l := StartLeader(lc)
+		<-ctx.Done()
+		l.Stop()
+		return nil
+	}
+	c := StartCandidate(CandidateConfig{Leader: lc, Name: cfg.Name, TTL: cfg.ElectionTTL, Rho: cfg.Rho})
 	select {
 	case <-ctx.Done():
+		c.Stop()
 		return nil
-	case <-lost:
-		return errors.New("election session lost; stepping down")
+	case <-c.Done():
+		return c.Err()
 	}
 }

@@ -160,9 +160,11 @@ func (l *Leader) list() {
 				g.view = core.NewView(g.name)
 			}
 			touched := map[string]bool{}
-			for _, kv := range resp.Gets[0] {
-				if g := l.apply(kv, false); g != "" {
-					touched[g] = true
+			if len(resp.Gets) > 0 {
+				for _, kv := range resp.Gets[0] {
+					if g := l.apply(kv, false); g != "" {
+						touched[g] = true
+					}
 				}
 			}
 			l.heard = true

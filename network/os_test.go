@@ -47,7 +47,13 @@ func TestOSFramesInOrder(t *testing.T) {
 					return
 				}
 				got <- string(b)
-				s.Send(append([]byte("re:"), b...), nil)
+				// Echo, waiting until the reply is written: the next
+				// frame is read only then (backpressure).
+				sent := make(chan error, 1)
+				s.Send(append([]byte("re:"), b...), func(err error) { sent <- err })
+				if err := <-sent; err != nil {
+					t.Errorf("reply: %v", err)
+				}
 			})
 			replies := make(chan string, 200)
 			c.Receive(func(b []byte, err error) {

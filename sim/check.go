@@ -269,12 +269,14 @@ func (w *World) describe() string {
 	var b strings.Builder
 	live := w.store.sortedKeys(keys.Groups(), "")
 	fmt.Fprintf(&b, "store keys at rev %d: %s\n", w.store.rev, strings.Join(live, " "))
+	var el []string
+	for _, k := range w.store.sortedKeys(keys.Election(), "") {
+		e := w.store.kvs[k]
+		el = append(el, fmt.Sprintf("%s=%s(create %d, lease %d)", k, e.val, e.create, e.lease))
+	}
+	fmt.Fprintf(&b, "election keys: %s\n", strings.Join(el, " "))
 	for _, c := range w.coords {
-		desc := "not started"
-		if c.l != nil {
-			desc = c.l.Describe(group)
-		}
-		fmt.Fprintf(&b, "%s: down=%v backlog=%d %s\n", c.n.name, c.n.down, len(c.n.backlog), desc)
+		fmt.Fprintf(&b, "%s: down=%v backlog=%d %s\n", c.n.name, c.n.down, len(c.n.backlog), c.describe())
 	}
 	for _, d := range w.domains {
 		fmt.Fprintf(&b, "%s: dead=%v", d.id, d.dead)

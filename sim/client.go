@@ -30,15 +30,23 @@ func (c nodeClock) Now() time.Duration {
 }
 
 func (c nodeClock) AfterFunc(d time.Duration, f func()) clk.Timer {
-	return simTimer{c.w.afterLocal(c.n, d, "timer", 0, 0, f)}
+	ev := c.w.afterLocal(c.n, d, "timer", 0, 0, f)
+	return simTimer{ev, ev.seq}
 }
 
-type simTimer struct{ ev *event }
+// simTimer is a pending event, named by its seq: once the event ran (and
+// was recycled) the seq no longer matches and Stop does nothing.
+type simTimer struct {
+	ev  *event
+	seq uint64
+}
 
 func (t simTimer) Stop() bool {
-	was := !t.ev.off
+	if t.ev.seq != t.seq || t.ev.off {
+		return false
+	}
 	t.ev.off = true
-	return was
+	return true
 }
 
 // storeClient is the simulated store as a store.Store for one node: each

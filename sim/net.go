@@ -73,7 +73,9 @@ func (n *network) send(from, to NodeID, what string, a int64, fn func()) {
 	n.w.after(to, n.delay(from, to), what, a, 0, fn)
 }
 
-// call is one request from node from to the store, answered or timed out:
+// call is one request from node from to the store, answered or timed out
+// (an answer that arrives after the asking process crashed and restarted
+// is for nobody):
 // req runs at the store and returns the answer; onAnswer runs at from if
 // the answer arrives within timeout (by from's clock), else onTimeout runs.
 // A lost request or answer looks like a timeout, as it does to a real
@@ -81,9 +83,13 @@ func (n *network) send(from, to NodeID, what string, a int64, fn func()) {
 func (w *World) call(from NodeID, timeout time.Duration, what string, req func() any, onAnswer func(any), onTimeout func()) {
 	done := false
 	var timer *event
+	gen := w.nodes[from].gen // the process that asks
 	w.net.send(from, storeNode, what, 0, func() {
 		resp := req()
 		w.net.send(storeNode, from, what+" answered", 0, func() {
+			if w.nodes[from].gen != gen {
+				return // the process that asked crashed since: nobody reads the answer
+			}
 			if !done {
 				done = true
 				timer.off = true

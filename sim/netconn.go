@@ -56,6 +56,7 @@ func (nn nodeNet) Listen(addr string, accept func(netw.Conn)) (netw.Listener, er
 // Dial implements netw.Network.
 func (nn nodeNet) Dial(addr string, timeout time.Duration, done func(netw.Conn, error)) {
 	w := nn.w
+	gen := w.nodes[nn.n].gen // answers to a process that crashed since are for nobody
 	answered := false
 	timer := w.afterLocal(nn.n, timeout, "dial timed out", 0, 0, func() {
 		if !answered {
@@ -67,7 +68,7 @@ func (nn nodeNet) Dial(addr string, timeout time.Duration, done func(netw.Conn, 
 	if l == nil || l.closed {
 		// Connection refused: the answer comes back at once.
 		w.after(nn.n, w.net.delay(nn.n, nn.n), "dial refused", 0, 0, func() {
-			if !answered {
+			if !answered && w.nodes[nn.n].gen == gen {
 				answered, timer.off = true, true
 				done(nil, fmt.Errorf("%w: %s: connection refused", netw.ErrUnreachable, addr))
 			}
@@ -91,7 +92,7 @@ func (nn nodeNet) Dial(addr string, timeout time.Duration, done func(netw.Conn, 
 		l.accept(server)
 		back := server.arrival()
 		w.after(nn.n, back-w.now, "dial answered", 0, 0, func() {
-			if answered {
+			if answered || w.nodes[nn.n].gen != gen {
 				client.Close() // too late: the dialer gave up
 				return
 			}

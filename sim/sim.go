@@ -49,6 +49,12 @@ type Config struct {
 	// (default: 1 or 2, decided by the seed). With two, both act, as with
 	// coordinator.Config.NoElection.
 	Coordinators int
+	// Election says whether coordinators campaign in the election
+	// (coordinator.Candidate, as coordinator.Run does) or act without it
+	// (as with NoElection): 1 campaign, -1 no election, 0 the seed decides.
+	Election int
+	// ElectionTTL is the election lease's TTL (default 2 s).
+	ElectionTTL time.Duration
 	// Mode is the group's mode (default: lease, fence or both, decided by
 	// the seed). No resource guards are simulated yet, so in fence mode the
 	// group has no resource and must wait departed members' leases out.
@@ -114,6 +120,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.QuiesceTimeout, 3*time.Second)
 	def(&c.OpTimeout, time.Second)
 	def(&c.WatchCheck, time.Second)
+	def(&c.ElectionTTL, 2*time.Second)
 	def(&c.RejoinDelay, time.Second)
 	def(&c.Damping.Hold, 3*time.Second)
 	def(&c.MaxDelay, c.TTL*2/5)
@@ -184,7 +191,14 @@ func (c Config) Bound() time.Duration {
 	wait = time.Duration(float64(wait) / (1 - c.Rho))
 	hold := time.Duration(float64(c.coordConfig().Damping.Hold) / (1 - c.Rho))
 	watch := time.Duration(float64(2*c.WatchCheck) / (1 - c.Rho))
-	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + time.Second + 200*time.Millisecond
+	// A leader that crashed or stalled at the end of the faults holds the
+	// election until its lease expires; its successor notices within a
+	// watch check.
+	var election time.Duration
+	if c.Election > 0 {
+		election = c.ElectionTTL + c.WatchCheck + c.OpTimeout
+	}
+	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + election + time.Second + 200*time.Millisecond
 }
 
 // maxSteps bounds a run: a driver that loops without time passing (a
@@ -281,6 +295,8 @@ type World struct {
 	domains []*Domain
 	hist    *History
 	checks  []Check
+	// free holds events to reuse (World.after).
+	free []*event
 	// listeners and conns are the simulated network's (netconn.go).
 	listeners map[string]*simListener
 	conns     map[NodeID][]*simConn
@@ -301,6 +317,9 @@ func newWorld(cfg Config) *World {
 	}
 	if w.cfg.Coordinators == 0 {
 		w.cfg.Coordinators = 1 + w.rng.IntN(2)
+	}
+	if w.cfg.Election == 0 {
+		w.cfg.Election = []int{1, -1}[w.rng.IntN(2)]
 	}
 	if w.cfg.Mode == "" {
 		w.cfg.Mode = []proto.Mode{proto.ModeLease, proto.ModeFence, proto.ModeBoth}[w.rng.IntN(3)]
@@ -365,11 +384,27 @@ func (w *World) id() uint64 { w.nextID++; return w.nextID }
 
 // after schedules fn on node n, d of global time from now. Setting the
 // event's off field cancels it.
+//
+// Events are recycled once they ran or were dropped (most of a run's
+// allocations were events): keep a *event only while it is pending, and
+// compare its seq with the one it had to know whether it still is.
 func (w *World) after(n NodeID, d time.Duration, what string, a, b int64, fn func()) *event {
 	w.seq++
-	ev := &event{at: w.now + d, seq: w.seq, node: n, gen: w.nodes[n].gen, what: what, a: a, b: b, fn: fn}
+	var ev *event
+	if k := len(w.free); k > 0 {
+		ev, w.free = w.free[k-1], w.free[:k-1]
+	} else {
+		ev = new(event)
+	}
+	*ev = event{at: w.now + d, seq: w.seq, node: n, gen: w.nodes[n].gen, what: what, a: a, b: b, fn: fn}
 	w.q.push(ev)
 	return ev
+}
+
+// recycle returns an event that ran or was dropped to the free list.
+func (w *World) recycle(ev *event) {
+	*ev = event{}
+	w.free = append(w.free, ev)
 }
 
 // afterLocal schedules fn on node n once n's local clock has advanced by d.
@@ -417,6 +452,7 @@ func (w *World) run() {
 func (w *World) exec(ev *event) {
 	n := w.nodes[ev.node]
 	if ev.off || n.down || n.gen != ev.gen {
+		w.recycle(ev)
 		return
 	}
 	if n.pausedUntil > w.now {
@@ -428,6 +464,7 @@ func (w *World) exec(ev *event) {
 	w.trace.add(w.now, n.name, ev.what, ev.a, ev.b)
 	ev.fn()
 	w.check()
+	w.recycle(ev)
 }
 
 // check runs every check on the history after a step.

@@ -202,9 +202,17 @@ type Op struct {
 // apply carries out the writes of ops as one revision and notifies the
 // watchers.
 func (s *Store) apply(ops []Op) {
-	w := s.w
-	var evs []Event
 	rev := s.rev + 1
+	var evs []Event
+	for _, o := range ops {
+		evs = s.write(o, rev, evs)
+	}
+	s.publish(evs, rev)
+}
+
+// write carries out one write at revision rev and returns evs with its
+// events appended.
+func (s *Store) write(o Op, rev int64, evs []Event) []Event {
 	del := func(k string) {
 		e := s.kvs[k]
 		if e == nil {
@@ -216,29 +224,35 @@ func (s *Store) apply(ops []Op) {
 		delete(s.kvs, k)
 		evs = append(evs, Event{Key: k, Del: true, Mod: rev, Create: e.create})
 	}
-	for _, o := range ops {
-		switch o.Kind {
-		case OpPut:
-			e := s.kvs[o.Key]
-			if e == nil {
-				e = &kv{create: rev}
-				s.kvs[o.Key] = e
-			} else if l := s.leases[e.lease]; l != nil && e.lease != o.Lease {
-				delete(l.keys, o.Key)
-			}
-			e.val, e.mod, e.lease = o.Val, rev, o.Lease
-			if l := s.leases[o.Lease]; l != nil {
-				l.keys[o.Key] = struct{}{}
-			}
-			evs = append(evs, Event{Key: o.Key, Val: o.Val, Mod: rev, Create: e.create})
-		case OpDelete:
-			del(o.Key)
-		case OpDeleteRange:
-			for _, k := range s.sortedKeys(o.Key, o.End) {
-				del(k)
-			}
+	switch o.Kind {
+	case OpPut:
+		e := s.kvs[o.Key]
+		if e == nil {
+			e = &kv{create: rev}
+			s.kvs[o.Key] = e
+		} else if l := s.leases[e.lease]; l != nil && e.lease != o.Lease {
+			delete(l.keys, o.Key)
+		}
+		e.val, e.mod, e.lease = o.Val, rev, o.Lease
+		if l := s.leases[o.Lease]; l != nil {
+			l.keys[o.Key] = struct{}{}
+		}
+		evs = append(evs, Event{Key: o.Key, Val: o.Val, Mod: rev, Create: e.create})
+	case OpDelete:
+		del(o.Key)
+	case OpDeleteRange:
+		for _, k := range s.sortedKeys(o.Key, o.End) {
+			del(k)
 		}
 	}
+	return evs
+}
+
+// publish makes the events of revision rev visible: the revision, the
+// history, the simulator's records and the watchers. No events, no
+// revision.
+func (s *Store) publish(evs []Event, rev int64) {
+	w := s.w
 	if len(evs) == 0 {
 		return
 	}

@@ -33,8 +33,11 @@ func (s *Store) txnBytes(t store.Txn) (store.TxnResponse, error) {
 			return store.TxnResponse{}, fmt.Errorf("%w (lease %d)", store.ErrLeaseNotFound, o.Lease)
 		}
 	}
+	// The branch's operations run in order at one revision: a get sees
+	// the writes before it in the same transaction, as in etcd.
 	resp := store.TxnResponse{Succeeded: ok}
-	var ops []Op
+	rev := s.rev + 1
+	var evs []Event
 	for _, o := range branch {
 		switch o.Type {
 		case store.OpGet:
@@ -45,16 +48,16 @@ func (s *Store) txnBytes(t store.Txn) (store.TxnResponse, error) {
 			}
 			resp.Gets = append(resp.Gets, kvs)
 		case store.OpPut:
-			ops = append(ops, Op{Kind: OpPut, Key: o.Key, Val: o.Value, Lease: int64(o.Lease)})
+			evs = s.write(Op{Kind: OpPut, Key: o.Key, Val: o.Value, Lease: int64(o.Lease)}, rev, evs)
 		case store.OpDelete:
 			if o.End == "" {
-				ops = append(ops, Op{Kind: OpDelete, Key: o.Key})
+				evs = s.write(Op{Kind: OpDelete, Key: o.Key}, rev, evs)
 			} else {
-				ops = append(ops, Op{Kind: OpDeleteRange, Key: o.Key, End: o.End})
+				evs = s.write(Op{Kind: OpDeleteRange, Key: o.Key, End: o.End}, rev, evs)
 			}
 		}
 	}
-	s.apply(ops)
+	s.publish(evs, rev)
 	resp.Revision = s.rev
 	return resp, nil
 }

@@ -23,7 +23,7 @@ func seedOnly(s int64) Config { return Config{Seed: s} }
 
 var variants = []variant{
 	{mutation.ConnectEarly, seedOnly, []string{"G3"}},
-	{mutation.NoCAS, func(s int64) Config { return Config{Seed: s, Coordinators: 2} }, []string{"G1"}},
+	{mutation.NoCAS, func(s int64) Config { return Config{Seed: s, Coordinators: 2, Election: -1} }, []string{"G1"}},
 	{mutation.TrustStoreExpiry, seedOnly, []string{"G4", "G6"}},
 	{mutation.ValidityFromReceipt, seedOnly, []string{"G6", "G4"}},
 	{mutation.CleanupInCAS, seedOnly, []string{"L1"}},
@@ -75,7 +75,7 @@ func TestBrokenVariantsAreCaught(t *testing.T) {
 // and trace.
 func TestViolationError(t *testing.T) {
 	defer mutation.Set(mutation.NoCAS)()
-	_, err := Run(Config{Seed: 1, Coordinators: 2})
+	_, err := Run(Config{Seed: 1, Coordinators: 2, Election: -1})
 	var v *Violation
 	if !errors.Is(err, ErrViolation) || !errors.As(err, &v) {
 		t.Fatalf("want a violation, got %v", err)

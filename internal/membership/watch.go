@@ -59,8 +59,10 @@ func (d *Driver) readEpoch(gen uint64) {
 				d.rewatch("epoch read failed", err)
 				return
 			}
-			for _, kv := range resp.Gets[0] {
-				d.observe(kv.Value)
+			if len(resp.Gets) > 0 {
+				for _, kv := range resp.Gets[0] {
+					d.observe(kv.Value)
+				}
 			}
 			d.watchRead = true
 			early := d.early
