@@ -185,6 +185,9 @@ func TestJoinUnreachableStore(t *testing.T) {
 	if !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "attempts") {
 		t.Errorf("err = %q: want the endpoint and the attempts named", err)
 	}
+	if !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("err = %q: want the cause named (connection refused), not only a deadline", err)
+	}
 	// Join dials with the store's default attempt timeout: the attempt in
 	// progress when the context ends is cut short by the context, and
 	// would in any case end within its own timeout; so would finding out,
