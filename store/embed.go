@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/idc-dev/idc/proto"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -32,9 +33,41 @@ type EmbedConfig struct {
 	// (defaults 100 and 1000, etcd's own). Note etcd's minimum lease TTL is
 	// ceil(1.5·ElectionMs).
 	TickMs, ElectionMs uint
+	// CompactionRetention is how much key history the server keeps. Every
+	// write leaves the key's old value behind as a revision, and an epoch
+	// change at 20 members leaves about 10 KB; without compaction that
+	// history grows until etcd's space quota stops every write (NOSPACE).
+	// With etcd's periodic auto-compaction, every CompactionRetention (or
+	// every hour, if that is shorter) the server discards the revisions
+	// older than CompactionRetention, so it holds between one and two
+	// retentions of history, or retention plus an hour beyond an hour
+	// (the first compaction, one retention after the start, reaches back
+	// only to the start).
+	//
+	// History serves only watchers that resume after a short break;
+	// idc's watchers (members, coordinator, inspect) re-list and re-watch
+	// when their revision has been compacted, and a member cut off for
+	// longer than its lease (5 s by default) is fenced anyway. 0 means
+	// DefaultCompactionRetention (1 minute); otherwise at least
+	// MinCompactionRetention. Compaction frees space inside the database
+	// file without shrinking it: see Maintain for defragmentation.
+	CompactionRetention time.Duration
 	// Logger receives the server's start and stop (default slog.Default()).
 	Logger *slog.Logger
 }
+
+// Auto-compaction of EmbedConfig.
+const (
+	// DefaultCompactionRetention keeps one to two minutes of history:
+	// long enough for any watcher to resume across a reconnection
+	// (idc's watch checks and gRPC keep-alive notice a dead stream within
+	// seconds), short enough that the history of a busy store stays a few
+	// megabytes.
+	DefaultCompactionRetention = time.Minute
+	// MinCompactionRetention is the shortest retention StartEmbedded
+	// accepts: etcd's compactor wakes every tenth of it.
+	MinCompactionRetention = time.Second
+)
 
 // ErrEmbed is wrapped by errors starting the embedded server.
 var ErrEmbed = errors.New("idc: embedded etcd")
@@ -66,6 +99,12 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	if c.Name == "" {
 		c.Name = "idc"
 	}
+	switch r := c.CompactionRetention; {
+	case r == 0:
+		c.CompactionRetention = DefaultCompactionRetention
+	case r < MinCompactionRetention:
+		return nil, fmt.Errorf("%w: %w: compaction retention %v: want 0 (default %v) or at least %v", ErrEmbed, proto.ErrConfig, r, DefaultCompactionRetention, MinCompactionRetention)
+	}
 	log := c.Logger
 	if log == nil {
 		log = slog.Default()
@@ -92,6 +131,8 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	if c.ElectionMs > 0 {
 		cfg.ElectionMs = c.ElectionMs
 	}
+	cfg.AutoCompactionMode = embed.CompactorModePeriodic
+	cfg.AutoCompactionRetention = c.CompactionRetention.String()
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	start := time.Now()
 	e, err := embed.StartEtcd(cfg)
@@ -114,12 +155,19 @@ func StartEmbedded(ctx context.Context, c EmbedConfig) (*Embedded, error) {
 	if cu.Scheme == "unix" {
 		eps = []string{cu.String()}
 	}
-	log.Info("embedded etcd ready", "endpoints", eps, "data_dir", c.DataDir, "took", time.Since(start).Round(time.Millisecond))
+	log.Info("embedded etcd ready", "endpoints", eps, "data_dir", c.DataDir, "compaction_retention", c.CompactionRetention, "took", time.Since(start).Round(time.Millisecond))
 	return &Embedded{etcd: e, Endpoints: eps}, nil
 }
 
 // Close stops the server.
 func (e *Embedded) Close() { e.etcd.Close() }
+
+// CompactRevision returns the revision up to which the server has
+// compacted its history (every older revision is gone), or 0 if it has
+// not compacted yet. Status over the client API does not report it.
+func (e *Embedded) CompactRevision() int64 {
+	return max(e.etcd.Server.KV().FirstRev(), 0)
+}
 
 // Err delivers a fatal server error.
 func (e *Embedded) Err() <-chan error { return e.etcd.Err() }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc/internal/bench"
+	"github.com/idc-dev/idc/store"
 	"github.com/spf13/cobra"
 )
 
@@ -62,8 +65,57 @@ client (one store round) and reports the ratio of the medians.`,
 	epoch.Flags().StringVar(&members, "members", "3,10,100", "group sizes to measure, comma-separated")
 	epoch.Flags().IntVar(&reps, "reps", 20, "epoch changes timed per group size")
 	epoch.Flags().BoolVar(&asJSON, "json", false, "print the raw samples as JSON")
-	cmd.AddCommand(epoch)
+	cmd.AddCommand(epoch, newSoakCmd())
 	return cmd
+}
+
+func newSoakCmd() *cobra.Command {
+	var (
+		o    bench.SoakOptions
+		seed uint64
+	)
+	soak := &cobra.Command{
+		Use:   "soak",
+		Short: "Churn a group on the embedded store for a while and print the store's size, revisions, goroutines and RSS as it goes",
+		Long: `Starts a fresh embedded store (with the auto-compaction and defragmentation
+policy of 'idc store'), a coordinator and --members domains in one group, each
+with its own client, and churns the group for --duration: domains leave
+gracefully, crash (Close) or report a fault against a peer, and rejoin with a
+new incarnation. Every --every it prints the group's epoch, the store's
+database size and size in use, its revision and compacted revision, and the
+goroutines and RSS of this process (the store runs in it); at the end a
+summary. Ctrl-C stops it early, with the summary.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case o.Duration <= 0:
+				return fmt.Errorf("--duration %v: want a positive duration", o.Duration)
+			case o.Members < 2:
+				return fmt.Errorf("--members %d: want at least 2", o.Members)
+			case o.Every <= 0:
+				return fmt.Errorf("--every %v: want a positive duration", o.Every)
+			case o.Churn <= 0:
+				return fmt.Errorf("--churn %v: want a positive duration", o.Churn)
+			case o.CompactionRetention != 0 && o.CompactionRetention < store.MinCompactionRetention:
+				return fmt.Errorf("--compaction-retention %v: want at least %v", o.CompactionRetention, store.MinCompactionRetention)
+			}
+			o.Seed, o.Out = seed, cmd.OutOrStdout()
+			_, err := bench.Soak(cmd.Context(), o)
+			if errors.Is(err, context.Canceled) {
+				return nil // interrupted: the summary is printed
+			}
+			return err
+		},
+	}
+	f := soak.Flags()
+	f.DurationVar(&o.Duration, "duration", 0, "how long to churn (required), e.g. 10m")
+	f.IntVar(&o.Members, "members", 20, "domains in the group")
+	f.DurationVar(&o.Every, "every", time.Minute, "time between two lines of figures")
+	f.DurationVar(&o.Churn, "churn", time.Second, "mean time between two churn actions (leave, crash or fault report)")
+	f.DurationVar(&o.CompactionRetention, "compaction-retention", store.DefaultCompactionRetention, "the embedded store's history retention (periodic auto-compaction)")
+	f.Uint64Var(&seed, "seed", 0, "seed of the churn (0: random, printed)")
+	_ = soak.MarkFlagRequired("duration")
+	return soak
 }
 
 // writeBenchTable prints medians, p90s and ratios, one row per group size.

@@ -26,6 +26,9 @@ func newStoreCmd(g *globals) *cobra.Command {
 		quiesce, margin, flapWindow, flapHold                time.Duration
 		flapDrops                                            int
 		rho                                                  float64
+		retention                                            time.Duration
+		defrag                                               = store.DefaultDefragPolicy()
+		defragMinMiB, defragMaxInUseMiB                      int64
 	)
 	cmd := &cobra.Command{
 		Use:   "store",
@@ -53,12 +56,25 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 			if err := ccfg.Validate(); err != nil {
 				return err
 			}
+			embedded := !cmd.Flags().Changed("etcd-endpoints")
+			if embedded {
+				if retention < store.MinCompactionRetention {
+					return fmt.Errorf("%w: --compaction-retention %v: want at least %v", proto.ErrConfig, retention, store.MinCompactionRetention)
+				}
+				if defragMinMiB > 1<<30 || defragMaxInUseMiB > 1<<30 {
+					return fmt.Errorf("%w: --defrag-min-mib %d, --defrag-max-in-use-mib %d: want at most %d", proto.ErrConfig, defragMinMiB, defragMaxInUseMiB, 1<<30)
+				}
+				defrag.MinSize, defrag.MaxInUse = defragMinMiB<<20, defragMaxInUseMiB<<20
+				if err := defrag.Validate(); err != nil {
+					return err
+				}
+			}
 			endpoints := g.endpoints
-			if !cmd.Flags().Changed("etcd-endpoints") {
+			if embedded {
 				sctx, cancel := context.WithTimeout(ctx, time.Minute)
-				e, err := store.StartEmbedded(sctx, store.EmbedConfig{DataDir: dataDir, ClientURL: clientURL, PeerURL: peerURL, Logger: log})
-				cancel()
+				e, err := store.StartEmbedded(sctx, store.EmbedConfig{DataDir: dataDir, ClientURL: clientURL, PeerURL: peerURL, CompactionRetention: retention, Logger: log})
 				if err != nil {
+					cancel()
 					return err
 				}
 				defer e.Close()
@@ -69,6 +85,20 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 						log.Error("embedded etcd failed", "err", err)
 					}
 				}()
+				// Defragmentation of the embedded member; it stops before
+				// the store does.
+				mcli, err := store.Dial(sctx, store.DialConfig{Endpoints: e.Endpoints, Logger: log})
+				cancel()
+				if err != nil {
+					return err
+				}
+				defer mcli.Close()
+				mcfg := store.DefaultMaintainConfig()
+				mcfg.Client, mcfg.Endpoint, mcfg.DefragPolicy, mcfg.Logger = mcli, e.Endpoints[0], defrag, log
+				mctx, stopMaintain := context.WithCancel(ctx)
+				maintained := make(chan error, 1)
+				go func() { maintained <- store.Maintain(mctx, mcfg) }()
+				defer func() { stopMaintain(); <-maintained }()
 			}
 			if noCoord {
 				<-ctx.Done()
@@ -111,6 +141,12 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 	f.IntVar(&flapDrops, "flap-drops", core.DefaultFlapDrops, "departures within --flap-window that make a domain flap (0: no damping)")
 	f.DurationVar(&flapWindow, "flap-window", core.DefaultFlapWindow, "window in which departures are counted for flap damping")
 	f.DurationVar(&flapHold, "flap-hold", core.DefaultFlapHold, "how long a flapping domain is held back from admission after its last departure")
+	f.DurationVar(&retention, "compaction-retention", store.DefaultCompactionRetention, "embedded etcd: history kept; every this long it discards the revisions older than this (periodic auto-compaction)")
+	f.DurationVar(&defrag.Interval, "defrag-interval", defrag.Interval, "embedded etcd: how often to check whether to defragment its database file")
+	f.Float64Var(&defrag.InUseBelow, "defrag-in-use-below", defrag.InUseBelow, "embedded etcd: defragment when less than this fraction of the file is in use...")
+	f.Int64Var(&defragMinMiB, "defrag-min-mib", defrag.MinSize>>20, "...and the file is at least this many MiB")
+	f.Int64Var(&defragMaxInUseMiB, "defrag-max-in-use-mib", defrag.MaxInUse>>20, "embedded etcd: never defragment with more MiB in use than this (the member answers nothing meanwhile); warn instead (0: no limit)")
+	f.DurationVar(&defrag.Timeout, "defrag-timeout", defrag.Timeout, "embedded etcd: bound on each status and defragment call")
 	f.StringVar(&metricsAddr, "metrics-listen", "", "serve the coordinator's Prometheus metrics at this host:port under /metrics (default: off)")
 	return cmd
 }
