@@ -11,8 +11,9 @@ import (
 
 // The epoch record is read by every member at every change, so its store
 // form is compact: a JSON object like the record's own encoding, but with
-// each member as one string "id/incarnation/lease/ttl/priority"
-// (incarnation and lease in hex, ttl in milliseconds). Decoding 100 members
+// each member as one string "id/incarnation/lease/ttl/priority" and, if
+// the member accepts channels, "/addr" (incarnation and lease in hex, ttl in
+// milliseconds; the address is the rest of the string, slashes and all). Decoding 100 members
 // that way costs a fraction of decoding 100 objects. EpochRecord's
 // UnmarshalJSON reads both forms; json.Marshal of a record gives the
 // verbose one, for people and tools.
@@ -68,9 +69,30 @@ func compact(ms []Member) json.RawMessage {
 		b = strconv.AppendInt(b, m.TTL.Milliseconds(), 10)
 		b = append(b, '/')
 		b = strconv.AppendInt(b, int64(m.Priority), 10)
+		if m.Addr != "" {
+			b = append(b, '/')
+			b = appendEscaped(b, m.Addr)
+		}
 		b = append(b, '"')
 	}
 	return append(b, ']')
+}
+
+// appendEscaped appends s as the inside of a JSON string. Names need no
+// escaping (CheckName), but an address is whatever a member registered.
+func appendEscaped(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
 }
 
 // DecodeEpoch decodes an epoch record as the store holds it (either form).
@@ -141,9 +163,10 @@ func parseMember(s string) (Member, error) {
 	id, rest, ok1 := strings.Cut(s, "/")
 	incS, rest, ok2 := strings.Cut(rest, "/")
 	leaseS, rest, ok3 := strings.Cut(rest, "/")
-	ttlS, prioS, ok4 := strings.Cut(rest, "/")
-	if !ok1 || !ok2 || !ok3 || !ok4 || strings.Contains(prioS, "/") {
-		return Member{}, fmt.Errorf("bad member %q: want id/incarnation/lease/ttl/priority", s)
+	ttlS, rest, ok4 := strings.Cut(rest, "/")
+	prioS, addr, withAddr := strings.Cut(rest, "/")
+	if !ok1 || !ok2 || !ok3 || !ok4 || withAddr && addr == "" {
+		return Member{}, fmt.Errorf("bad member %q: want id/incarnation/lease/ttl/priority[/address]", s)
 	}
 	inc, err1 := strconv.ParseUint(incS, 16, 64)
 	lease, err2 := strconv.ParseUint(leaseS, 16, 64)
@@ -152,5 +175,5 @@ func parseMember(s string) (Member, error) {
 	if id == "" || err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return Member{}, fmt.Errorf("bad member %q", s)
 	}
-	return Member{ID: id, Incarnation: inc, Lease: int64(lease), TTL: time.Duration(ttl) * time.Millisecond, Priority: prio}, nil
+	return Member{ID: id, Incarnation: inc, Lease: int64(lease), TTL: time.Duration(ttl) * time.Millisecond, Priority: prio, Addr: addr}, nil
 }

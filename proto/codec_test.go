@@ -20,6 +20,12 @@ func TestEpochCodecRoundTrip(t *testing.T) {
 	for _, tc := range []EpochRecord{
 		record(0), record(1), record(100),
 		{Group: "g", Number: 1, State: Connected, Mode: ModeFence, Members: []Member{{ID: "a.b_c-d", Incarnation: 1<<64 - 1, Lease: 1<<63 - 1, TTL: 2500 * time.Millisecond, Priority: -7}}},
+		{Group: "g", Number: 2, State: Connected, Mode: ModeLease, Members: []Member{
+			{ID: "a", Incarnation: 1, TTL: time.Second, Addr: "tcp://127.0.0.1:4001"},
+			{ID: "b", Incarnation: 2, TTL: time.Second, Addr: "unix:///run/idc/b.sock"},
+			{ID: "c", Incarnation: 3, TTL: time.Second, Addr: "unix:///tmp/a \"q\"\\ \x01/x"},
+			{ID: "d", Incarnation: 4, TTL: time.Second},
+		}},
 	} {
 		for name, enc := range map[string][]byte{"store": EncodeEpoch(tc), "verbose": must(json.Marshal(tc))} {
 			var got EpochRecord

@@ -16,6 +16,7 @@ func FuzzDecodeEpoch(f *testing.F) {
 		{},
 		record(0), record(1), record(3), record(10),
 		{Group: "g", Number: 1, State: Connected, Mode: ModeFence, Members: []Member{{ID: "a.b_c-d", Incarnation: 1<<64 - 1, Lease: 1<<63 - 1, TTL: 2500 * time.Millisecond, Priority: -7}}},
+		{Group: "g", Number: 3, State: Connected, Members: []Member{{ID: "a", Incarnation: 1, Addr: "tcp://[::1]:80"}, {ID: "b", Incarnation: 2, Addr: "unix:///x/\"y\\"}}},
 		{Group: "g\"é\n", Number: 7, State: Connected, Mode: ModeBoth, Reason: "a said \"hi\"\t\u2028", Members: []Member{{ID: "x", Incarnation: 2, Lease: -1, TTL: -time.Millisecond}}},
 	} {
 		f.Add(EncodeEpoch(r))
@@ -34,6 +35,8 @@ func FuzzDecodeEpoch(f *testing.F) {
 		`{"number":07}`,
 		`{"number":1,"number":2}`,
 		`{"number":1,"members":["a/1/2/3"]}`,
+		`{"number":1,"members":["a/1/2/3/0/"]}`,
+		`{"number":1,"members":["a/1/2/3/0/unix:///p/q"]}`,
 		`{"number":1,"members":["a/1/2/3/0",7]}`,
 		`null`,
 		`{}`,

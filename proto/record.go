@@ -67,6 +67,10 @@ type Member struct {
 	// Priority breaks ties in topology determination: when two members
 	// report each other, the one of higher priority stays.
 	Priority int `json:"priority,omitempty"`
+	// Addr is where the member accepts channels ("tcp://host:port",
+	// "unix:///path"); empty if it accepts none. Peers read it from the
+	// epoch record and dial it.
+	Addr string `json:"addr,omitempty"`
 }
 
 // Ref returns the member's incarnation reference.
