@@ -6,7 +6,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/internal/channel"
+	"github.com/idc-dev/idc/network"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,9 +67,41 @@ type Config struct {
 	// Logger receives the membership's logs (nil: slog.Default()).
 	Logger *slog.Logger
 	// Metrics, if set, registers the membership's Prometheus metrics
-	// (idc_member_*, labelled group and domain). Domains of one process
-	// may share a registry.
+	// (idc_member_* and idc_channel_*, labelled group and domain). Domains
+	// of one process may share a registry.
 	Metrics prometheus.Registerer
+
+	// Listen is where the membership accepts channels from its peers,
+	// "tcp://host:port" or "unix:///path" (DefaultConfig:
+	// "tcp://127.0.0.1:0", a free port on loopback; set a reachable
+	// address for peers on other hosts). "" turns channels off: the
+	// membership neither accepts nor opens any.
+	Listen string
+	// Advertise is the address peers dial, if not the listener's (for a
+	// listener on 0.0.0.0, say). Optional.
+	Advertise string
+	// Heartbeat and HeartbeatMisses (DefaultConfig: 20 ms and 6): a
+	// channel that has sent nothing for half the heartbeat sends one; a
+	// peer silent for Heartbeat·HeartbeatMisses is reported lost, so a
+	// silent peer is reported within Heartbeat·(HeartbeatMisses+½), 130 ms
+	// by default.
+	Heartbeat       time.Duration
+	HeartbeatMisses int
+	// ChannelWindow is how many messages and calls a peer may send before
+	// this member has taken them (DefaultConfig: 64): a slow receiver
+	// slows its senders, and at most ChannelWindow·MaxMessage bytes per
+	// peer wait here.
+	ChannelWindow int
+	// MaxMessage is the largest message, request or response (DefaultConfig:
+	// 1 MiB).
+	MaxMessage int
+	// ChannelSetupTimeout is how long a channel of a connected epoch may
+	// take to open before its peer is reported lost (DefaultConfig: 5 s).
+	ChannelSetupTimeout time.Duration
+	// Handler serves the calls peers make (Epoch.Call). Each call runs in
+	// its own goroutine as an operation of its epoch, with the epoch's
+	// context. Nil: calls fail at the caller with ErrRemote.
+	Handler Handler
 }
 
 // Defaults of DefaultConfig, and limits.
@@ -78,6 +113,18 @@ const (
 	DefaultRenewInterval = time.Second
 	DefaultOpTimeout     = 5 * time.Second
 	DefaultWatchCheck    = 2 * time.Second
+
+	DefaultListen              = "tcp://127.0.0.1:0"
+	DefaultHeartbeat           = 20 * time.Millisecond
+	DefaultHeartbeatMisses     = 6
+	DefaultChannelWindow       = 64
+	DefaultMaxMessage          = 1 << 20
+	DefaultChannelSetupTimeout = 5 * time.Second
+	// channelDialTimeout bounds a dial and channelHandshakeTimeout a
+	// handshake (and how long a peer holds one for an epoch it has not
+	// connected yet).
+	channelDialTimeout      = time.Second
+	channelHandshakeTimeout = time.Second
 )
 
 // DefaultEndpoints is where DefaultConfig looks for the store.
@@ -95,6 +142,26 @@ func DefaultConfig() Config {
 		RenewInterval: DefaultRenewInterval,
 		OpTimeout:     DefaultOpTimeout,
 		WatchCheck:    DefaultWatchCheck,
+
+		Listen:              DefaultListen,
+		Heartbeat:           DefaultHeartbeat,
+		HeartbeatMisses:     DefaultHeartbeatMisses,
+		ChannelWindow:       DefaultChannelWindow,
+		MaxMessage:          DefaultMaxMessage,
+		ChannelSetupTimeout: DefaultChannelSetupTimeout,
+	}
+}
+
+// channels returns the channel configuration, or nil if channels are off.
+func (c Config) channels() *channel.Config {
+	if c.Listen == "" {
+		return nil
+	}
+	return &channel.Config{
+		Network: network.OS{}, Listen: c.Listen, Advertise: c.Advertise,
+		Heartbeat: c.Heartbeat, Misses: c.HeartbeatMisses, Window: c.ChannelWindow, MaxMessage: c.MaxMessage,
+		DialTimeout: channelDialTimeout, HandshakeTimeout: channelHandshakeTimeout, SetupTimeout: c.ChannelSetupTimeout,
+		Metrics: c.Metrics,
 	}
 }
 
@@ -139,6 +206,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: op timeout %v must be positive", ErrConfig, c.OpTimeout)
 	case c.WatchCheck <= 0:
 		return fmt.Errorf("%w: watch check %v must be positive", ErrConfig, c.WatchCheck)
+	}
+	if cc := c.channels(); cc != nil {
+		// What the channel driver checks, but for its own.
+		cc.Clock, cc.Logger = clock.System(), slog.Default()
+		if err := cc.Validate(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

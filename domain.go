@@ -29,6 +29,8 @@ type Membership struct {
 	cli    *clientv3.Client
 	ownCli bool
 
+	msgs chan struct{} // a message waits (Epoch.Receive)
+
 	mu        sync.Mutex
 	delivered uint64 // the highest epoch Next returned
 	closeOnce sync.Once
@@ -51,7 +53,7 @@ func Join(ctx context.Context, cfg Config) (*Membership, error) {
 	if cfg.Incarnation == 0 {
 		cfg.Incarnation = newIncarnation()
 	}
-	dom := &Membership{cfg: cfg, cli: cfg.Client}
+	dom := &Membership{cfg: cfg, cli: cfg.Client, msgs: make(chan struct{}, 1)}
 	if dom.cli == nil {
 		cli, err := store.Dial(ctx, store.DialConfig{Endpoints: cfg.Endpoints, Logger: cfg.Logger.With("group", cfg.Group, "domain", cfg.ID)})
 		if err != nil {
@@ -65,11 +67,17 @@ func Join(ctx context.Context, cfg Config) (*Membership, error) {
 		err error
 	}
 	ch := make(chan result, 1)
+	chans := cfg.channels()
+	if chans != nil {
+		chans.Handler = serveWith(cfg.Handler)
+		chans.OnMessage = func(uint64) { dom.signal() }
+	}
 	drv := membership.Start(membership.Config{
 		Group: cfg.Group, ID: cfg.ID, Incarnation: cfg.Incarnation, Priority: cfg.Priority,
 		Lease: cfg.lease(), RenewInterval: cfg.RenewInterval, OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: proto.Keys{Prefix: cfg.Prefix},
 		Store: dom.st, Clock: clock.System(), Logger: cfg.Logger, Metrics: cfg.Metrics,
+		Channels: chans,
 	}, func(d *membership.Driver, err error) { ch <- result{d, err} })
 	select {
 	case r := <-ch:
@@ -85,6 +93,17 @@ func Join(ctx context.Context, cfg Config) (*Membership, error) {
 	dom.d = drv
 	return dom, nil
 }
+
+// signal wakes a receiver waiting for a message.
+func (d *Membership) signal() {
+	select {
+	case d.msgs <- struct{}{}:
+	default:
+	}
+}
+
+// Addr returns where the membership accepts channels ("" if it does not).
+func (d *Membership) Addr() string { return d.d.Member().Addr }
 
 func newIncarnation() uint64 {
 	var b [8]byte

@@ -49,6 +49,17 @@ var (
 	ErrNotMember = proto.ErrNotMember
 	// ErrClosed: the membership was closed (Close).
 	ErrClosed = proto.ErrClosed
+	// ErrPeerLost: the channel to the peer failed in this epoch (it went
+	// silent, its connection was reset, or it broke the protocol); the
+	// peer has been reported, so the epoch will end.
+	ErrPeerLost = proto.ErrPeerLost
+	// ErrNoChannel: the peer accepts no channels, or channels are off
+	// here (Config.Listen is empty).
+	ErrNoChannel = proto.ErrNoChannel
+	// ErrRemote: the peer's handler failed (see RemoteError).
+	ErrRemote = proto.ErrRemote
+	// ErrMessageTooLarge: a message exceeds Config.MaxMessage.
+	ErrMessageTooLarge = proto.ErrMessageTooLarge
 	// ErrConfig is wrapped by every configuration error, of every package.
 	ErrConfig = proto.ErrConfig
 	// ErrUnavailable: the store could not be reached or did not answer in

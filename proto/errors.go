@@ -38,3 +38,19 @@ var (
 	// than left gracefully or fenced.
 	ErrClosed = errors.New("idc: membership closed")
 )
+
+// Errors of channels (DESIGN §7).
+var (
+	// ErrPeerLost means the channel to the peer failed in this epoch: it
+	// stopped answering, its connection was reset, or it spoke garbage. A
+	// fault report names it, so the epoch will end.
+	ErrPeerLost = errors.New("idc: peer lost")
+	// ErrNoChannel means the peer accepts no channels (it registered no
+	// address), or this membership has channels turned off.
+	ErrNoChannel = errors.New("idc: no channel to the peer")
+	// ErrRemote is wrapped by the error a call returns when the peer's
+	// handler failed; the text is the handler's.
+	ErrRemote = errors.New("idc: the peer's handler failed")
+	// ErrMessageTooLarge means a message exceeds the configured maximum.
+	ErrMessageTooLarge = errors.New("idc: message too large")
+)

@@ -139,5 +139,5 @@ func (d *Driver) Crash() {
 func (d *Driver) Member() proto.Member {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return proto.Member{ID: d.cfg.ID, Incarnation: d.cfg.Incarnation, Lease: int64(d.lease), TTL: d.cfg.Lease.TTL, Priority: d.cfg.Priority}
+	return proto.Member{ID: d.cfg.ID, Incarnation: d.cfg.Incarnation, Lease: int64(d.lease), TTL: d.cfg.Lease.TTL, Priority: d.cfg.Priority, Addr: d.addr()}
 }

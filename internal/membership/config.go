@@ -19,6 +19,7 @@ import (
 
 	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/internal/channel"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,12 @@ type Config struct {
 	// state (connected, disconnected, fenced, left), without the driver's
 	// lock held.
 	OnChange func()
+	// Channels, if set, gives the membership channels to its peers
+	// (package internal/channel): Start listens, registers the address in
+	// the member record, and opens and closes the channels of each epoch.
+	// Its Group, ID, Incarnation, Clock and Logger are set from this
+	// Config.
+	Channels *channel.Config
 }
 
 // Validate checks what package idc does not already check.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/core/member"
+	"github.com/idc-dev/idc/internal/channel"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 )
@@ -37,6 +38,7 @@ type Driver struct {
 	done    chan struct{}        // closed once stopped
 	changed chan struct{}        // closed and replaced on every change
 	cur     *Epoch               // the connected epoch, or the last one
+	mesh    *channel.Mesh        // the channels (nil without)
 	leftErr error                // why the leave could not complete
 	closing func()               // Close's callback, due once the lease is revoked
 
@@ -70,8 +72,29 @@ func Start(cfg Config, done func(*Driver, error)) *Driver {
 		d.do(func() { d.failJoin(err) })
 		return d
 	}
+	if cfg.Channels != nil {
+		cc := *cfg.Channels
+		cc.Group, cc.ID, cc.Incarnation, cc.Clock, cc.Logger = cfg.Group, cfg.ID, cfg.Incarnation, cfg.Clock, cfg.Logger
+		mesh, err := channel.Start(cc, host{d})
+		if err != nil {
+			d.do(func() { d.failJoin(err) })
+			return d
+		}
+		d.mesh = mesh
+	}
 	d.do(d.grant)
 	return d
+}
+
+// Mesh returns the membership's channels, or nil if it has none.
+func (d *Driver) Mesh() *channel.Mesh { return d.mesh }
+
+// addr is where the membership accepts channels ("" for nowhere).
+func (d *Driver) addr() string {
+	if d.mesh == nil {
+		return ""
+	}
+	return d.mesh.Addr()
 }
 
 // now is the machine's time: the local clock since Start.
@@ -82,6 +105,12 @@ func (d *Driver) now() time.Duration { return d.clk.Now() - d.start }
 func (d *Driver) do(f func()) {
 	d.mu.Lock()
 	f()
+	d.unlock()
+}
+
+// unlock releases d.mu, then runs what was left for later and OnChange if
+// the state changed.
+func (d *Driver) unlock() {
 	n, after := d.notify, d.after
 	d.notify, d.after = false, nil
 	d.mu.Unlock()
@@ -133,7 +162,7 @@ func (d *Driver) grant() {
 // register creates the member record only if absent. sent is when the
 // grant was sent: the lease is valid from then.
 func (d *Driver) register(sent time.Duration) {
-	rec := proto.Member{ID: d.cfg.ID, Incarnation: d.cfg.Incarnation, Lease: int64(d.lease), TTL: d.cfg.Lease.TTL, Priority: d.cfg.Priority}
+	rec := proto.Member{ID: d.cfg.ID, Incarnation: d.cfg.Incarnation, Lease: int64(d.lease), TTL: d.cfg.Lease.TTL, Priority: d.cfg.Priority, Addr: d.addr()}
 	val, _ := json.Marshal(rec)
 	key := d.keys.Member(d.cfg.Group, d.cfg.ID)
 	txn := store.Txn{
@@ -212,6 +241,9 @@ func (d *Driver) halt() {
 	if d.watch != nil {
 		d.watch.Cancel()
 		d.watch = nil
+	}
+	if d.mesh != nil {
+		d.later(d.mesh.Stop)
 	}
 	close(d.done)
 	d.changedNow()
@@ -312,6 +344,10 @@ func (d *Driver) handle() {
 		switch a := a.(type) {
 		case member.Connect:
 			d.cur = newEpoch(d, a.Epoch, a.Members)
+			if d.mesh != nil {
+				e, ms := a.Epoch, a.Members
+				d.later(func() { d.mesh.Connect(e, ms) })
+			}
 			d.log.Info("connected", "epoch", a.Epoch, "members", proto.IDs(a.Members))
 			d.met.epoch.Set(float64(a.Epoch))
 			d.met.connected.Set(1)
@@ -324,6 +360,10 @@ func (d *Driver) handle() {
 				}
 				d.cur.cancel(cause)
 				d.log.Info("disconnected", "epoch", a.Epoch)
+			}
+			if d.mesh != nil {
+				e := a.Epoch
+				d.later(func() { d.mesh.Disconnect(e) })
 			}
 			d.met.connected.Set(0)
 			d.met.disconnectedAt = d.now()

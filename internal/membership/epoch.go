@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"fmt"
 	"github.com/idc-dev/idc/internal/mutation"
 	"slices"
 
@@ -75,23 +76,74 @@ func (e *Epoch) Err() (err error) {
 }
 
 // Begin starts an operation in the epoch.
-func (e *Epoch) Begin() (err error) {
-	d := e.d
-	d.do(func() {
-		d.tick()
-		if err = d.m.Begin(e.num); err == nil {
-			d.met.opsInFlight.Inc()
-		}
-	})
+func (e *Epoch) Begin() error { return e.d.begin(e.num) }
+
+// End ends an operation begun with Begin.
+func (e *Epoch) End() { e.d.end(e.num) }
+
+// begin starts an operation in epoch n, if n is the connected epoch and
+// the lease certainly valid.
+func (d *Driver) begin(n uint64) (err error) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: not joined", proto.ErrNotConnected)
+	}
+	d.tick()
+	if err = d.m.Begin(n); err == nil {
+		d.met.opsInFlight.Inc()
+	}
+	d.unlock()
 	return err
 }
 
-// End ends an operation begun with Begin.
-func (e *Epoch) End() {
-	d := e.d
-	d.do(func() {
-		d.m.End(e.num)
-		d.met.opsInFlight.Dec()
-		d.handle()
+// end ends an operation of epoch n.
+func (d *Driver) end(n uint64) {
+	d.mu.Lock()
+	d.m.End(n)
+	d.met.opsInFlight.Dec()
+	d.handle()
+	d.unlock()
+}
+
+// host is the driver as its channels see it (channel.Host).
+type host struct{ d *Driver }
+
+func (h host) Begin(e uint64) error { return h.d.begin(e) }
+func (h host) End(e uint64)         { h.d.end(e) }
+
+func (h host) Context(e uint64) context.Context { return h.d.EpochContext(e) }
+
+// ReportFault reports peer lost in epoch e, if e is still the connected
+// epoch (a report of an ended epoch would not count).
+func (h host) ReportFault(e uint64, peer string) {
+	d := h.d
+	d.mu.Lock()
+	connected := d.m != nil && d.m.Phase() == member.Connected
+	var cur uint64
+	if connected {
+		cur, _ = d.m.Current()
+	}
+	d.mu.Unlock()
+	if !connected || cur != e {
+		return
+	}
+	d.ReportFault(peer, func(err error) {
+		if err != nil {
+			d.log.Warn("fault report failed", "epoch", e, "suspect", peer, "err", err)
+		}
 	})
+}
+
+// EpochContext returns the context of epoch n if n is the last epoch the
+// membership connected, else a context already ended.
+func (d *Driver) EpochContext(n uint64) context.Context {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur != nil && d.cur.num == n {
+		return d.cur.ctx
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(fmt.Errorf("%w: epoch %d of group %s", proto.ErrEpochEnded, n, d.cfg.Group))
+	return ctx
 }

@@ -1,0 +1,155 @@
+package idc
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/idc-dev/idc/internal/channel"
+)
+
+// Handler serves the calls peers make to this member (Epoch.Call), as
+// net/http's Handler serves requests. ServeCall runs as an operation of
+// the request's epoch: the member acknowledges quiesce only once it has
+// returned, so the quiesce barrier covers calls in flight from other
+// domains. ctx is the epoch's context; it ends at disconnect. A non-nil
+// error reaches the caller as an error wrapping ErrRemote, with its text.
+type Handler interface {
+	ServeCall(ctx context.Context, req *Request) ([]byte, error)
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, req *Request) ([]byte, error)
+
+// ServeCall calls f.
+func (f HandlerFunc) ServeCall(ctx context.Context, req *Request) ([]byte, error) { return f(ctx, req) }
+
+// Request is a call a peer made.
+type Request struct {
+	// Epoch is the epoch the call was made in (the receiver's connected
+	// epoch when it was delivered).
+	Epoch uint64
+	// From is the calling peer's domain ID.
+	From string
+	// Data is the request.
+	Data []byte
+}
+
+// Message is a message received from a peer: its epoch, its sender, its
+// bytes.
+type Message = channel.Message
+
+// RemoteError is a call's error when the peer's handler failed; it wraps
+// ErrRemote.
+type RemoteError = channel.RemoteError
+
+// serveWith returns the channel driver's handler that runs h in a
+// goroutine per request, with the request's epoch context.
+func serveWith(h Handler) func(*channel.Request) {
+	if h == nil {
+		return nil
+	}
+	return func(r *channel.Request) {
+		go func() {
+			resp, err := h.ServeCall(r.Context(), &Request{Epoch: r.Epoch, From: r.From, Data: r.Data})
+			r.Reply(resp, err)
+		}()
+	}
+}
+
+// waiter is an operation of the channel driver and what the caller waits
+// on; pooled, so that a call or a send allocates nothing of its own.
+type waiter struct {
+	op   channel.Op
+	done chan struct{}
+}
+
+var waiters = sync.Pool{New: func() any {
+	w := &waiter{done: make(chan struct{}, 1)}
+	w.op.Done = func(*channel.Op) { w.done <- struct{}{} }
+	return w
+}}
+
+func (e *Epoch) mesh() (*channel.Mesh, error) {
+	if m := e.d.d.Mesh(); m != nil {
+		return m, nil
+	}
+	return nil, fmt.Errorf("%w: channels are off (Config.Listen is empty)", ErrNoChannel)
+}
+
+// Send sends msg to peer over the epoch's channel. It returns once the
+// message was handed to the connection (msg may then be reused); while the
+// channel is not open yet, or the peer has not taken enough of what it was
+// sent, it waits, as an operation of the epoch. The peer receives it only
+// while it is connected in this same epoch (Receive); otherwise the
+// message is dropped. Errors wrap ErrEpochEnded, ErrPeerLost,
+// ErrNoChannel, ErrNotMember, ErrMessageTooLarge or ErrFenced, or are
+// ctx's.
+func (e *Epoch) Send(ctx context.Context, peer string, msg []byte) error {
+	_, err := e.run(ctx, peer, msg, false)
+	return err
+}
+
+// Call sends req to peer and returns the response of its Handler. The call
+// is an operation of the epoch on both sides: this member's quiesce waits
+// for it, and the peer's for its handler. If the epoch ends first, Call
+// returns an error wrapping ErrEpochEnded (and the handler's context
+// ends); if the peer is lost, ErrPeerLost; if its handler failed, a
+// *RemoteError wrapping ErrRemote. The response is the caller's.
+func (e *Epoch) Call(ctx context.Context, peer string, req []byte) ([]byte, error) {
+	return e.run(ctx, peer, req, true)
+}
+
+func (e *Epoch) run(ctx context.Context, peer string, data []byte, call bool) ([]byte, error) {
+	m, err := e.mesh()
+	if err != nil {
+		return nil, err
+	}
+	w := waiters.Get().(*waiter)
+	if call {
+		m.Call(e.Number(), peer, data, &w.op)
+	} else {
+		m.Send(e.Number(), peer, data, &w.op)
+	}
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		m.Cancel(&w.op, ctx.Err())
+		<-w.done
+	}
+	resp, err := w.op.Resp, w.op.Err
+	w.op.Resp, w.op.Err = nil, nil
+	waiters.Put(w)
+	return resp, err
+}
+
+// Receive returns the next message a peer sent in this epoch, waiting
+// for one until ctx ends. A message is delivered only while this member
+// is connected in the epoch it was sent in: once the epoch has ended,
+// Receive fails with an error wrapping ErrEpochEnded (or ErrFenced) and
+// the messages not yet received are dropped.
+func (e *Epoch) Receive(ctx context.Context) (Message, error) {
+	m, err := e.mesh()
+	if err != nil {
+		return Message{}, err
+	}
+	n := e.Number()
+	for {
+		msg, ok, err := m.Recv(n)
+		if err != nil {
+			return Message{}, err
+		}
+		if ok {
+			if m.Waiting(n) > 0 {
+				e.d.signal() // another receiver may be waiting
+			}
+			return msg, nil
+		}
+		select {
+		case <-e.d.msgs:
+		case <-e.Context().Done():
+		case <-ctx.Done():
+			return Message{}, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,575 @@
+package channel
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/idc-dev/idc/network"
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/wire"
+)
+
+// lstate is where a link stands.
+type lstate uint8
+
+const (
+	lsNone     lstate = iota + 1 // the peer accepts no channels
+	lsDialing                    // dialing the peer
+	lsHello                      // Hello sent, waiting for the answer
+	lsRetry                      // refused (peer behind): dialing again soon
+	lsAwait                      // waiting for the peer to dial
+	lsAccepted                   // accepted, waiting for its Hello
+	lsHeld                       // accepted, its Hello names an epoch not connected here yet
+	lsOpen                       // open
+	lsEnded                      // the peer left the epoch: calls fail with ErrEpochEnded
+	lsLost                       // failed: calls fail with ErrPeerLost
+	lsClosed                     // closed here (epoch end, stop) or dropped
+)
+
+var lstateNames = [...]string{lsNone: "no-channel", lsDialing: "dialing", lsHello: "handshake", lsRetry: "retrying",
+	lsAwait: "awaiting-dial", lsAccepted: "accepted", lsHeld: "held", lsOpen: "open", lsEnded: "ended", lsLost: "lost", lsClosed: "closed"}
+
+func (s lstate) String() string { return lstateNames[s] }
+
+// fault causes, for logs and metrics.
+const (
+	faultSilent      = "silent"
+	faultReset       = "reset"
+	faultProtocol    = "protocol"
+	faultUnreachable = "unreachable"
+	faultRefused     = "refused"
+	faultSetup       = "setup"
+)
+
+// link is the channel to one peer in one epoch, or an accepted connection
+// whose handshake is not done. Every field is guarded by the mesh's lock.
+type link struct {
+	m      *Mesh
+	serial uint64
+	peer   proto.Member // zero until bound (accepted connections)
+	epoch  uint64
+	state  lstate
+	conn   network.Conn
+	wfn    func(error) // conn's send callback
+
+	setupBy  time.Duration  // open by then, or the peer is reported
+	deadline time.Duration  // accepted and held connections: handshake by then
+	hello    wire.Handshake // held: the peer's Hello
+	backoff  time.Duration  // next redial delay
+
+	sendSeq, recvSeq uint64
+	credits          int // frames the peer will still accept
+	outstanding      int // frames received, not consumed yet
+	unreported       int // frames consumed, not granted back yet
+	waiting          queue[*Op]
+	calls            map[uint64]*Op
+	inflight         int           // frames handed to conn, not written yet
+	written          queue[[]byte] // their buffers, in order
+	queued           queue[[]byte] // frames waiting for room in conn's window
+	lastSent         time.Duration
+	lastHeard        time.Duration
+}
+
+func (m *Mesh) newLink(p proto.Member, e uint64) *link {
+	m.serial++
+	return &link{m: m, serial: m.serial, peer: p, epoch: e, calls: map[uint64]*Op{}}
+}
+
+// attach makes c the link's connection and returns the callback to
+// receive its frames with. Callbacks of an earlier connection of the link
+// are ignored. Called with m.mu held.
+func (l *link) attach(c network.Conn) func([]byte, error) {
+	l.conn = c
+	l.inflight = 0
+	for l.written.len() > 0 {
+		l.written.pop()
+	}
+	for l.queued.len() > 0 {
+		l.queued.pop()
+	}
+	l.wfn = func(err error) { l.onWritten(c, err) }
+	return func(b []byte, err error) { l.onFrame(c, b, err) }
+}
+
+// dial connects to the peer and sends Hello. Called with m.mu held.
+func (m *Mesh) dial(l *link) {
+	l.state = lsDialing
+	serial := l.serial
+	m.cfg.Network.Dial(l.peer.Addr, m.cfg.DialTimeout, func(c network.Conn, err error) {
+		m.mu.Lock()
+		defer m.unlock()
+		if l.state != lsDialing || l.serial != serial {
+			if c != nil {
+				c.Close()
+			}
+			return
+		}
+		if err != nil {
+			l.fail(faultUnreachable, err, 0)
+			return
+		}
+		rfn := l.attach(c)
+		l.state = lsHello
+		now := m.now()
+		l.lastHeard, l.lastSent = now, now
+		l.write(wire.Hello, 0, m.handshake(l.peer, l.epoch).Append(nil))
+		m.later(func() { c.Receive(rfn) })
+	})
+}
+
+// handshake is this mesh's side of a handshake with peer in epoch e.
+func (m *Mesh) handshake(peer proto.Member, e uint64) wire.Handshake {
+	return wire.Handshake{
+		Group: m.cfg.Group, Epoch: e,
+		FromID: m.cfg.ID, FromIncarnation: m.cfg.Incarnation,
+		ToID: peer.ID, ToIncarnation: peer.Incarnation,
+		Window: uint32(m.cfg.Window), HeartbeatMillis: uint32(max(1, m.cfg.Heartbeat.Milliseconds())),
+	}
+}
+
+// accept takes a new connection: it must say Hello within the handshake
+// timeout.
+func (m *Mesh) accept(c network.Conn) {
+	m.mu.Lock()
+	if m.stopped || len(m.held) >= maxHeld {
+		m.mu.Unlock()
+		c.Close()
+		return
+	}
+	l := m.newLink(proto.Member{}, 0)
+	rfn := l.attach(c)
+	l.state = lsAccepted
+	l.deadline = m.now() + m.cfg.HandshakeTimeout
+	m.held[l] = struct{}{}
+	m.arm()
+	m.unlock()
+	c.Receive(rfn)
+}
+
+// onFrame is the receive callback of the link's connection c.
+func (l *link) onFrame(c network.Conn, frame []byte, err error) {
+	m := l.m
+	m.mu.Lock()
+	if l.conn != c {
+		m.mu.Unlock() // an earlier connection of the link
+		return
+	}
+	if err != nil {
+		l.ended(err)
+		m.unlock()
+		return
+	}
+	now := m.now()
+	var (
+		op     *Op
+		req    *Request
+		notify bool
+	)
+	switch l.state {
+	case lsAccepted, lsHeld, lsHello, lsOpen:
+		op, req, notify = l.receive(frame, now)
+	}
+	m.unlock()
+	switch {
+	case op != nil:
+		m.complete(op)
+	case req != nil:
+		m.serve(req)
+	case notify && m.cfg.OnMessage != nil:
+		m.cfg.OnMessage(l.epoch)
+	}
+}
+
+// receive takes one frame. It returns a call to complete, a request to
+// serve, or whether a message is now waiting. Called with m.mu held.
+func (l *link) receive(frame []byte, now time.Duration) (op *Op, req *Request, notify bool) {
+	m := l.m
+	h, payload, err := wire.Parse(frame, max(m.cfg.MaxMessage, 4096))
+	if err != nil {
+		l.protocol(fmt.Errorf("bad frame: %w", err))
+		return
+	}
+	switch l.state {
+	case lsAccepted, lsHeld:
+		if h.Type == wire.Close && l.state == lsHeld {
+			l.drop(nil) // the dialer gave up (its epoch ended)
+			return
+		}
+		if h.Type != wire.Hello {
+			l.protocol(fmt.Errorf("%s before the handshake", h.Type))
+			return
+		}
+		hs, err := wire.ParseHandshake(payload)
+		switch {
+		case errors.Is(err, wire.ErrSignature):
+			m.refuse(l, wire.RefuseVersion, "signed handshakes are not supported")
+		case err != nil:
+			l.protocol(fmt.Errorf("bad handshake: %w", err))
+		default:
+			m.hello(l, hs, h.Epoch)
+		}
+		return
+	case lsHello:
+		switch h.Type {
+		case wire.Welcome:
+			hs, err := wire.ParseHandshake(payload)
+			want := m.handshake(l.peer, l.epoch)
+			if err != nil || hs.Group != want.Group || hs.Epoch != l.epoch || hs.FromID != want.ToID ||
+				hs.FromIncarnation != want.ToIncarnation || hs.ToID != want.FromID || hs.ToIncarnation != want.FromIncarnation {
+				l.protocol(fmt.Errorf("welcome does not answer the hello: %+v, %v", hs, err))
+				return
+			}
+			l.open(hs, now)
+		case wire.Refuse:
+			l.refused(wire.RefuseCode(h.Arg), h.Epoch, wire.RefuseReason(payload))
+		default:
+			l.protocol(fmt.Errorf("%s before the handshake's answer", h.Type))
+		}
+		return
+	}
+	// Open.
+	if h.Epoch != l.epoch && !noFrameEpochCheck() {
+		m.stats.DroppedEpoch++
+		m.met.dropped(dropEpoch, 1)
+		return
+	}
+	if h.Seq <= l.recvSeq {
+		m.stats.DroppedDuplicate++
+		m.met.dropped(dropDuplicate, 1)
+		return
+	}
+	if h.Seq != l.recvSeq+1 {
+		l.protocol(fmt.Errorf("frame %d after %d: frames were lost", h.Seq, l.recvSeq))
+		return
+	}
+	l.recvSeq = h.Seq
+	l.lastHeard = now
+	switch h.Type {
+	case wire.Message, wire.Request:
+		if len(payload) > m.cfg.MaxMessage {
+			l.protocol(fmt.Errorf("%s of %d bytes, above the maximum %d", h.Type, len(payload), m.cfg.MaxMessage))
+			return
+		}
+		if l.outstanding >= m.cfg.Window {
+			l.protocol(fmt.Errorf("%s beyond the window of %d", h.Type, m.cfg.Window))
+			return
+		}
+		l.outstanding++
+		if h.Type == wire.Message {
+			m.inbox.push(inMsg{l: l, data: payload})
+			return nil, nil, true
+		}
+		return nil, &Request{Epoch: l.epoch, From: l.peer.ID, Data: payload, l: l, id: h.Arg}, false
+	case wire.Response, wire.Error:
+		c := l.calls[h.Arg]
+		if c == nil {
+			return // cancelled by its caller
+		}
+		delete(l.calls, h.Arg)
+		c.where = opDone
+		if h.Type == wire.Response {
+			c.Resp, c.Err = payload, nil
+		} else {
+			c.Err = &RemoteError{Peer: l.peer.ID, Text: wire.RefuseReason(payload)}
+		}
+		return c, nil, false
+	case wire.Credit:
+		if h.Arg > uint64(m.cfg.Window)*2 {
+			l.protocol(fmt.Errorf("credit of %d", h.Arg))
+			return
+		}
+		l.credits += int(h.Arg)
+		l.flush()
+	case wire.Heartbeat:
+	case wire.Close:
+		code := wire.CloseCode(h.Arg)
+		m.log.Debug("channel closed by the peer", "peer", l.peer.ID, "epoch", l.epoch, "code", code, "reason", wire.RefuseReason(payload))
+		switch code {
+		case wire.CloseEpochEnded, wire.CloseStopping:
+			l.close(0, fmt.Errorf("%w: %s left epoch %d of group %s (%s)", proto.ErrEpochEnded, l.peer.ID, l.epoch, m.cfg.Group, code))
+			l.state = lsEnded
+		default: // it suspects us or we broke its protocol: it reported us
+			l.close(0, fmt.Errorf("%w: %s closed the channel of epoch %d (%s)", proto.ErrPeerLost, l.peer.ID, l.epoch, code))
+			l.state = lsLost
+		}
+	default:
+		l.protocol(fmt.Errorf("%s on an open channel", h.Type))
+	}
+	return
+}
+
+// hello takes an accepted connection's Hello. Called with m.mu held.
+func (m *Mesh) hello(l *link, hs wire.Handshake, hdrEpoch uint64) {
+	switch {
+	case hs.Epoch != hdrEpoch:
+		l.protocol(fmt.Errorf("hello names epoch %d in a frame of epoch %d", hs.Epoch, hdrEpoch))
+	case hs.Group != m.cfg.Group || hs.ToID != m.cfg.ID || hs.ToIncarnation != m.cfg.Incarnation:
+		m.refuse(l, wire.RefuseWrongPeer, fmt.Sprintf("this is %s/%x in group %s", m.cfg.ID, m.cfg.Incarnation, m.cfg.Group))
+	case m.stopped:
+		m.refuse(l, wire.RefuseClosing, "stopping")
+	case hs.Epoch < m.epoch || hs.Epoch == m.epoch && !m.connected:
+		m.refuse(l, wire.RefuseAhead, fmt.Sprintf("epoch %d ended", hs.Epoch))
+	case hs.Epoch > m.epoch:
+		// Not connected in that epoch yet: hold the handshake a while.
+		l.state, l.hello = lsHeld, hs
+		l.deadline = m.now() + m.cfg.HandshakeTimeout
+	default:
+		m.bind(l, hs)
+	}
+}
+
+// bind makes an accepted connection the link of its peer in the connected
+// epoch. Called with m.mu held.
+func (m *Mesh) bind(l *link, hs wire.Handshake) {
+	p, ok := m.members[hs.FromID]
+	switch {
+	case !ok || p.Incarnation != hs.FromIncarnation || hs.FromID == m.cfg.ID:
+		m.refuse(l, wire.RefuseNotMember, fmt.Sprintf("%s/%x is not a member of epoch %d", hs.FromID, hs.FromIncarnation, hs.Epoch))
+		return
+	case hs.FromID > m.cfg.ID:
+		m.refuse(l, wire.RefuseWrongPeer, fmt.Sprintf("%s dials %s, not the other way", m.cfg.ID, hs.FromID))
+		return
+	}
+	delete(m.held, l)
+	l.peer, l.epoch = p, hs.Epoch
+	old := m.links[p.ID]
+	m.links[p.ID] = l
+	if old != nil {
+		l.setupBy = old.setupBy
+		for old.waiting.len() > 0 {
+			op := old.waiting.pop()
+			op.l = l
+			l.waiting.push(op)
+		}
+		if old.state == lsOpen {
+			old.close(wire.CloseProtocol, fmt.Errorf("%w: %s opened a new channel in epoch %d", proto.ErrPeerLost, p.ID, l.epoch))
+		}
+	}
+	l.write(wire.Welcome, 0, m.handshake(p, l.epoch).Append(nil))
+	l.open(hs, m.now())
+}
+
+// open opens the link. Called with m.mu held.
+func (l *link) open(hs wire.Handshake, now time.Duration) {
+	m := l.m
+	l.state = lsOpen
+	l.credits = int(hs.Window)
+	l.lastHeard = now
+	m.stats.Opened++
+	m.met.opened.Inc()
+	m.log.Debug("channel open", "peer", l.peer.ID, "epoch", l.epoch)
+	l.flush()
+}
+
+// refuse answers a Hello with Refuse and closes the connection. Called
+// with m.mu held.
+func (m *Mesh) refuse(l *link, code wire.RefuseCode, reason string) {
+	var e uint64
+	if m.connected {
+		e = m.epoch
+	}
+	m.log.Debug("channel refused", "code", code, "reason", reason, "remote", l.conn.Remote())
+	l.drop(wire.AppendFrame(nil, wire.Refuse, e, 0, uint64(code), []byte(reason)))
+}
+
+// drop forgets an accepted connection, closing it once last (if not nil)
+// was written: a peer must read why before the end of the stream, or it
+// would take the end for a crash. Called with m.mu held.
+func (l *link) drop(last []byte) {
+	delete(l.m.held, l)
+	l.state = lsClosed
+	c := l.conn
+	l.conn = nil
+	if last == nil {
+		c.Close()
+		return
+	}
+	c.Send(last, func(error) { c.Close() })
+}
+
+// refused takes the answer Refuse to our Hello. Called with m.mu held.
+func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
+	m := l.m
+	switch code {
+	case wire.RefuseBehind:
+		// The peer has not connected the epoch yet: dial again soon.
+		l.conn.Close()
+		l.conn, l.state = nil, lsRetry
+		l.backoff = min(max(2*l.backoff, 2*time.Millisecond), 100*time.Millisecond)
+		serial := l.serial
+		m.cfg.Clock.AfterFunc(l.backoff, func() {
+			m.mu.Lock()
+			defer m.unlock()
+			if l.state == lsRetry && l.serial == serial && m.links[l.peer.ID] == l {
+				m.dial(l)
+			}
+		})
+	case wire.RefuseAhead, wire.RefuseClosing:
+		l.close(0, fmt.Errorf("%w: %s is past epoch %d of group %s (at %d: %s)", proto.ErrEpochEnded, l.peer.ID, l.epoch, m.cfg.Group, theirs, reason))
+		l.state = lsEnded
+	default:
+		l.fail(faultRefused, fmt.Errorf("refused (%s): %s", code, reason), 0)
+	}
+}
+
+// write sends a frame. Handshake frames carry sequence number 0 (and the
+// refuser's epoch, if given). Called with m.mu held.
+func (l *link) write(t wire.Type, arg uint64, payload []byte, epoch ...uint64) {
+	m := l.m
+	var seq uint64
+	e := l.epoch
+	switch t {
+	case wire.Hello, wire.Welcome, wire.Refuse:
+		if len(epoch) > 0 {
+			e = epoch[0]
+		}
+	default:
+		l.sendSeq++
+		seq = l.sendSeq
+	}
+	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, e, seq, arg, payload)
+	l.lastSent = m.now()
+	if l.inflight < network.SendWindow && l.queued.len() == 0 {
+		l.inflight++
+		l.written.push(b)
+		l.conn.Send(b, l.wfn)
+		return
+	}
+	l.queued.push(b)
+}
+
+// onWritten is the send callback of the link's connection c: the oldest
+// frame handed to it was written.
+func (l *link) onWritten(c network.Conn, err error) {
+	m := l.m
+	m.mu.Lock()
+	if l.conn != c {
+		m.mu.Unlock()
+		return
+	}
+	l.inflight--
+	if l.written.len() > 0 {
+		m.recycle(l.written.pop())
+	}
+	for err == nil && l.queued.len() > 0 && l.inflight < network.SendWindow && l.conn != nil {
+		b := l.queued.pop()
+		l.inflight++
+		l.written.push(b)
+		l.conn.Send(b, l.wfn)
+	}
+	m.mu.Unlock()
+}
+
+// flush sends what waits, as far as credits allow. Called with m.mu held.
+func (l *link) flush() {
+	for l.state == lsOpen && l.credits > 0 && l.waiting.len() > 0 {
+		if op := l.waiting.pop(); l.transmit(op) {
+			l.m.finish(op, nil)
+		}
+	}
+}
+
+// transmit sends op's frame. A message is then complete: transmit
+// reports true, and the caller completes it once the lock is released.
+// Called with m.mu held, the link open and a credit available.
+func (l *link) transmit(op *Op) bool {
+	m := l.m
+	l.credits--
+	if !op.call {
+		l.write(wire.Message, 0, op.data)
+		op.data, op.where = nil, opDone
+		return true
+	}
+	m.nextCall++
+	op.id, op.where = m.nextCall, opCalled
+	l.calls[op.id] = op
+	l.write(wire.Request, op.id, op.data)
+	op.data = nil
+	return false
+}
+
+// consumed returns the credit of a frame the application has taken.
+// Called with m.mu held.
+func (l *link) consumed() {
+	l.outstanding--
+	l.unreported++
+	if l.state == lsOpen && l.unreported >= max(1, l.m.cfg.Window/2) {
+		l.write(wire.Credit, uint64(l.unreported), nil)
+		l.unreported = 0
+	}
+}
+
+// ended takes the end of the link's connection. Called with m.mu held.
+func (l *link) ended(err error) {
+	switch l.state {
+	case lsAccepted, lsHeld:
+		l.drop(nil)
+	case lsHello, lsOpen:
+		if errors.Is(err, io.EOF) {
+			err = errors.New("connection closed without a close frame")
+		}
+		l.fail(faultReset, err, 0)
+	}
+}
+
+// protocol closes the link for a frame that broke the protocol; the peer
+// is reported unless the connection was not bound to one yet. Called with
+// m.mu held.
+func (l *link) protocol(err error) {
+	m := l.m
+	m.stats.Protocol++
+	m.met.protocol.Inc()
+	if l.state == lsAccepted || l.state == lsHeld {
+		m.log.Warn("channel handshake failed", "remote", l.conn.Remote(), "err", err)
+		l.drop(wire.AppendFrame(nil, wire.Close, 0, 1, uint64(wire.CloseProtocol), []byte(err.Error())))
+		return
+	}
+	l.fail(faultProtocol, err, wire.CloseProtocol)
+}
+
+// fail marks the peer lost: the link closes (telling the peer why if code
+// is not 0), its calls and sends fail with ErrPeerLost, and the
+// membership reports the peer. Called with m.mu held.
+func (l *link) fail(cause string, err error, code wire.CloseCode) {
+	m := l.m
+	m.log.Warn("peer lost", "peer", l.peer.ID, "epoch", l.epoch, "cause", cause, "err", err)
+	l.close(code, fmt.Errorf("%w: %s in epoch %d of group %s (%s): %w", proto.ErrPeerLost, l.peer.ID, l.epoch, m.cfg.Group, cause, err))
+	l.state = lsLost
+	m.stats.Faults++
+	m.met.fault(cause)
+	e, peer := l.epoch, l.peer.ID
+	m.later(func() { m.host.ReportFault(e, peer) })
+}
+
+// close closes the link's connection (sending a close frame first if code
+// is not 0 and the link is open) and fails its sends and calls with err.
+// Called with m.mu held.
+func (l *link) close(code wire.CloseCode, err error) {
+	m := l.m
+	if c := l.conn; c != nil {
+		l.conn = nil // its callbacks are ignored from now on
+		if code != 0 && (l.state == lsOpen || l.state == lsHello) {
+			// An orderly close: the peer must read the close frame before
+			// the end of the stream, or it would take the end for a
+			// crash. So the connection closes once the frame is written
+			// (or could not be).
+			l.sendSeq++
+			c.Send(wire.AppendFrame(nil, wire.Close, l.epoch, l.sendSeq, uint64(code), nil), func(error) { c.Close() })
+		} else {
+			c.Close()
+		}
+	}
+	l.state = lsClosed
+	for l.waiting.len() > 0 {
+		m.finish(l.waiting.pop(), err)
+	}
+	for id, op := range l.calls {
+		delete(l.calls, id)
+		m.finish(op, err)
+	}
+	for l.queued.len() > 0 {
+		l.queued.pop()
+	}
+}
