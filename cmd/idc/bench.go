@@ -16,6 +16,11 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// benchCommands are further `idc bench` subcommands, each added by the
+// file that defines it (in an init function), so that benchmarks stay in
+// files of their own.
+var benchCommands []func(*globals) *cobra.Command
+
 func newBenchCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Measure idc against a baseline taken in the same run"}
 	var (
@@ -66,6 +71,9 @@ client (one store round) and reports the ratio of the medians.`,
 	epoch.Flags().IntVar(&reps, "reps", 20, "epoch changes timed per group size")
 	epoch.Flags().BoolVar(&asJSON, "json", false, "print the raw samples as JSON")
 	cmd.AddCommand(epoch, newSoakCmd())
+	for _, sub := range benchCommands {
+		cmd.AddCommand(sub(g))
+	}
 	return cmd
 }
 
