@@ -54,6 +54,15 @@ type Member struct {
 	Acked bool `json:"acked,omitempty"`
 	// Left is set for domains that left gracefully.
 	Left bool `json:"left,omitempty"`
+	// Addr is where the domain accepts channels ("tcp://host:port",
+	// "unix:///path"), empty if it accepts none. It comes from the domain's
+	// member record, the live registration, when that record is of this
+	// incarnation; otherwise (the record is gone or another incarnation's)
+	// from the epoch record. The two agree in practice: the member record is
+	// created once per incarnation and the coordinator copies it into the
+	// epoch record. Should they differ (say, an epoch record written by a
+	// coordinator that did not carry addresses), the member record wins.
+	Addr string `json:"addr,omitempty"`
 }
 
 // Group is the status of one group at one store revision.
@@ -152,15 +161,15 @@ func Summarize(v *core.View, rev int64) Group {
 		seen[m.Ref()] = true
 		live, ok := v.Live[m.ID]
 		isLive := ok && live.Incarnation == m.Incarnation
-		left := -1
+		left, addr := -1, m.Addr
 		if isLive {
-			left = 0
+			left, addr = 0, live.Addr
 		}
 		inc, hasLeft := v.Left[m.ID]
 		g.Domains = append(g.Domains, Member{
 			ID: m.ID, Incarnation: fmt.Sprintf("%x", m.Incarnation), Role: role,
 			Live: isLive, LeaseLeftMs: int64(left), TTLMs: m.TTL.Milliseconds(),
-			Left: hasLeft && inc == m.Incarnation,
+			Left: hasLeft && inc == m.Incarnation, Addr: addr,
 		})
 	}
 	if rec := v.Epoch; rec != nil {

@@ -14,10 +14,14 @@ func TestSummarize(t *testing.T) {
 		return proto.Member{ID: id, Incarnation: inc, TTL: 2 * time.Second}
 	}
 	a, b, c, d, x, j := m("a", 1), m("b", 2), m("c", 3), m("d", 4), m("x", 9), m("j", 10)
+	// Channel addresses: a and c have one; b has none; d's epoch record
+	// names another address than its member record; j is only registered.
+	a.Addr, c.Addr, d.Addr, j.Addr = "tcp://127.0.0.1:4001", "unix:///run/idc/c.sock", "tcp://127.0.0.1:4004", "tcp://[::1]:4010"
 	v := core.NewView("g")
 	for _, lm := range []proto.Member{a, b, d, x, j} { // c is gone
 		v.Live[lm.ID] = lm
 	}
+	d.Addr = "tcp://127.0.0.1:9999" // as the epoch record has it
 	v.Epoch = &proto.EpochRecord{Group: "g", Number: 5, State: proto.Quiescing, Mode: proto.ModeBoth,
 		Members: []proto.Member{a, b, d}, Prev: []proto.Member{a, b, c}, PrevNumber: 3,
 		Excluded: []proto.Member{x}, Reason: "c lease gone; d joined"}
@@ -30,18 +34,19 @@ func TestSummarize(t *testing.T) {
 	type row struct {
 		id, role       string
 		live, acked, l bool
+		addr           string
 	}
 	var got []row
 	for _, dm := range g.Domains {
-		got = append(got, row{dm.ID, dm.Role, dm.Live, dm.Acked, dm.Left})
+		got = append(got, row{dm.ID, dm.Role, dm.Live, dm.Acked, dm.Left, dm.Addr})
 	}
 	want := []row{
-		{"a", RoleSurvivor, true, true, false},
-		{"b", RoleSurvivor, true, false, false},
-		{"d", RoleJoiner, true, false, false},
-		{"c", RoleDeparted, false, false, true},
-		{"x", RoleExcluded, true, false, false},
-		{"j", RoleRegistered, true, false, false},
+		{"a", RoleSurvivor, true, true, false, "tcp://127.0.0.1:4001"},
+		{"b", RoleSurvivor, true, false, false, ""},
+		{"d", RoleJoiner, true, false, false, "tcp://127.0.0.1:4004"},     // the member record's
+		{"c", RoleDeparted, false, false, true, "unix:///run/idc/c.sock"}, // the epoch record's: c's member record is gone
+		{"x", RoleExcluded, true, false, false, ""},
+		{"j", RoleRegistered, true, false, false, "tcp://[::1]:4010"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("domains:\n got %v\nwant %v", got, want)

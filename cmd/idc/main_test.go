@@ -64,9 +64,16 @@ func newCluster(t *testing.T) *cluster {
 // join joins id and waits until it is connected in an epoch of n members.
 func (c *cluster) join(id string, n int) *idc.Membership {
 	c.t.Helper()
+	return c.joinWith(c.cfg(id), n)
+}
+
+// joinWith joins with cfg and waits until it is connected in an epoch of n
+// members.
+func (c *cluster) joinWith(cfg idc.Config, n int) *idc.Membership {
+	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	d, err := idc.Join(ctx, c.cfg(id))
+	d, err := idc.Join(ctx, cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -74,7 +81,7 @@ func (c *cluster) join(id string, n int) *idc.Membership {
 	for {
 		ep, err := d.Next(ctx)
 		if err != nil {
-			c.t.Fatalf("%s: %v", id, err)
+			c.t.Fatalf("%s: %v", cfg.ID, err)
 		}
 		if len(ep.Members()) == n {
 			return d
@@ -84,8 +91,16 @@ func (c *cluster) join(id string, n int) *idc.Membership {
 
 func TestStatus(t *testing.T) {
 	c := newCluster(t)
-	c.join("a", 1)
-	c.join("b", 2)
+	// a accepts channels (at the default address, so on some port of
+	// 127.0.0.1); b accepts none.
+	a := c.join("a", 1)
+	if !strings.HasPrefix(a.Addr(), "tcp://127.0.0.1:") {
+		t.Fatalf("a accepts channels at %q, want tcp://127.0.0.1:<port>", a.Addr())
+	}
+	cfgB := c.cfg("b")
+	cfgB.Listen = ""
+	c.joinWith(cfgB, 2)
+	wantAddr := map[string]string{"a": a.Addr(), "b": ""}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -95,15 +110,25 @@ func TestStatus(t *testing.T) {
 	}
 	text := out.String()
 	t.Log("\n" + text)
-	for _, want := range []string{"group g: epoch 2 connected, lease mode", "DOMAIN", "b joined"} {
+	for _, want := range []string{"group g: epoch 2 connected, lease mode", "DOMAIN", "CHANNEL", "b joined"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("status lacks %q", want)
 		}
 	}
+	rows := 0
 	for _, line := range strings.Split(text, "\n") {
-		if f := strings.Fields(line); len(f) >= 4 && (f[0] == "a" || f[0] == "b") && (f[2] != "member" || !strings.HasSuffix(f[3], "s")) {
-			t.Errorf("domain line %q: want role member and a lease time left", line)
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "a" && f[0] != "b" {
+			continue
 		}
+		rows++
+		channel := map[string]string{"a": a.Addr(), "b": "-"}[f[0]]
+		if len(f) < 5 || f[2] != "member" || !strings.HasSuffix(f[3], "s") || f[4] != channel {
+			t.Errorf("domain line %q: want role member, a lease time left and channel %s", line, channel)
+		}
+	}
+	if rows != 2 {
+		t.Errorf("status shows %d domain lines, want 2 (a and b)", rows)
 	}
 
 	out = syncBuffer{}
@@ -121,6 +146,14 @@ func TestStatus(t *testing.T) {
 		if !d.Live || d.LeaseLeftMs <= 0 || d.LeaseLeftMs > 2000 || d.Role != inspect.RoleMember {
 			t.Errorf("domain %+v: want a live member with 0 < lease left ≤ 2 s", d)
 		}
+		if want, ok := wantAddr[d.ID]; !ok || d.Addr != want {
+			t.Errorf("domain %s: addr %q, want %q", d.ID, d.Addr, want)
+		}
+	}
+	// The field is "addr", as in the member and epoch records, and absent
+	// for a domain that accepts no channels.
+	if !strings.Contains(out.String(), `"addr": "`+a.Addr()+`"`) || strings.Count(out.String(), `"addr"`) != 1 {
+		t.Errorf("status --json: want one \"addr\" field, a's %q:\n%s", a.Addr(), out.String())
 	}
 
 	out = syncBuffer{}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,13 +18,14 @@ func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status [group...]",
-		Short: "Show groups: epoch number and state, members with incarnation and lease time left, pending acknowledgements",
+		Short: "Show groups: epoch number and state, members with incarnation, lease time left and channel address, pending acknowledgements",
 		Long: `Reads the store once and shows, for each group (every group when none is
 named): its epoch number, state and mode, why the epoch was decided, every
 domain with its incarnation, its role (member; while quiescing: survivor,
-joiner or departed; excluded; registered but not yet in an epoch) and the
-lease time it has left as the store reports it, and the quiesce and fence
-acknowledgements the coordinator still waits for.`,
+joiner or departed; excluded; registered but not yet in an epoch), the
+lease time it has left as the store reports it and where it accepts
+channels ("-" if nowhere), and the quiesce and fence acknowledgements the
+coordinator still waits for.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			cli, err := g.dial(ctx)
@@ -71,7 +73,7 @@ func writeStatus(w io.Writer, gr inspect.Group) {
 	}
 	if len(gr.Domains) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  DOMAIN\tINCARNATION\tROLE\tLEASE LEFT\tNOTE")
+		fmt.Fprintln(tw, "  DOMAIN\tINCARNATION\tROLE\tLEASE LEFT\tCHANNEL\tNOTE")
 		for _, d := range gr.Domains {
 			left := "gone"
 			if d.LeaseLeftMs >= 0 {
@@ -84,7 +86,7 @@ func writeStatus(w io.Writer, gr inspect.Group) {
 			if d.Left {
 				note = append(note, "left")
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", d.ID, d.Incarnation, d.Role, left, strings.Join(note, ", "))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Incarnation, d.Role, left, channelAddr(d.Addr), strings.Join(note, ", "))
 		}
 		tw.Flush()
 	}
@@ -97,4 +99,19 @@ func writeStatus(w io.Writer, gr inspect.Group) {
 	for _, f := range gr.Faults {
 		fmt.Fprintf(w, "  fault report: %s lost %s in epoch %d\n", f.Reporter, f.Suspect, f.Epoch)
 	}
+}
+
+// channelAddr renders a channel address as one table cell: "-" when there
+// is none, quoted when it holds anything but printable ASCII without spaces
+// (as valid addresses do), so that a stray record cannot break the table.
+func channelAddr(addr string) string {
+	if addr == "" {
+		return "-"
+	}
+	for i := 0; i < len(addr); i++ {
+		if c := addr[i]; c <= ' ' || c > '~' {
+			return strconv.QuoteToASCII(addr)
+		}
+	}
+	return addr
 }
