@@ -1,0 +1,977 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/idc-dev/idc"
+	"github.com/idc-dev/idc/clock"
+	"github.com/idc-dev/idc/coordinator"
+	"github.com/idc-dev/idc/internal/channel"
+	"github.com/idc-dev/idc/network"
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
+)
+
+// The kinds of channel measurement.
+const (
+	// KindCall is a request/response round trip: Call, with a handler that
+	// replies at once with the request's bytes. Its figure is ns per round
+	// trip.
+	KindCall = "call"
+	// KindMessage is a message round trip: a sends to b, b receives and
+	// sends the bytes back, a receives. Its figure is ns per round trip.
+	KindMessage = "message"
+	// KindStream is a stream: a sends messages as fast as it may, b
+	// receives them. Its figure is MB/s of message bytes.
+	KindStream = "stream"
+)
+
+// The levels a channel is measured at.
+const (
+	// LevelMesh is the channel driver (internal/channel.Mesh) with a host
+	// that always admits the operation, callbacks used directly.
+	LevelMesh = "mesh"
+	// LevelAPI is the public API (idc.Epoch.Call, Send, Receive) of two
+	// memberships on an embedded store.
+	LevelAPI = "api"
+)
+
+// Goals of the channels, against raw sockets of the same run.
+const (
+	// GoalRTT is the most a round trip may take, as a multiple of a raw
+	// socket's.
+	GoalRTT = 1.25
+	// GoalThroughput is the least throughput, as a fraction of a raw
+	// socket's.
+	GoalThroughput = 0.8
+	// GoalAllocs is the most allocations per message.
+	GoalAllocs = 1.0
+)
+
+// ChannelOptions configure Channels.
+type ChannelOptions struct {
+	// Transports to measure: "unix", "tcp" (default both).
+	Transports []string
+	// Sizes of the messages in bytes (default 64, 4096, 65536).
+	Sizes []int
+	// Kinds to measure: KindCall, KindMessage, KindStream (default all).
+	Kinds []string
+	// Levels to measure: LevelMesh, LevelAPI (default both). LevelAPI
+	// starts an embedded store and a coordinator.
+	Levels []string
+	// Duration is how long each figure of a round is measured (default
+	// 200 ms); a short calibration run precedes it.
+	Duration time.Duration
+	// Rounds is how many times every figure is measured, raw and idc
+	// interleaved (default 5); the table reports medians.
+	Rounds int
+	// DataDir holds the unix sockets and the embedded store (default: a
+	// temporary directory, removed at the end).
+	DataDir string
+	// Progress receives a line per round (may be nil).
+	Progress io.Writer
+}
+
+func (o *ChannelOptions) defaults() error {
+	if len(o.Transports) == 0 {
+		o.Transports = []string{"unix", "tcp"}
+	}
+	if len(o.Sizes) == 0 {
+		o.Sizes = []int{64, 4096, 65536}
+	}
+	if len(o.Kinds) == 0 {
+		o.Kinds = []string{KindCall, KindMessage, KindStream}
+	}
+	if len(o.Levels) == 0 {
+		o.Levels = []string{LevelMesh, LevelAPI}
+	}
+	if o.Duration <= 0 {
+		o.Duration = 200 * time.Millisecond
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 5
+	}
+	for _, t := range o.Transports {
+		if t != "unix" && t != "tcp" {
+			return fmt.Errorf("bench: transport %q: want unix or tcp", t)
+		}
+	}
+	for _, s := range o.Sizes {
+		if s < 1 || s > idc.DefaultMaxMessage {
+			return fmt.Errorf("bench: message size %d: want 1..%d", s, idc.DefaultMaxMessage)
+		}
+	}
+	for _, k := range o.Kinds {
+		if k != KindCall && k != KindMessage && k != KindStream {
+			return fmt.Errorf("bench: kind %q: want %s, %s or %s", k, KindCall, KindMessage, KindStream)
+		}
+	}
+	for _, l := range o.Levels {
+		if l != LevelMesh && l != LevelAPI {
+			return fmt.Errorf("bench: level %q: want %s or %s", l, LevelMesh, LevelAPI)
+		}
+	}
+	return nil
+}
+
+func (o ChannelOptions) say(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", args...)
+	}
+}
+
+// ChannelResult is one figure: a kind of measurement of one transport and
+// message size at one level, beside the raw socket's, every round.
+type ChannelResult struct {
+	Transport string `json:"transport"`
+	Size      int    `json:"size"`
+	Kind      string `json:"kind"`
+	Level     string `json:"level"`
+	// Raw and IDC hold a figure per round: ns per round trip (KindCall,
+	// KindMessage) or MB/s (KindStream); Raw the raw socket's, measured
+	// just before IDC in the same round.
+	Raw []float64 `json:"raw"`
+	IDC []float64 `json:"idc"`
+	// Allocs holds the allocations per message, every round: a round
+	// trip carries two messages (request and response).
+	Allocs []float64 `json:"allocs_per_msg"`
+}
+
+// Unit names the figures' unit.
+func (r ChannelResult) Unit() string {
+	if r.Kind == KindStream {
+		return "MB/s"
+	}
+	return "ns/rtt"
+}
+
+// Ratio is the median idc figure over the median raw one.
+func (r ChannelResult) Ratio() float64 { return MedianFloat(r.IDC) / MedianFloat(r.Raw) }
+
+// Met reports whether the median figures meet the goals: GoalRTT or
+// GoalThroughput, and GoalAllocs.
+func (r ChannelResult) Met() bool {
+	if MedianFloat(r.Allocs) > GoalAllocs {
+		return false
+	}
+	if r.Kind == KindStream {
+		return r.Ratio() >= GoalThroughput
+	}
+	return r.Ratio() <= GoalRTT
+}
+
+// MedianFloat returns the median of xs (0 if empty).
+func MedianFloat(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// Channels measures channels beside raw sockets: for every transport,
+// size and kind, a raw socket's figure, then idc's at each level, in every
+// round.
+func Channels(ctx context.Context, o ChannelOptions) ([]ChannelResult, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	dir := o.DataDir
+	if dir == "" {
+		// Unix socket paths are short: keep the directory's name short.
+		d, err := os.MkdirTemp("", "idcb")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	env, err := newChannelEnv(ctx, dir, o)
+	if err != nil {
+		return nil, err
+	}
+	defer env.close()
+
+	var results []*ChannelResult
+	index := map[[4]string]*ChannelResult{}
+	row := func(tr string, size int, kind, level string) *ChannelResult {
+		k := [4]string{tr, fmt.Sprint(size), kind, level}
+		if r := index[k]; r != nil {
+			return r
+		}
+		r := &ChannelResult{Transport: tr, Size: size, Kind: kind, Level: level}
+		index[k] = r
+		results = append(results, r)
+		return r
+	}
+	for round := range o.Rounds {
+		o.say("round %d of %d", round+1, o.Rounds)
+		for _, tr := range o.Transports {
+			for _, size := range o.Sizes {
+				for _, kind := range o.Kinds {
+					rawKind := KindCall // a raw round trip stands for both
+					if kind == KindStream {
+						rawKind = KindStream
+					}
+					raw, err := env.measure(ctx, tr, size, rawKind, "raw", o.Duration)
+					if err != nil {
+						return nil, err
+					}
+					for _, level := range o.Levels {
+						s, err := env.measure(ctx, tr, size, kind, level, o.Duration)
+						if err != nil {
+							return nil, err
+						}
+						r := row(tr, size, kind, level)
+						r.Raw = append(r.Raw, raw.figure(kind, size))
+						r.IDC = append(r.IDC, s.figure(kind, size))
+						r.Allocs = append(r.Allocs, s.allocsPerMsg())
+					}
+				}
+			}
+		}
+	}
+	out := make([]ChannelResult, len(results))
+	for i, r := range results {
+		out[i] = *r
+	}
+	return out, nil
+}
+
+// sample is one timed run: ops round trips or messages.
+type sample struct {
+	ops, msgsPerOp int
+	elapsed        time.Duration
+	mallocs        uint64
+}
+
+func (s sample) figure(kind string, size int) float64 {
+	if kind == KindStream {
+		return float64(s.ops) * float64(size) / s.elapsed.Seconds() / 1e6
+	}
+	return float64(s.elapsed.Nanoseconds()) / float64(s.ops)
+}
+
+func (s sample) allocsPerMsg() float64 {
+	return float64(s.mallocs) / float64(s.ops*s.msgsPerOp)
+}
+
+// runner runs n round trips or n messages of one measurement; n is
+// calibrated once.
+type runner struct {
+	run       func(ctx context.Context, n int) error
+	msgsPerOp int
+	n         int // calibrated: about the measurement's duration
+}
+
+// timed runs r for n operations and counts the allocations of the whole
+// process meanwhile.
+func (r *runner) timed(ctx context.Context, n int) (sample, error) {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	err := r.run(ctx, n)
+	el := time.Since(start)
+	runtime.ReadMemStats(&after)
+	return sample{ops: n, msgsPerOp: r.msgsPerOp, elapsed: el, mallocs: after.Mallocs - before.Mallocs}, err
+}
+
+// measure runs r for about d (calibrating it the first time).
+func (r *runner) measure(ctx context.Context, d time.Duration) (sample, error) {
+	if r.n == 0 {
+		n := 8
+		for {
+			s, err := r.timed(ctx, n)
+			if err != nil {
+				return s, err
+			}
+			if s.elapsed >= d/8 || n >= 1<<24 {
+				r.n = max(1, int(float64(n)*float64(d)/float64(max(s.elapsed, time.Microsecond))))
+				break
+			}
+			n *= 4
+		}
+	}
+	return r.timed(ctx, r.n)
+}
+
+// channelEnv holds the connections of every transport and level, set up
+// once and reused by every round.
+type channelEnv struct {
+	runners map[string]*runner // by transport/size/kind/level
+	closers []func()
+	raw     map[string]*rawPair
+	mesh    map[string]*meshPair
+	api     map[string]*apiPair
+}
+
+func newChannelEnv(ctx context.Context, dir string, o ChannelOptions) (env *channelEnv, err error) {
+	env = &channelEnv{runners: map[string]*runner{}, raw: map[string]*rawPair{}, mesh: map[string]*meshPair{}, api: map[string]*apiPair{}}
+	defer func() {
+		if err != nil {
+			env.close()
+		}
+	}()
+	var st *apiStore
+	for _, tr := range o.Transports {
+		rp, err := newRawPair(tr, filepath.Join(dir, tr+"-raw.sock"))
+		if err != nil {
+			return nil, err
+		}
+		env.closers = append(env.closers, rp.close)
+		env.raw[tr] = rp
+		for _, level := range o.Levels {
+			switch level {
+			case LevelMesh:
+				mp, err := newMeshPair(ctx, tr, dir)
+				if err != nil {
+					return nil, err
+				}
+				env.closers = append(env.closers, mp.close)
+				env.mesh[tr] = mp
+			case LevelAPI:
+				if st == nil {
+					o.say("starting an embedded store and a coordinator for the API level")
+					if st, err = startAPIStore(ctx, filepath.Join(dir, "store")); err != nil {
+						return nil, err
+					}
+					env.closers = append(env.closers, st.close)
+				}
+				ap, err := st.pair(ctx, tr, dir)
+				if err != nil {
+					return nil, err
+				}
+				env.closers = append(env.closers, ap.close)
+				env.api[tr] = ap
+			}
+		}
+	}
+	return env, nil
+}
+
+func (env *channelEnv) close() {
+	for i := len(env.closers) - 1; i >= 0; i-- {
+		env.closers[i]()
+	}
+	env.closers = nil
+}
+
+// runner returns the runner of one measurement; level is "raw" for the
+// raw socket.
+func (env *channelEnv) runner(tr string, size int, kind, level string) *runner {
+	key := fmt.Sprintf("%s/%d/%s/%s", tr, size, kind, level)
+	r := env.runners[key]
+	if r == nil {
+		r = &runner{msgsPerOp: 2}
+		if kind == KindStream {
+			r.msgsPerOp = 1
+		}
+		switch level {
+		case "raw":
+			rp := env.raw[tr]
+			if kind == KindStream {
+				r.run = rp.stream(size)
+			} else {
+				r.run = rp.pingPong(size)
+			}
+		case LevelMesh:
+			r.run = env.mesh[tr].runner(kind, size)
+		case LevelAPI:
+			r.run = env.api[tr].runner(kind, size)
+		}
+		env.runners[key] = r
+	}
+	return r
+}
+
+// measure runs one measurement for about d; level is "raw" for the raw
+// socket.
+func (env *channelEnv) measure(ctx context.Context, tr string, size int, kind, level string, d time.Duration) (sample, error) {
+	s, err := env.runner(tr, size, kind, level).measure(ctx, d)
+	if err != nil {
+		return s, fmt.Errorf("bench: %s/%d/%s/%s: %w", tr, size, kind, level, err)
+	}
+	return s, nil
+}
+
+// listenAddr is where a listener of transport tr listens: sock for unix.
+func listenAddr(tr, sock string) string {
+	if tr == "unix" {
+		return "unix://" + sock
+	}
+	return "tcp://127.0.0.1:0"
+}
+
+// rawPair is a plain connection of the transport: the baseline.
+type rawPair struct {
+	c, s net.Conn // the client's end and the server's
+	sr   *bufio.Reader
+}
+
+func newRawPair(tr, sock string) (*rawPair, error) {
+	network, addr := "tcp", "127.0.0.1:0"
+	if tr == "unix" {
+		network, addr = "unix", sock
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() { c, err := ln.Accept(); ch <- accepted{c, err} }()
+	c, err := net.Dial(network, ln.Addr().String())
+	if err != nil {
+		return nil, err
+	}
+	a := <-ch
+	if a.err != nil {
+		c.Close()
+		return nil, a.err
+	}
+	return &rawPair{c: c, s: a.c, sr: bufio.NewReader(a.c)}, nil
+}
+
+func (p *rawPair) close() { p.c.Close(); p.s.Close() }
+
+// pingPong writes size bytes and reads size bytes back, in one goroutine;
+// the other end echoes them.
+func (p *rawPair) pingPong(size int) func(context.Context, int) error {
+	cbuf, sbuf := make([]byte, size), make([]byte, size)
+	return func(_ context.Context, n int) error {
+		errc := make(chan error, 1)
+		go func() {
+			for range n {
+				if _, err := io.ReadFull(p.s, sbuf); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := p.s.Write(sbuf); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+		for range n {
+			if _, err := p.c.Write(cbuf); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(p.c, cbuf); err != nil {
+				return err
+			}
+		}
+		return <-errc
+	}
+}
+
+// stream writes n messages, each a 4-byte length and its bytes in one
+// write, from one goroutine; this one reads them.
+func (p *rawPair) stream(size int) func(context.Context, int) error {
+	msg := make([]byte, 4+size)
+	binary.BigEndian.PutUint32(msg, uint32(size))
+	buf := make([]byte, size)
+	return func(_ context.Context, n int) error {
+		errc := make(chan error, 1)
+		go func() {
+			for range n {
+				if _, err := p.c.Write(msg); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+		var hdr [4]byte
+		for range n {
+			if _, err := io.ReadFull(p.sr, hdr[:]); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(p.sr, buf[:binary.BigEndian.Uint32(hdr[:])]); err != nil {
+				return err
+			}
+		}
+		return <-errc
+	}
+}
+
+// benchHost is a membership as a Mesh sees it, always connected in one
+// epoch: Begin succeeds while that epoch is connected, End ends the
+// operation, faults are recorded, and the context is never done.
+type benchHost struct {
+	mu        sync.Mutex
+	epoch     uint64
+	connected bool
+	ops       int
+	faults    []string
+}
+
+func (h *benchHost) Begin(e uint64) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.connected || e != h.epoch {
+		return fmt.Errorf("%w: epoch %d", proto.ErrEpochEnded, e)
+	}
+	h.ops++
+	return nil
+}
+
+func (h *benchHost) End(uint64) {
+	h.mu.Lock()
+	h.ops--
+	h.mu.Unlock()
+}
+
+func (h *benchHost) ReportFault(e uint64, peer string) {
+	h.mu.Lock()
+	h.faults = append(h.faults, fmt.Sprintf("%d/%s", e, peer))
+	h.mu.Unlock()
+}
+
+func (h *benchHost) Context(uint64) context.Context { return context.Background() }
+
+func (h *benchHost) fault() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.faults) > 0 {
+		return fmt.Errorf("peers reported lost: %v", h.faults)
+	}
+	return nil
+}
+
+// meshEnd is one side of a mesh pair.
+type meshEnd struct {
+	m      *channel.Mesh
+	host   *benchHost
+	notify chan struct{} // a message waits
+}
+
+// recv waits for the next message of epoch 1.
+func (x *meshEnd) recv(ctx context.Context) (channel.Message, error) {
+	for {
+		msg, ok, err := x.m.Recv(1)
+		if err != nil || ok {
+			return msg, err
+		}
+		select {
+		case <-x.notify:
+		case <-ctx.Done():
+			if err := x.host.fault(); err != nil {
+				return msg, err
+			}
+			return msg, ctx.Err()
+		}
+	}
+}
+
+// meshPair is two meshes connected in epoch 1 over one transport; b
+// answers calls with their bytes.
+type meshPair struct {
+	a, b *meshEnd
+}
+
+func newMeshPair(ctx context.Context, tr, dir string) (*meshPair, error) {
+	quiet := slog.New(slog.DiscardHandler)
+	start := func(id string) (*meshEnd, error) {
+		x := &meshEnd{host: &benchHost{epoch: 1, connected: true}, notify: make(chan struct{}, 1)}
+		cfg := channel.Config{
+			Group: "bench", ID: id, Incarnation: 1,
+			Network: network.OS{}, Clock: clock.System(), Logger: quiet,
+			Listen:    listenAddr(tr, filepath.Join(dir, tr+"-mesh-"+id+".sock")),
+			Heartbeat: idc.DefaultHeartbeat, Misses: idc.DefaultHeartbeatMisses,
+			Window: idc.DefaultChannelWindow, MaxMessage: idc.DefaultMaxMessage,
+			DialTimeout: time.Second, HandshakeTimeout: time.Second, SetupTimeout: idc.DefaultChannelSetupTimeout,
+			Handler: func(r *channel.Request) { r.Reply(r.Data, nil) },
+			OnMessage: func(uint64) {
+				select {
+				case x.notify <- struct{}{}:
+				default:
+				}
+			},
+		}
+		m, err := channel.Start(cfg, x.host)
+		x.m = m
+		return x, err
+	}
+	a, err := start("a")
+	if err != nil {
+		return nil, err
+	}
+	b, err := start("b")
+	if err != nil {
+		a.m.Stop()
+		return nil, err
+	}
+	p := &meshPair{a: a, b: b}
+	members := []proto.Member{{ID: "a", Incarnation: 1, Addr: a.m.Addr()}, {ID: "b", Incarnation: 1, Addr: b.m.Addr()}}
+	a.m.Connect(1, members)
+	b.m.Connect(1, members)
+	// The first call waits for the channel to open.
+	if err := p.runner(KindCall, 1)(ctx, 1); err != nil {
+		p.close()
+		return nil, fmt.Errorf("bench: the mesh's channel did not open: %w", err)
+	}
+	return p, nil
+}
+
+func (p *meshPair) close() { p.a.m.Stop(); p.b.m.Stop() }
+
+// opWaiter is an Op with a channel its completion is signalled on.
+type opWaiter struct {
+	op   channel.Op
+	done chan struct{}
+}
+
+func newOpWaiter() *opWaiter {
+	w := &opWaiter{done: make(chan struct{}, 1)}
+	w.op.Done = func(*channel.Op) { w.done <- struct{}{} }
+	return w
+}
+
+// wait waits for the op's completion and returns its error.
+func (w *opWaiter) wait(ctx context.Context, m *channel.Mesh) error {
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		m.Cancel(&w.op, ctx.Err())
+		<-w.done
+	}
+	return w.op.Err
+}
+
+func (p *meshPair) runner(kind string, size int) func(context.Context, int) error {
+	data := make([]byte, size)
+	switch kind {
+	case KindCall:
+		w := newOpWaiter()
+		return func(ctx context.Context, n int) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			for range n {
+				p.a.m.Call(1, "b", data, &w.op)
+				if err := w.wait(ctx, p.a.m); err != nil {
+					return err
+				}
+				if len(w.op.Resp) != size {
+					return fmt.Errorf("response of %d bytes, want %d", len(w.op.Resp), size)
+				}
+			}
+			return nil
+		}
+	case KindMessage:
+		wa, wb := newOpWaiter(), newOpWaiter()
+		return func(ctx context.Context, n int) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() {
+				for range n {
+					msg, err := p.b.recv(ctx)
+					if err != nil {
+						errc <- err
+						return
+					}
+					p.b.m.Send(1, "a", msg.Data, &wb.op)
+					if err := wb.wait(ctx, p.b.m); err != nil {
+						errc <- err
+						return
+					}
+				}
+				errc <- nil
+			}()
+			for range n {
+				p.a.m.Send(1, "b", data, &wa.op)
+				if err := wa.wait(ctx, p.a.m); err != nil {
+					cancel()
+					<-errc
+					return err
+				}
+				msg, err := p.a.recv(ctx)
+				if err != nil {
+					cancel()
+					<-errc
+					return err
+				}
+				if len(msg.Data) != size {
+					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
+				}
+			}
+			return <-errc
+		}
+	default: // KindStream
+		// Sends in flight at once: each needs its own Op until it is done.
+		const inFlight = 2 * idc.DefaultChannelWindow
+		free := make(chan *channel.Op, inFlight)
+		for range inFlight {
+			op := &channel.Op{}
+			op.Done = func(op *channel.Op) { free <- op }
+			free <- op
+		}
+		return func(ctx context.Context, n int) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() {
+				for range n {
+					var op *channel.Op
+					select {
+					case op = <-free:
+					case <-ctx.Done():
+						errc <- ctx.Err()
+						return
+					}
+					if op.Err != nil {
+						errc <- op.Err
+						return
+					}
+					p.a.m.Send(1, "b", data, op)
+				}
+				errc <- nil
+			}()
+			for range n {
+				msg, err := p.b.recv(ctx)
+				if err != nil {
+					cancel()
+					<-errc
+					return err
+				}
+				if len(msg.Data) != size {
+					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
+				}
+			}
+			if err := <-errc; err != nil {
+				return err
+			}
+			// Every send completed: its Op is back.
+			ops := make([]*channel.Op, 0, inFlight)
+			defer func() {
+				for _, op := range ops {
+					free <- op
+				}
+			}()
+			for range inFlight {
+				select {
+				case op := <-free:
+					ops = append(ops, op)
+					if op.Err != nil {
+						return op.Err
+					}
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		}
+	}
+}
+
+// apiStore is an embedded store and a coordinator for memberships.
+type apiStore struct {
+	emb   *store.Embedded
+	stop  context.CancelFunc
+	done  chan struct{}
+	close func()
+}
+
+func startAPIStore(ctx context.Context, dir string) (*apiStore, error) {
+	quiet := slog.New(slog.DiscardHandler)
+	e, err := store.StartEmbedded(ctx, store.EmbedConfig{DataDir: dir, ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	cli, err := store.Dial(ctx, store.DialConfig{Endpoints: e.Endpoints, Logger: quiet})
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	cctx, stop := context.WithCancel(context.Background())
+	s := &apiStore{emb: e, stop: stop, done: make(chan struct{})}
+	ccfg := coordinator.DefaultConfig()
+	ccfg.Client, ccfg.Logger = cli, quiet
+	go func() { defer close(s.done); _ = coordinator.Run(cctx, ccfg) }()
+	s.close = func() {
+		stop()
+		<-s.done
+		cli.Close()
+		e.Close()
+	}
+	return s, nil
+}
+
+// apiPair is two memberships of one group connected over one transport;
+// b's handler answers calls with their bytes.
+type apiPair struct {
+	a, b   *idc.Membership
+	ea, eb *idc.Epoch
+}
+
+func (s *apiStore) pair(ctx context.Context, tr, dir string) (p *apiPair, err error) {
+	quiet := slog.New(slog.DiscardHandler)
+	p = &apiPair{}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	join := func(id string) (*idc.Membership, error) {
+		cfg := idc.DefaultConfig()
+		cfg.Group, cfg.ID, cfg.Endpoints, cfg.Logger = "bench-"+tr, id, s.emb.Endpoints, quiet
+		cfg.Listen = listenAddr(tr, filepath.Join(dir, tr+"-api-"+id+".sock"))
+		cfg.Handler = idc.HandlerFunc(func(_ context.Context, r *idc.Request) ([]byte, error) { return r.Data, nil })
+		return idc.Join(ctx, cfg)
+	}
+	if p.a, err = join("a"); err != nil {
+		return p, err
+	}
+	if p.b, err = join("b"); err != nil {
+		return p, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	next := func(d *idc.Membership) (*idc.Epoch, error) {
+		for {
+			ep, err := d.Next(wctx)
+			if err != nil {
+				return nil, err
+			}
+			if len(ep.Members()) == 2 {
+				return ep, nil
+			}
+		}
+	}
+	if p.ea, err = next(p.a); err != nil {
+		return p, err
+	}
+	if p.eb, err = next(p.b); err != nil {
+		return p, err
+	}
+	if p.ea.Number() != p.eb.Number() {
+		return p, fmt.Errorf("bench: the memberships are in epochs %d and %d", p.ea.Number(), p.eb.Number())
+	}
+	// The first call waits for the channel to open.
+	if _, err := p.ea.Call(wctx, "b", []byte("x")); err != nil {
+		return p, fmt.Errorf("bench: the API's channel did not open: %w", err)
+	}
+	return p, nil
+}
+
+func (p *apiPair) close() {
+	for _, d := range []*idc.Membership{p.a, p.b} {
+		if d != nil {
+			d.Close()
+		}
+	}
+}
+
+// check reports an error of a measurement, naming an epoch that ended
+// meanwhile (the figures would be meaningless).
+func (p *apiPair) check(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, proto.ErrEpochEnded) {
+		return fmt.Errorf("the epoch ended during the measurement: %w", err)
+	}
+	return err
+}
+
+func (p *apiPair) runner(kind string, size int) func(context.Context, int) error {
+	data := make([]byte, size)
+	switch kind {
+	case KindCall:
+		return func(ctx context.Context, n int) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			for range n {
+				resp, err := p.ea.Call(ctx, "b", data)
+				if err != nil {
+					return p.check(err)
+				}
+				if len(resp) != size {
+					return fmt.Errorf("response of %d bytes, want %d", len(resp), size)
+				}
+			}
+			return nil
+		}
+	case KindMessage:
+		return func(ctx context.Context, n int) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() {
+				for range n {
+					msg, err := p.eb.Receive(ctx)
+					if err == nil {
+						err = p.eb.Send(ctx, "a", msg.Data)
+					}
+					if err != nil {
+						errc <- err
+						return
+					}
+				}
+				errc <- nil
+			}()
+			for range n {
+				err := p.ea.Send(ctx, "b", data)
+				var msg idc.Message
+				if err == nil {
+					msg, err = p.ea.Receive(ctx)
+				}
+				if err != nil {
+					cancel()
+					<-errc
+					return p.check(err)
+				}
+				if len(msg.Data) != size {
+					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
+				}
+			}
+			return p.check(<-errc)
+		}
+	default: // KindStream
+		return func(ctx context.Context, n int) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() {
+				for range n {
+					if err := p.ea.Send(ctx, "b", data); err != nil {
+						errc <- err
+						return
+					}
+				}
+				errc <- nil
+			}()
+			for range n {
+				msg, err := p.eb.Receive(ctx)
+				if err != nil {
+					cancel()
+					<-errc
+					return p.check(err)
+				}
+				if len(msg.Data) != size {
+					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
+				}
+			}
+			return p.check(<-errc)
+		}
+	}
+}
