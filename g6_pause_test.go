@@ -18,11 +18,19 @@ import (
 	"github.com/idc-dev/idc/proto"
 )
 
-// TestMain lets the test binary play a domain in a child process
-// (TestG6_PausedProcessStopsOnResume).
+// children are the roles the test binary plays in a child process, by the
+// environment variable that asks for each (its value is the store's
+// endpoint); other test files add theirs in an init function.
+var children = map[string]func(endpoint string) int{
+	"IDC_PAUSE_CHILD": pauseChild, // TestG6_PausedProcessStopsOnResume
+}
+
+// TestMain lets the test binary play a domain in a child process.
 func TestMain(m *testing.M) {
-	if ep := os.Getenv("IDC_PAUSE_CHILD"); ep != "" {
-		os.Exit(pauseChild(ep))
+	for env, child := range children {
+		if ep := os.Getenv(env); ep != "" {
+			os.Exit(child(ep))
+		}
 	}
 	os.Exit(m.Run())
 }
