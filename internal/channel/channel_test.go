@@ -61,9 +61,9 @@ func TestOpenSendCall(t *testing.T) {
 						t.Fatalf("call from %s: %q, %v", from.id, resp, err)
 					}
 				}
-				if a.host.inFlight(1) != 0 || b.host.inFlight(1) != 0 {
-					t.Fatalf("operations left in flight: a %d, b %d", a.host.inFlight(1), b.host.inFlight(1))
-				}
+				// A handler's operation ends right after its reply is
+				// written, which the caller may read first.
+				waitFor(t, 5*time.Second, "no operation left in flight", func() bool { return a.host.inFlight(1) == 0 && b.host.inFlight(1) == 0 })
 				if s := b.m.Stats(); s.Opened != 1 || s.Faults != 0 {
 					t.Fatalf("b: %+v", s)
 				}
@@ -246,29 +246,35 @@ func TestG2_FaultyTransport(t *testing.T) {
 // the mesh survives and the peer is reported only once it was bound.
 func TestBadInput(t *testing.T) {
 	b := newNode(t, testConfig(t, "b", network.OS{}, false))
-	members := []proto.Member{{ID: "a", Incarnation: 1, Addr: "tcp://127.0.0.1:1"}, b.member()}
-	b.host.set(1, true)
-	b.m.Connect(1, members)
-	hello := wire.AppendFrame(nil, wire.Hello, 1, 0, 0, wire.Handshake{Group: "g", Epoch: 1, FromID: "a", FromIncarnation: 1, ToID: "b", ToIncarnation: b.inc, Window: 8, HeartbeatMillis: 20}.Append(nil))
-	good := wire.AppendFrame(nil, wire.Message, 1, 1, 0, []byte("ok"))
+	var e uint64
 	for _, tc := range []struct {
 		name   string
-		frames [][]byte
+		frames func(e uint64) [][]byte
 		bound  bool // the peer is reported
 	}{
-		{"garbage", [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n")}, false},
-		{"truncated", [][]byte{hello[:20]}, false},
-		{"wrong version", [][]byte{append([]byte{9}, hello[1:]...)}, false},
-		{"message before hello", [][]byte{good}, false},
-		{"oversized after hello", [][]byte{hello, wire.AppendFrame(nil, wire.Message, 1, 1, 0, make([]byte, 1<<16+1))}, true},
-		{"garbage after hello", [][]byte{hello, []byte("xyz")}, true},
-		{"gap after hello", [][]byte{hello, wire.AppendFrame(nil, wire.Message, 1, 5, 0, nil)}, true},
-		{"beyond the window", [][]byte{hello, msgs(1, 9)}, true},
+		{"garbage", func(uint64) [][]byte { return [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n")} }, false},
+		{"truncated", func(e uint64) [][]byte { return [][]byte{hello(e, b.inc)[:20]} }, false},
+		{"wrong version", func(e uint64) [][]byte { return [][]byte{append([]byte{9}, hello(e, b.inc)[1:]...)} }, false},
+		{"message before hello", func(e uint64) [][]byte { return [][]byte{wire.AppendFrame(nil, wire.Message, e, 1, 0, []byte("ok"))} }, false},
+		{"oversized after hello", func(e uint64) [][]byte {
+			return [][]byte{hello(e, b.inc), wire.AppendFrame(nil, wire.Message, e, 1, 0, make([]byte, 1<<16+1))}
+		}, true},
+		{"garbage after hello", func(e uint64) [][]byte { return [][]byte{hello(e, b.inc), []byte("xyz")} }, true},
+		{"gap after hello", func(e uint64) [][]byte {
+			return [][]byte{hello(e, b.inc), wire.AppendFrame(nil, wire.Message, e, 5, 0, nil)}
+		}, true},
+		{"beyond the window", func(e uint64) [][]byte { return [][]byte{hello(e, b.inc), msgs(e, 9)} }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// Each case in an epoch of its own: a peer whose channel
+			// failed gets no second one in the same epoch.
+			e++
+			b.host.set(e, true)
+			b.m.Connect(e, []proto.Member{{ID: "a", Incarnation: 1, Addr: "tcp://127.0.0.1:1"}, b.member()})
+			frames := tc.frames(e)
 			before := b.m.Stats()
 			c := dialRaw(t, b.m.Addr())
-			for _, f := range tc.frames {
+			for _, f := range frames {
 				c.Send(f, nil)
 			}
 			ended := make(chan error, 1)
@@ -298,6 +304,12 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hello is a's Hello to b (incarnation inc) in epoch e.
+func hello(e, inc uint64) []byte {
+	hs := wire.Handshake{Group: "g", Epoch: e, FromID: "a", FromIncarnation: 1, ToID: "b", ToIncarnation: inc, Window: 8, HeartbeatMillis: 20}
+	return wire.AppendFrame(nil, wire.Hello, e, 0, 0, hs.Append(nil))
 }
 
 // msgs returns n message frames of epoch e, sequence numbers 1..n, as one
@@ -342,4 +354,58 @@ func dialRaw(t *testing.T, addr string) rawConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return rawConn{c}
+}
+
+// TestOneChannelPerEpoch: once a peer's channel of an epoch has opened,
+// a second handshake for the same epoch is refused (sequence numbers
+// restart on each connection, so a second one would let frames replayed
+// from the first pass as new), even after the first failed.
+func TestOneChannelPerEpoch(t *testing.T) {
+	b := newNode(t, testConfig(t, "b", network.OS{}, false))
+	b.host.set(1, true)
+	b.m.Connect(1, []proto.Member{{ID: "a", Incarnation: 1, Addr: "tcp://127.0.0.1:1"}, b.member()})
+	answer := func(c rawConn) wire.Header {
+		t.Helper()
+		got := make(chan []byte, 1)
+		c.Receive(func(f []byte, err error) {
+			if err == nil {
+				select {
+				case got <- f:
+				default:
+				}
+			}
+		})
+		select {
+		case f := <-got:
+			h, _, err := wire.Parse(f, 1<<16)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return h
+		case <-time.After(5 * time.Second):
+			t.Fatal("no answer to the hello")
+		}
+		return wire.Header{}
+	}
+	first := dialRaw(t, b.m.Addr())
+	first.Send(hello(1, b.inc), nil)
+	if h := answer(first); h.Type != wire.Welcome {
+		t.Fatalf("first hello answered with %s", h.Type)
+	}
+	second := dialRaw(t, b.m.Addr())
+	second.Send(hello(1, b.inc), nil)
+	if h := answer(second); h.Type != wire.Refuse || wire.RefuseCode(h.Arg) != wire.RefuseDuplicate {
+		t.Fatalf("second hello answered with %s %d, want a refusal (duplicate)", h.Type, h.Arg)
+	}
+	first.Close()
+	select {
+	case <-b.host.faulted: // closed without a close frame: a is lost
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reset was not reported")
+	}
+	third := dialRaw(t, b.m.Addr())
+	third.Send(hello(1, b.inc), nil)
+	if h := answer(third); h.Type != wire.Refuse || wire.RefuseCode(h.Arg) != wire.RefuseDuplicate {
+		t.Fatalf("hello after the loss answered with %s %d, want a refusal (duplicate)", h.Type, h.Arg)
+	}
 }

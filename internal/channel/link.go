@@ -332,9 +332,17 @@ func (m *Mesh) bind(l *link, hs wire.Handshake) {
 		m.refuse(l, wire.RefuseWrongPeer, fmt.Sprintf("%s dials %s, not the other way", m.cfg.ID, hs.FromID))
 		return
 	}
+	old := m.links[p.ID]
+	if old != nil && old.state != lsAwait {
+		// One connection per peer and epoch: sequence numbers start
+		// afresh on each, so a second one would let frames replayed
+		// from the first pass as new. A peer whose channel failed was
+		// reported; the next epoch opens a new one.
+		m.refuse(l, wire.RefuseDuplicate, fmt.Sprintf("the channel of epoch %d is %s", hs.Epoch, old.state))
+		return
+	}
 	delete(m.held, l)
 	l.peer, l.epoch = p, hs.Epoch
-	old := m.links[p.ID]
 	m.links[p.ID] = l
 	if old != nil {
 		l.setupBy = old.setupBy
@@ -342,9 +350,6 @@ func (m *Mesh) bind(l *link, hs wire.Handshake) {
 			op := old.waiting.pop()
 			op.l = l
 			l.waiting.push(op)
-		}
-		if old.state == lsOpen {
-			old.close(wire.CloseProtocol, fmt.Errorf("%w: %s opened a new channel in epoch %d", proto.ErrPeerLost, p.ID, l.epoch))
 		}
 	}
 	l.write(wire.Welcome, 0, m.handshake(p, l.epoch).Append(nil))
