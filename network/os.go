@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // OS is the Network of the operating system: TCP and unix sockets, each
@@ -89,54 +92,165 @@ func (OS) Dial(addr string, timeout time.Duration, done func(Conn, error)) {
 	}()
 }
 
-// osConn writes frames from one goroutine, in order, and reads them in
-// another.
+// osConn writes a frame directly from Send when nothing waits to be
+// written and the socket takes the whole frame at once (one non-blocking
+// write: Send never blocks); otherwise it queues the frame for its writer
+// goroutine. The writer goroutine also runs the done callbacks of frames
+// written directly, since done never runs within Send. Frames are read in
+// another goroutine; small ones are carved out of a shared block, so that
+// a stream of them allocates once per block rather than once per frame.
 type osConn struct {
 	c      net.Conn
-	out    chan outFrame
+	raw    syscall.RawConn // nil: no direct writes
 	once   sync.Once
 	closed chan struct{}
 	recv   sync.Once
+	wake   chan struct{} // the writer has work (capacity 1)
+
+	mu       sync.Mutex
+	isClosed bool
+	writing  bool       // the writer goroutine writes a batch
+	batch    int        // frames of that batch
+	queue    []outFrame // frames waiting for the writer, in order
+	dones    []doneCall // callbacks of frames written directly, in order
+	hdr      [4]byte    // the length of a direct write
+	iov      [2][]byte  // a direct write: hdr and the frame
+	wn       int        // what the direct write returned: bytes,
+	werr     error      // and error
+	writeFn  func(uintptr) bool
 }
 
 type outFrame struct {
 	b    []byte
 	done func(error)
+	hdr  [4]byte
+	off  int // bytes of hdr and b already written (a direct write cut short)
 }
 
+type doneCall struct {
+	done func(error)
+	err  error
+}
+
+const (
+	// readBuffer is the size of a connection's read buffer.
+	readBuffer = 32 << 10
+	// blockSize is the size of the blocks small frames are read into, and
+	// smallFrame the largest such frame: a frame the application keeps
+	// keeps at most blockSize bytes alive.
+	blockSize  = 8 << 10
+	smallFrame = 1 << 10
+)
+
 func newOSConn(c net.Conn) *osConn {
-	oc := &osConn{c: c, out: make(chan outFrame, SendWindow), closed: make(chan struct{})}
+	oc := &osConn{c: c, closed: make(chan struct{}), wake: make(chan struct{}, 1)}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			oc.raw = raw
+			oc.writeFn = func(fd uintptr) bool {
+				oc.wn, oc.werr = unix.Writev(int(fd), oc.iov[:])
+				return true // one attempt: never wait for the socket
+			}
+		}
+	}
 	go oc.writer()
 	return oc
 }
 
+// signal wakes the writer goroutine.
+func (c *osConn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeNow writes frame with one non-blocking write and returns how many
+// bytes of its length and itself were written. Called with c.mu held.
+func (c *osConn) writeNow(frame []byte) (int, error) {
+	binary.BigEndian.PutUint32(c.hdr[:], uint32(len(frame)))
+	c.iov[0], c.iov[1] = c.hdr[:], frame
+	err := c.raw.Write(c.writeFn)
+	c.iov[1] = nil
+	n, werr := max(c.wn, 0), c.werr
+	c.werr = nil
+	if err != nil {
+		return 0, err
+	}
+	if werr == unix.EAGAIN || werr == unix.EINTR {
+		werr = nil
+	}
+	return n, werr
+}
+
 func (c *osConn) writer() {
-	w := bufio.NewWriter(c.c)
-	var hdr [4]byte
+	var (
+		batch []outFrame
+		dones []doneCall
+		iovs  [][]byte
+		bufs  net.Buffers // escapes (WriteTo): allocated once
+	)
 	for {
-		var f outFrame
 		select {
-		case f = <-c.out:
+		case <-c.wake:
 		case <-c.closed:
-			return
 		}
-		binary.BigEndian.PutUint32(hdr[:], uint32(len(f.b)))
-		_, err := w.Write(hdr[:])
-		if err == nil {
-			_, err = w.Write(f.b)
+		c.mu.Lock()
+		dones, c.dones = c.dones, dones[:0]
+		closed := c.isClosed
+		if !closed {
+			batch, c.queue = c.queue, batch[:0]
+			c.batch = len(batch)
+			c.writing = len(batch) > 0
 		}
-		if err == nil && len(c.out) == 0 {
-			err = w.Flush()
-		}
-		if f.done != nil {
-			if err != nil {
-				err = fmt.Errorf("%w: %w", ErrClosed, err)
+		c.mu.Unlock()
+		for i, d := range dones {
+			if d.done != nil {
+				d.done(d.err)
 			}
-			f.done(err)
+			dones[i] = doneCall{}
 		}
-		if err != nil {
-			c.Close()
+		if closed {
 			return
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		// One write for the whole batch (writev).
+		bufs = iovs[:0]
+		for i := range batch {
+			f := &batch[i]
+			binary.BigEndian.PutUint32(f.hdr[:], uint32(len(f.b)))
+			switch {
+			case f.off < len(f.hdr):
+				bufs = append(bufs, f.hdr[f.off:], f.b)
+			default:
+				bufs = append(bufs, f.b[f.off-len(f.hdr):])
+			}
+		}
+		iovs = bufs[:0]
+		_, err := bufs.WriteTo(c.c)
+		clear(iovs[:cap(iovs)])
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrClosed, err)
+			c.Close()
+		}
+		// The batch no longer waits (its callbacks may send again); a
+		// frame written directly from now on is written after it and
+		// its callback runs after the batch's.
+		c.mu.Lock()
+		c.batch = 0
+		if len(c.queue) == 0 {
+			c.writing = false
+		} else {
+			c.signal()
+		}
+		c.mu.Unlock()
+		for i, f := range batch {
+			if f.done != nil {
+				f.done(err)
+			}
+			batch[i] = outFrame{}
 		}
 	}
 }
@@ -152,37 +266,74 @@ func (c *osConn) Send(frame []byte, done func(error)) {
 		fail(fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(frame)))
 		return
 	}
-	select {
-	case <-c.closed:
+	c.mu.Lock()
+	switch {
+	case c.isClosed:
+		c.mu.Unlock()
 		fail(ErrClosed)
 		return
-	default:
-	}
-	select {
-	case c.out <- outFrame{frame, done}:
-	default:
+	case len(c.queue)+c.batch+len(c.dones) >= SendWindow:
+		c.mu.Unlock()
 		fail(ErrBusy)
+		return
 	}
+	off := 0
+	// Written directly only if the connection is idle: while the writer
+	// has work (frames, or callbacks of frames written directly), frames
+	// join it, so that a burst is written in few system calls.
+	if !c.writing && len(c.queue) == 0 && len(c.dones) == 0 && c.raw != nil {
+		n, err := c.writeNow(frame)
+		switch {
+		case err != nil:
+			// The connection failed: done learns it from the writer.
+			c.dones = append(c.dones, doneCall{done, fmt.Errorf("%w: %w", ErrClosed, err)})
+			c.mu.Unlock()
+			c.Close()
+			return
+		case n == 4+len(frame):
+			if done != nil {
+				c.dones = append(c.dones, doneCall{done: done})
+				c.signal()
+			}
+			c.mu.Unlock()
+			return
+		}
+		off = n // the writer writes the rest
+	}
+	c.queue = append(c.queue, outFrame{b: frame, done: done, off: off})
+	c.signal()
+	c.mu.Unlock()
 }
 
 // Receive implements Conn.
 func (c *osConn) Receive(fn func([]byte, error)) {
 	c.recv.Do(func() {
 		go func() {
-			r := bufio.NewReader(c.c)
-			var hdr [4]byte
+			r := bufio.NewReaderSize(c.c, readBuffer)
+			var (
+				hdr   [4]byte
+				block []byte
+			)
 			for {
 				if _, err := io.ReadFull(r, hdr[:]); err != nil {
 					fn(nil, c.endErr(err))
 					return
 				}
-				n := binary.BigEndian.Uint32(hdr[:])
+				n := int(binary.BigEndian.Uint32(hdr[:]))
 				if n > MaxFrame {
 					c.Close()
 					fn(nil, fmt.Errorf("%w: the peer sent %d bytes", ErrFrameTooLarge, n))
 					return
 				}
-				b := make([]byte, n)
+				var b []byte
+				if n <= smallFrame {
+					if len(block) < n {
+						block = make([]byte, blockSize)
+					}
+					b, block = block[:n:n], block[n:]
+				} else {
+					b = make([]byte, n)
+				}
 				if _, err := io.ReadFull(r, b); err != nil {
 					fn(nil, c.endErr(err))
 					return
@@ -205,8 +356,12 @@ func (c *osConn) endErr(err error) error {
 	return fmt.Errorf("%w: %w", ErrClosed, err)
 }
 
+// Close implements Conn.
 func (c *osConn) Close() error {
 	c.once.Do(func() {
+		c.mu.Lock()
+		c.isClosed = true
+		c.mu.Unlock()
 		close(c.closed)
 		c.c.Close()
 	})
