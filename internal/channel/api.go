@@ -151,23 +151,27 @@ func (m *Mesh) Cancel(op *Op, err error) {
 // connected epoch; once it is not, Recv fails with the host's error and
 // the epoch's messages are dropped.
 func (m *Mesh) Recv(e uint64) (Message, bool, error) {
+	msg, ok, _, err := m.RecvMore(e)
+	return msg, ok, err
+}
+
+// RecvMore is Recv that also returns how many more messages of epoch e
+// wait (as Waiting would, without taking the lock again).
+func (m *Mesh) RecvMore(e uint64) (msg Message, ok bool, more int, err error) {
 	if err := m.host.Begin(e); err != nil {
-		return Message{}, false, err
+		return Message{}, false, 0, err
 	}
 	m.mu.Lock()
-	var (
-		msg Message
-		ok  bool
-	)
 	if e == m.epoch && m.connected && m.inbox.len() > 0 {
 		in := m.inbox.pop()
 		msg, ok = Message{Epoch: e, From: in.l.peer.ID, Data: in.data}, true
 		m.stats.Delivered++
 		in.l.consumed()
+		more = m.inbox.len()
 	}
 	m.unlock()
 	m.host.End(e)
-	return msg, ok, nil
+	return msg, ok, more, nil
 }
 
 // Waiting returns how many messages of epoch e wait to be received.
@@ -181,7 +185,7 @@ func (m *Mesh) Waiting(e uint64) int {
 }
 
 // Request is a request handed to the handler. Reply to it exactly once;
-// do not use it afterwards.
+// do not use it afterwards (the mesh reuses it for a later request).
 type Request struct {
 	Epoch uint64
 	From  string
@@ -190,6 +194,32 @@ type Request struct {
 	l       *link
 	id      uint64
 	replied bool
+}
+
+// maxFreeRequests bounds the requests a mesh keeps for reuse.
+const maxFreeRequests = 256
+
+// request returns a request for the handler, reusing one that was
+// answered. Called with m.mu held.
+func (m *Mesh) request(l *link, data []byte, id uint64) *Request {
+	var r *Request
+	if n := len(m.freeReqs); n > 0 {
+		r = m.freeReqs[n-1]
+		m.freeReqs[n-1] = nil
+		m.freeReqs = m.freeReqs[:n-1]
+	} else {
+		r = new(Request)
+	}
+	*r = Request{Epoch: l.epoch, From: l.peer.ID, Data: data, l: l, id: id}
+	return r
+}
+
+// release keeps an answered request for reuse. Called with m.mu held.
+func (m *Mesh) release(r *Request) {
+	if len(m.freeReqs) < maxFreeRequests {
+		*r = Request{replied: true}
+		m.freeReqs = append(m.freeReqs, r)
+	}
 }
 
 // Context is the context of the request's epoch: it ends when the epoch
@@ -208,6 +238,7 @@ func (m *Mesh) serve(r *Request) {
 		r.l.consumed()
 		m.stats.DroppedEnded++
 		m.met.dropped(dropEnded, 1)
+		m.release(r)
 		m.unlock()
 		return
 	}
@@ -244,6 +275,8 @@ func (r *Request) Reply(resp []byte, err error) {
 		}
 	}
 	l.consumed()
+	e := r.Epoch
+	m.release(r)
 	m.unlock()
-	m.host.End(r.Epoch)
+	m.host.End(e)
 }

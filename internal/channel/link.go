@@ -68,8 +68,12 @@ type link struct {
 	inflight         int           // frames handed to conn, not written yet
 	written          queue[[]byte] // their buffers, in order
 	queued           queue[[]byte] // frames waiting for room in conn's window
-	lastSent         time.Duration
-	lastHeard        time.Duration
+	// lastHeard is when the peer was last heard, as noted at the ticks:
+	// reading the clock per frame would cost more than the rest of the
+	// frame's handling. heard and sent say whether a frame arrived and
+	// whether one was sent since the previous tick.
+	lastHeard   time.Duration
+	heard, sent bool
 }
 
 func (m *Mesh) newLink(p proto.Member, e uint64) *link {
@@ -112,8 +116,7 @@ func (m *Mesh) dial(l *link) {
 		}
 		rfn := l.attach(c)
 		l.state = lsHello
-		now := m.now()
-		l.lastHeard, l.lastSent = now, now
+		l.lastHeard = m.now()
 		l.write(wire.Hello, 0, m.handshake(l.peer, l.epoch).Append(nil))
 		m.later(func() { c.Receive(rfn) })
 	})
@@ -161,7 +164,6 @@ func (l *link) onFrame(c network.Conn, frame []byte, err error) {
 		m.unlock()
 		return
 	}
-	now := m.now()
 	var (
 		op     *Op
 		req    *Request
@@ -169,7 +171,7 @@ func (l *link) onFrame(c network.Conn, frame []byte, err error) {
 	)
 	switch l.state {
 	case lsAccepted, lsHeld, lsHello, lsOpen:
-		op, req, notify = l.receive(frame, now)
+		op, req, notify = l.receive(frame)
 	}
 	m.unlock()
 	switch {
@@ -184,7 +186,7 @@ func (l *link) onFrame(c network.Conn, frame []byte, err error) {
 
 // receive takes one frame. It returns a call to complete, a request to
 // serve, or whether a message is now waiting. Called with m.mu held.
-func (l *link) receive(frame []byte, now time.Duration) (op *Op, req *Request, notify bool) {
+func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 	m := l.m
 	h, payload, err := wire.Parse(frame, max(m.cfg.MaxMessage, 4096))
 	if err != nil {
@@ -221,7 +223,7 @@ func (l *link) receive(frame []byte, now time.Duration) (op *Op, req *Request, n
 				l.protocol(fmt.Errorf("welcome does not answer the hello: %+v, %v", hs, err))
 				return
 			}
-			l.open(hs, now)
+			l.open(hs, m.now())
 		case wire.Refuse:
 			l.refused(wire.RefuseCode(h.Arg), h.Epoch, wire.RefuseReason(payload))
 		default:
@@ -245,7 +247,7 @@ func (l *link) receive(frame []byte, now time.Duration) (op *Op, req *Request, n
 		return
 	}
 	l.recvSeq = h.Seq
-	l.lastHeard = now
+	l.heard = true
 	switch h.Type {
 	case wire.Message, wire.Request:
 		if len(payload) > m.cfg.MaxMessage {
@@ -261,7 +263,7 @@ func (l *link) receive(frame []byte, now time.Duration) (op *Op, req *Request, n
 			m.inbox.push(inMsg{l: l, data: payload})
 			return nil, nil, true
 		}
-		return nil, &Request{Epoch: l.epoch, From: l.peer.ID, Data: payload, l: l, id: h.Arg}, false
+		return nil, m.request(l, payload, h.Arg), false
 	case wire.Response, wire.Error:
 		c := l.calls[h.Arg]
 		if c == nil {
@@ -435,7 +437,7 @@ func (l *link) write(t wire.Type, arg uint64, payload []byte, epoch ...uint64) {
 		seq = l.sendSeq
 	}
 	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, e, seq, arg, payload)
-	l.lastSent = m.now()
+	l.sent = true
 	if l.inflight < network.SendWindow && l.queued.len() == 0 {
 		l.inflight++
 		l.written.push(b)

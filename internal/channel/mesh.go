@@ -1,9 +1,10 @@
 package channel
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,7 +32,7 @@ type Mesh struct {
 
 	mu        sync.Mutex
 	after     []func() // run once the lock is released (rare paths)
-	completed []*Op    // to complete once the lock is released
+	completed *opList  // to complete once the lock is released (nil: none)
 	serial    uint64   // of the last link
 	epoch     uint64   // the epoch of the links: connected, or ended if !connected
 	connected bool
@@ -46,6 +47,9 @@ type Mesh struct {
 	tick      clock.Timer
 	tickFn    func()
 	stats     Stats
+	peerBuf   []string   // sortedPeers'
+	freeReqs  []*Request // answered, for reuse
+	heldBuf   []*link    // sortedHeld's
 }
 
 type inMsg struct {
@@ -117,20 +121,31 @@ func (m *Mesh) now() time.Duration { return m.cfg.Clock.Now() }
 // unlock releases the lock, then completes the operations that
 // completed and runs what was left for later.
 func (m *Mesh) unlock() {
-	if len(m.after) == 0 && len(m.completed) == 0 {
+	if len(m.after) == 0 && m.completed == nil {
 		m.mu.Unlock()
 		return
 	}
 	after, completed := m.after, m.completed
 	m.after, m.completed = nil, nil
 	m.mu.Unlock()
-	for _, op := range completed {
-		m.complete(op)
+	if completed != nil {
+		for i, op := range completed.ops {
+			completed.ops[i] = nil
+			m.complete(op)
+		}
+		completed.ops = completed.ops[:0]
+		opLists.Put(completed)
 	}
 	for _, f := range after {
 		f()
 	}
 }
+
+// opList is a list of operations to complete; the lists are pooled, so
+// that completing operations allocates nothing.
+type opList struct{ ops []*Op }
+
+var opLists = sync.Pool{New: func() any { return new(opList) }}
 
 // later runs f once the lock is released. Called with m.mu held.
 func (m *Mesh) later(f func()) { m.after = append(m.after, f) }
@@ -140,7 +155,10 @@ func (m *Mesh) later(f func()) { m.after = append(m.after, f) }
 func (m *Mesh) finish(op *Op, err error) {
 	op.Err = err
 	op.where = opDone
-	m.completed = append(m.completed, op)
+	if m.completed == nil {
+		m.completed = opLists.Get().(*opList)
+	}
+	m.completed.ops = append(m.completed.ops, op)
 }
 
 func (m *Mesh) complete(op *Op) {
@@ -245,23 +263,28 @@ func (m *Mesh) endEpoch(code wire.CloseCode) {
 	}
 }
 
+// sortedPeers lists the peers of the epoch in a fixed order, in a slice
+// the next call reuses. Called with m.mu held.
 func (m *Mesh) sortedPeers() []string {
-	ids := make([]string, 0, len(m.links))
+	ids := m.peerBuf[:0]
 	for id := range m.links {
 		ids = append(ids, id)
 	}
-	sort.Strings(ids)
+	slices.Sort(ids)
+	m.peerBuf = ids
 	return ids
 }
 
 // sortedHeld lists the held connections in a fixed order (the simulator
-// must replay the same run from the same seed).
+// must replay the same run from the same seed), in a slice the next call
+// reuses. Called with m.mu held.
 func (m *Mesh) sortedHeld() []*link {
-	hs := make([]*link, 0, len(m.held))
+	hs := m.heldBuf[:0]
 	for h := range m.held {
 		hs = append(hs, h)
 	}
-	sort.Slice(hs, func(i, j int) bool { return hs[i].serial < hs[j].serial })
+	slices.SortFunc(hs, func(a, b *link) int { return cmp.Compare(a.serial, b.serial) })
+	m.heldBuf = hs
 	return hs
 }
 
@@ -288,14 +311,24 @@ func (m *Mesh) onTick() {
 		l := m.links[id]
 		switch l.state {
 		case lsOpen:
+			// A peer heard since the previous tick was heard at most
+			// Heartbeat/2 ago, unless this tick is late (a starved
+			// process): so it counts as heard then. A silent peer is
+			// still reported within Heartbeat·(Misses+½); the silence
+			// seen may exceed the true one by up to Heartbeat/2.
+			if l.heard {
+				l.heard = false
+				l.lastHeard = max(l.lastHeard, now-m.cfg.Heartbeat/2)
+			}
 			if now-l.lastHeard > silent {
 				m.met.suspect.Inc()
 				l.fail(faultSilent, fmt.Errorf("heard nothing for %v (heartbeat %v, misses %d)", (now-l.lastHeard).Round(time.Millisecond), m.cfg.Heartbeat, m.cfg.Misses), wire.CloseSuspect)
 				continue
 			}
-			if now-l.lastSent >= m.cfg.Heartbeat/2 {
+			if !l.sent { // nothing sent since the previous tick
 				l.write(wire.Heartbeat, 0, nil)
 			}
+			l.sent = false
 		case lsDialing, lsHello, lsAwait, lsRetry:
 			if now > l.setupBy {
 				l.fail(faultSetup, fmt.Errorf("no channel within %v (%s)", m.cfg.SetupTimeout, l.state), wire.CloseSuspect)
