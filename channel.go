@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/idc-dev/idc/internal/channel"
 )
@@ -43,17 +44,52 @@ type Message = channel.Message
 // ErrRemote.
 type RemoteError = channel.RemoteError
 
-// serveWith returns the channel driver's handler that runs h in a
-// goroutine per request, with the request's epoch context.
+// serveWith returns the channel driver's handler that runs h with the
+// request's epoch context, each request in a goroutine of its own: an idle
+// worker of an earlier request if there is one, else a new one.
 func serveWith(h Handler) func(*channel.Request) {
 	if h == nil {
 		return nil
 	}
-	return func(r *channel.Request) {
-		go func() {
-			resp, err := h.ServeCall(r.Context(), &Request{Epoch: r.Epoch, From: r.From, Data: r.Data})
-			r.Reply(resp, err)
-		}()
+	p := &servePool{h: h, work: make(chan *channel.Request)}
+	return p.serve
+}
+
+// workerIdle is how long a handler goroutine waits for another request
+// before it ends.
+const workerIdle = time.Second
+
+// servePool runs requests in goroutines that, once done, wait a while
+// for another request, so that a steady flow of calls starts no goroutine
+// per call.
+type servePool struct {
+	h    Handler
+	work chan *channel.Request // unbuffered: a send succeeds only to an idle worker
+}
+
+func (p *servePool) serve(r *channel.Request) {
+	select {
+	case p.work <- r:
+	default:
+		go p.worker(r)
+	}
+}
+
+func (p *servePool) worker(r *channel.Request) {
+	var idle *time.Timer
+	for {
+		resp, err := p.h.ServeCall(r.Context(), &Request{Epoch: r.Epoch, From: r.From, Data: r.Data})
+		r.Reply(resp, err)
+		if idle == nil {
+			idle = time.NewTimer(workerIdle)
+		} else {
+			idle.Reset(workerIdle)
+		}
+		select {
+		case r = <-p.work:
+		case <-idle.C:
+			return
+		}
 	}
 }
 
@@ -135,12 +171,12 @@ func (e *Epoch) Receive(ctx context.Context) (Message, error) {
 	}
 	n := e.Number()
 	for {
-		msg, ok, err := m.Recv(n)
+		msg, ok, more, err := m.RecvMore(n)
 		if err != nil {
 			return Message{}, err
 		}
 		if ok {
-			if m.Waiting(n) > 0 {
+			if more > 0 {
 				e.d.signal() // another receiver may be waiting
 			}
 			return msg, nil
