@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/idc-dev/idc"
 	"github.com/idc-dev/idc/internal/bench"
 	"github.com/spf13/cobra"
 )
@@ -79,6 +80,8 @@ most 1 allocation per message).`,
 	f.StringVar(&levels, "levels", "mesh,api", "levels, comma-separated: mesh (the channel driver), api (idc.Epoch on an embedded store)")
 	f.DurationVar(&o.Duration, "duration", 250*time.Millisecond, "how long each figure is measured in a round")
 	f.IntVar(&o.Rounds, "rounds", 5, "rounds; the table shows medians")
+	f.DurationVar(&o.Heartbeat, "heartbeat", idc.DefaultHeartbeat, "the channels' heartbeat (longer on a busy machine, where a starved process may report its peer lost)")
+	f.IntVar(&o.Misses, "heartbeat-misses", idc.DefaultHeartbeatMisses, "heartbeats missed before a peer is reported lost")
 	f.BoolVar(&asJSON, "json", false, "print every round's figures as JSON")
 	return cmd
 }

@@ -78,6 +78,12 @@ type ChannelOptions struct {
 	// Rounds is how many times every figure is measured, raw and idc
 	// interleaved (default 5); the table reports medians.
 	Rounds int
+	// Heartbeat and Misses configure the channels' heartbeats (default
+	// idc.DefaultHeartbeat and idc.DefaultHeartbeatMisses). On a machine
+	// busy with other work, a longer heartbeat keeps a starved process
+	// from reporting its peer lost in the middle of a measurement.
+	Heartbeat time.Duration
+	Misses    int
 	// DataDir holds the unix sockets and the embedded store (default: a
 	// temporary directory, removed at the end).
 	DataDir string
@@ -103,6 +109,12 @@ func (o *ChannelOptions) defaults() error {
 	}
 	if o.Rounds <= 0 {
 		o.Rounds = 5
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = idc.DefaultHeartbeat
+	}
+	if o.Misses <= 0 {
+		o.Misses = idc.DefaultHeartbeatMisses
 	}
 	for _, t := range o.Transports {
 		if t != "unix" && t != "tcp" {
@@ -337,7 +349,7 @@ func newChannelEnv(ctx context.Context, dir string, o ChannelOptions) (env *chan
 		for _, level := range o.Levels {
 			switch level {
 			case LevelMesh:
-				mp, err := newMeshPair(ctx, tr, dir)
+				mp, err := newMeshPair(ctx, tr, dir, o)
 				if err != nil {
 					return nil, err
 				}
@@ -351,7 +363,7 @@ func newChannelEnv(ctx context.Context, dir string, o ChannelOptions) (env *chan
 					}
 					env.closers = append(env.closers, st.close)
 				}
-				ap, err := st.pair(ctx, tr, dir)
+				ap, err := st.pair(ctx, tr, dir, o)
 				if err != nil {
 					return nil, err
 				}
@@ -588,7 +600,7 @@ type meshPair struct {
 	a, b *meshEnd
 }
 
-func newMeshPair(ctx context.Context, tr, dir string) (*meshPair, error) {
+func newMeshPair(ctx context.Context, tr, dir string, o ChannelOptions) (*meshPair, error) {
 	quiet := slog.New(slog.DiscardHandler)
 	start := func(id string) (*meshEnd, error) {
 		x := &meshEnd{host: &benchHost{epoch: 1, connected: true}, notify: make(chan struct{}, 1)}
@@ -596,7 +608,7 @@ func newMeshPair(ctx context.Context, tr, dir string) (*meshPair, error) {
 			Group: "bench", ID: id, Incarnation: 1,
 			Network: network.OS{}, Clock: clock.System(), Logger: quiet,
 			Listen:    listenAddr(tr, filepath.Join(dir, tr+"-mesh-"+id+".sock")),
-			Heartbeat: idc.DefaultHeartbeat, Misses: idc.DefaultHeartbeatMisses,
+			Heartbeat: o.Heartbeat, Misses: o.Misses,
 			Window: idc.DefaultChannelWindow, MaxMessage: idc.DefaultMaxMessage,
 			DialTimeout: time.Second, HandshakeTimeout: time.Second, SetupTimeout: idc.DefaultChannelSetupTimeout,
 			Handler: func(r *channel.Request) { r.Reply(r.Data, nil) },
@@ -823,7 +835,7 @@ type apiPair struct {
 	ea, eb *idc.Epoch
 }
 
-func (s *apiStore) pair(ctx context.Context, tr, dir string) (p *apiPair, err error) {
+func (s *apiStore) pair(ctx context.Context, tr, dir string, o ChannelOptions) (p *apiPair, err error) {
 	quiet := slog.New(slog.DiscardHandler)
 	p = &apiPair{}
 	defer func() {
@@ -835,6 +847,7 @@ func (s *apiStore) pair(ctx context.Context, tr, dir string) (p *apiPair, err er
 		cfg := idc.DefaultConfig()
 		cfg.Group, cfg.ID, cfg.Endpoints, cfg.Logger = "bench-"+tr, id, s.emb.Endpoints, quiet
 		cfg.Listen = listenAddr(tr, filepath.Join(dir, tr+"-api-"+id+".sock"))
+		cfg.Heartbeat, cfg.HeartbeatMisses = o.Heartbeat, o.Misses
 		cfg.Handler = idc.HandlerFunc(func(_ context.Context, r *idc.Request) ([]byte, error) { return r.Data, nil })
 		return idc.Join(ctx, cfg)
 	}
