@@ -34,15 +34,15 @@ func (v *Violation) Unwrap() error { return ErrViolation }
 // Check is a guarantee checked after every step of a run. Observe reads
 // the records added to the history since its last call (each check keeps
 // its own place) and returns a descriptive error at the first violation.
-// Channels (G2) and resource guards (G5) will add checks of their own over
-// the records their nodes add.
+// Resource guards (G5) will add a check of its own over the records their
+// nodes add.
 type Check interface {
 	Name() string
 	Observe(h *History) error
 }
 
 // DefaultChecks returns fresh instances of every check.
-func DefaultChecks() []Check { return []Check{&G1{}, &G3{}, &G4{}, &G6{}} }
+func DefaultChecks() []Check { return []Check{&G1{}, &G2{}, &G3{}, &G4{}, &G6{}} }
 
 // G1 (one authority): the epoch records written to the store rise
 // strictly — each (number, state) after the one before, quiescing before
@@ -93,6 +93,53 @@ func (c *G1) Observe(h *History) error {
 			return fmt.Errorf("epoch record with unknown state: %s", fmtRecord(r))
 		}
 		c.last = r
+	}
+	return nil
+}
+
+// G2 (no stale delivery): a message or request sent in epoch e is
+// delivered only to a receiver connected in e — by the simulator's own
+// record of connects and disconnects — and at most once.
+type G2 struct {
+	seen      int
+	sent      map[uint64]Rec       // by message
+	delivered map[uint64]Rec       // by message
+	connected map[proto.Ref]uint64 // the epoch each incarnation is connected in
+}
+
+func (*G2) Name() string { return "G2" }
+
+func (c *G2) Observe(h *History) error {
+	if c.sent == nil {
+		c.sent, c.delivered, c.connected = map[uint64]Rec{}, map[uint64]Rec{}, map[proto.Ref]uint64{}
+	}
+	for _, rec := range h.New(&c.seen) {
+		switch rec.Kind {
+		case HConnect:
+			c.connected[rec.Ref] = rec.Epoch
+		case HDisconnect:
+			if c.connected[rec.Ref] == rec.Epoch {
+				delete(c.connected, rec.Ref)
+			}
+		case HFence:
+			delete(c.connected, rec.Ref)
+		case HSend:
+			c.sent[rec.Msg] = rec
+		case HDeliver:
+			s, ok := c.sent[rec.Msg]
+			d, twice := c.delivered[rec.Msg]
+			switch {
+			case !ok:
+				return fmt.Errorf("%v received message %d in epoch %d at %v: it was never sent", rec.Ref, rec.Msg, rec.Epoch, rec.At)
+			case s.Epoch != rec.Epoch:
+				return fmt.Errorf("message %d sent by %v in epoch %d at %v was delivered to %v in epoch %d at %v", rec.Msg, s.Ref, s.Epoch, s.At, rec.Ref, rec.Epoch, rec.At)
+			case c.connected[rec.Ref] != rec.Epoch:
+				return fmt.Errorf("message %d sent by %v in epoch %d at %v was delivered to %v at %v, which was not connected in that epoch (connected in %d)", rec.Msg, s.Ref, s.Epoch, s.At, rec.Ref, rec.At, c.connected[rec.Ref])
+			case twice:
+				return fmt.Errorf("message %d sent by %v in epoch %d at %v was delivered twice: to %v at %v and to %v at %v", rec.Msg, s.Ref, s.Epoch, s.At, d.Ref, d.At, rec.Ref, rec.At)
+			}
+			c.delivered[rec.Msg] = rec
+		}
 	}
 	return nil
 }

@@ -41,6 +41,8 @@ type Membership struct {
 	// ctxGate: the application gates its I/O on the epoch context's Err
 	// (as the README's Do pattern invites) rather than on Epoch.Err.
 	ctxGate bool
+	// recvPending: the application will receive messages soon (chat.go).
+	recvPending bool
 }
 
 type op struct {
@@ -52,6 +54,10 @@ type op struct {
 	endAt    time.Duration // global
 	ended    bool
 	winding  bool
+	// external: a call, which the channel driver ends (chat.go); finish,
+	// if set, ends the operation instead of Epoch.End (a handler's reply).
+	external bool
+	finish   func()
 }
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -80,7 +86,7 @@ func (d *Domain) join() {
 		Lease: cfg.memberLease(), RenewInterval: cfg.renewInterval(), OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: keys,
 		Store: storeClient{w, d.n.id}, Clock: nodeClock{w, d.n.id}, Logger: quiet,
-		OnChange: ms.changed,
+		OnChange: ms.changed, Channels: ms.channels(),
 	}, func(_ *membership.Driver, err error) {
 		d.joining = false
 		if err != nil {
@@ -115,13 +121,19 @@ func (ms *Membership) changed() {
 		return
 	default:
 	}
-	if ep := ms.drv.Current(); ep != nil && ep.Number() > ms.delivered {
+	ep := ms.drv.Current()
+	if ms.connected != 0 && (ep == nil || ep.Number() != ms.connected) {
+		w.hist.add(Rec{Kind: HDisconnect, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: ms.connected})
+		ms.connected = 0
+	}
+	if ep != nil && ep.Number() > ms.delivered {
 		ms.delivered = ep.Number()
 		w.hist.add(Rec{Kind: HConnect, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: ep.Number()})
 		w.note(ms.d.n.id, "%v connected in epoch %d", ms.ref(), ep.Number())
 		ms.connected = ep.Number()
 		e := ep.Number()
 		w.afterLocal(ms.d.n.id, w.uniform(0, 20*time.Millisecond), "app begins", int64(e), 0, func() { ms.work(e) })
+		w.afterLocal(ms.d.n.id, w.uniform(0, chatGap), "app chats", int64(e), 0, func() { ms.chat(e) })
 	}
 	// Operations whose epoch's context ended wind up.
 	ms.windUp(func(o *op) bool {

@@ -31,10 +31,18 @@ const (
 	HConnect
 	// HFence: Ref stopped (fenced or left).
 	HFence
+	// HDisconnect: Ref's membership disconnected Epoch.
+	HDisconnect
+	// HSend: Ref sent message or request Msg to a peer in Epoch.
+	HSend
+	// HDeliver: message or request Msg was delivered to Ref (received, or
+	// handed to its handler) in Epoch, the receiver's epoch of delivery.
+	HDeliver
 )
 
 var kindNames = [...]string{HEpoch: "epoch", HGrant: "grant", HKeepAlive: "keepalive", HBegin: "begin",
-	HEnd: "end", HKill: "kill", HIO: "io", HConnect: "connect", HFence: "fence"}
+	HEnd: "end", HKill: "kill", HIO: "io", HConnect: "connect", HFence: "fence",
+	HDisconnect: "disconnect", HSend: "send", HDeliver: "deliver"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && kindNames[k] != "" {
@@ -54,6 +62,7 @@ type Rec struct {
 	TTL    time.Duration
 	Epoch  uint64
 	Op     uint64
+	Msg    uint64
 	Record *proto.EpochRecord
 	Rev    int64
 	Note   string
@@ -67,6 +76,8 @@ func (r Rec) String() string {
 		fmt.Fprintf(&b, " rev=%d %s", r.Rev, fmtRecord(r.Record))
 	case HGrant, HKeepAlive:
 		fmt.Fprintf(&b, " lease=%d ttl=%v", r.Lease, r.TTL)
+	case HSend, HDeliver:
+		fmt.Fprintf(&b, " %v epoch=%d msg=%d", r.Ref, r.Epoch, r.Msg)
 	default:
 		fmt.Fprintf(&b, " %v lease=%d epoch=%d op=%d", r.Ref, r.Lease, r.Epoch, r.Op)
 	}

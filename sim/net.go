@@ -16,6 +16,17 @@ type network struct {
 	partitioned map[NodeID]time.Duration
 	slowUntil   map[NodeID]time.Duration
 	slowOut     map[NodeID]bool // the slow link is slow both ways
+	frames      frameFaults
+}
+
+// frameFaults are what a misbehaving middlebox does to channel frames
+// (netconn.go): per frame, while faults run, drop it or swap it with the
+// next (the stream breaks), deliver it twice, or replay a stale frame
+// received earlier on another connection. Half the runs have them.
+type frameFaults struct {
+	on                          bool
+	dropP, dupP, replayP, swapP float64
+	seen                        map[[2]NodeID]map[uint64][][]byte // frames received, by receiver and sender node, by sequence number
 }
 
 const (
@@ -30,6 +41,10 @@ func newNetwork(w *World) *network {
 			n.lossP = 0.05 * w.rng.Float64()
 		}
 		n.slowP = 0.08 * w.rng.Float64()
+		if w.chance(0.5) {
+			n.frames = frameFaults{on: true, dropP: 0.002 * w.rng.Float64(), dupP: 0.02 * w.rng.Float64(), replayP: 0.05 * w.rng.Float64(), swapP: 0.002 * w.rng.Float64(),
+				seen: map[[2]NodeID]map[uint64][][]byte{}}
+		}
 	}
 	return n
 }

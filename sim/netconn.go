@@ -1,11 +1,13 @@
 package sim
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"time"
 
 	netw "github.com/idc-dev/idc/network"
+	"github.com/idc-dev/idc/wire"
 )
 
 // nodeNet is the simulated network as a netw.Network for one node:
@@ -114,6 +116,7 @@ type simConn struct {
 	recv    func([]byte, error)
 	inbox   []inFrame // arrived before Receive was called
 	ended   bool      // the end-of-stream callback ran
+	held    []byte    // a frame the middlebox delivers after the next one
 }
 
 type inFrame struct {
@@ -169,7 +172,55 @@ func (c *simConn) Send(frame []byte, done func(error)) {
 		}
 	})
 	peer := c.peer
-	w.after(peer.node, c.arrival()-w.now, "frame", int64(len(b)), 0, func() { peer.deliver(inFrame{b: b}) })
+	w.after(peer.node, c.arrival()-w.now, "frame", int64(len(b)), 0, func() { peer.arrive(b) })
+}
+
+// arrive takes a frame arriving at c. While faults run, a middlebox may
+// drop it, deliver it twice, deliver it after the next one, or slip in before it a stale frame with the
+// same sequence number that c's node received from the same peer node on
+// an earlier connection (an earlier epoch, or an earlier incarnation of
+// either): the channel must notice the broken stream, and drop the
+// duplicate and the stale frame. (Frames of another peer passed off as
+// this one's are forgeries, which only byzantine mode's signatures stop.)
+func (c *simConn) arrive(b []byte) {
+	w := c.w
+	ff := &w.net.frames
+	if !w.faulty() || !ff.on || len(b) < wire.HeaderSize {
+		c.deliver(inFrame{b: b})
+		return
+	}
+	seq := binary.BigEndian.Uint64(b[16:24])
+	pair := [2]NodeID{c.node, c.peer.node}
+	seen := ff.seen[pair]
+	if seen == nil {
+		seen = map[uint64][][]byte{}
+		ff.seen[pair] = seen
+	}
+	if olds := seen[seq]; seq > 0 && len(olds) > 0 && w.chance(ff.replayP) {
+		w.faults.FrameReplays++
+		c.deliver(inFrame{b: olds[w.rng.IntN(len(olds))]})
+	}
+	if seq > 0 && seq <= 256 && len(seen[seq]) < 4 {
+		seen[seq] = append(seen[seq], b)
+	}
+	switch r := w.rng.Float64(); {
+	case c.held != nil:
+		held := c.held
+		c.held = nil
+		c.deliver(inFrame{b: b})
+		c.deliver(inFrame{b: held})
+	case r < ff.dropP:
+		w.faults.FrameDrops++
+	case r < ff.dropP+ff.dupP:
+		w.faults.FrameDups++
+		c.deliver(inFrame{b: b})
+		c.deliver(inFrame{b: b})
+	case r < ff.dropP+ff.dupP+ff.swapP && seq > 0:
+		w.faults.FrameSwaps++
+		c.held = b // delivered after the next one
+	default:
+		c.deliver(inFrame{b: b})
+	}
 }
 
 // deliver hands an arriving frame (or the end of the stream) to the

@@ -80,6 +80,13 @@ type Config struct {
 	// 1 min hold a domain back for 3 s, shorter than the real default of
 	// 15 s so that runs stay short; the L1 bound includes the hold).
 	Damping coordinator.Damping
+	// Heartbeat and Misses are the channels' heartbeat interval and the
+	// misses after which a silent peer is reported (default 200 ms and 3);
+	// SetupTimeout how long a channel may take to open before its peer is
+	// reported (default 2 s).
+	Heartbeat    time.Duration
+	Misses       int
+	SetupTimeout time.Duration
 	// RejoinDelay is the longest a fenced or departed domain waits before it
 	// joins again with a new incarnation (default 1 s).
 	RejoinDelay time.Duration
@@ -122,6 +129,11 @@ func (c Config) WithDefaults() Config {
 	def(&c.WatchCheck, time.Second)
 	def(&c.ElectionTTL, 2*time.Second)
 	def(&c.RejoinDelay, time.Second)
+	def(&c.Heartbeat, 200*time.Millisecond)
+	def(&c.SetupTimeout, 2*time.Second)
+	if c.Misses == 0 {
+		c.Misses = 3
+	}
 	def(&c.Damping.Hold, 3*time.Second)
 	def(&c.MaxDelay, c.TTL*2/5)
 	if c.TraceLen == 0 {
@@ -147,7 +159,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: mode %q (want lease, fence or both)", ErrConfig, c.Mode)
 	case c.Duration < 0 || c.Quiet < 0:
 		return fmt.Errorf("%w: negative duration", ErrConfig)
-	case c.MaxDelay <= 0 || c.OpTimeout <= 0 || c.RejoinDelay <= 0:
+	case c.MaxDelay <= 0 || c.OpTimeout <= 0 || c.RejoinDelay <= 0 || c.Heartbeat <= 0 || c.SetupTimeout <= 0 || c.Misses < 1:
 		return fmt.Errorf("%w: delays and timeouts must be positive", ErrConfig)
 	case c.TraceLen < 0:
 		return fmt.Errorf("%w: negative trace length", ErrConfig)
@@ -185,7 +197,8 @@ func (c Config) coordConfig() coordinator.Config {
 // the time to notice a hung watch (2·WatchCheck, by a slow clock) +
 // the rejoin delay + the slowest message still
 // in flight + a store request timeout and the drivers' longest retry backoff
-// (1 s) + a few store round trips.
+// (1 s) + a few store round trips + a channel that could not open or went
+// silent at the end of the faults (setup timeout, heartbeat misses).
 func (c Config) Bound() time.Duration {
 	wait := lease.Config{TTL: c.TTL, Rho: c.Rho, Margin: c.CoordinatorMargin}.Wait()
 	wait = time.Duration(float64(wait) / (1 - c.Rho))
@@ -198,7 +211,8 @@ func (c Config) Bound() time.Duration {
 	if c.Election > 0 {
 		election = c.ElectionTTL + c.WatchCheck + c.OpTimeout
 	}
-	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + election + time.Second + 200*time.Millisecond
+	channels := max(c.SetupTimeout, c.Heartbeat*time.Duration(c.Misses+1))
+	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + election + channels + time.Second + 200*time.Millisecond
 }
 
 // maxSteps bounds a run: a driver that loops without time passing (a
@@ -216,12 +230,14 @@ var keys = proto.Keys{}
 type Faults struct {
 	Pauses, Partitions, SlowLinks, Crashes, EarlyRevocations, CoordinatorCrashes, FaultReports, Leaves int
 	HungWatches, NoLeader, Compactions, Suspends                                                       int
+	// Frame faults of the channels' middlebox (netconn.go).
+	FrameDrops, FrameDups, FrameReplays, FrameSwaps int
 }
 
 // Total is the number of faults injected.
 func (f Faults) Total() int {
 	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves +
-		f.HungWatches + f.NoLeader + f.Compactions + f.Suspends
+		f.HungWatches + f.NoLeader + f.Compactions + f.Suspends + f.FrameDrops + f.FrameDups + f.FrameReplays + f.FrameSwaps
 }
 
 // Result summarises a run.
@@ -234,7 +250,10 @@ type Result struct {
 	Epochs int
 	// IOs counts the I/Os done and Refused those the machine refused.
 	IOs, Refused int
-	Faults       Faults
+	// Sent counts the messages and requests sent over channels, Delivered
+	// those delivered (the rest were dropped: their epoch ended first).
+	Sent, Delivered int
+	Faults          Faults
 	// Simulated is the simulated time the run covered.
 	Simulated time.Duration
 	// TraceHash hashes every step of the run: same seed, same hash.
@@ -255,7 +274,7 @@ func Run(cfg Config) (Result, error) {
 	w.run()
 	res := Result{
 		Seed: cfg.Seed, Coordinators: w.cfg.Coordinators, Steps: w.steps, Epochs: w.epochs,
-		IOs: w.ios, Refused: w.refused, Faults: w.faults, Simulated: w.now,
+		IOs: w.ios, Refused: w.refused, Sent: w.sent, Delivered: w.delivered, Faults: w.faults, Simulated: w.now,
 		TraceHash: w.trace.hash, Violation: w.violation,
 	}
 	if w.violation != nil {
@@ -304,6 +323,7 @@ type World struct {
 	nextID    uint64 // ops, watches, incarnations
 
 	steps, epochs, ios, refused int
+	sent, delivered             int
 	faults                      Faults
 	violation                   error
 }

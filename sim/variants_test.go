@@ -32,6 +32,7 @@ var variants = []variant{
 	{mutation.FenceNothing, func(s int64) Config { return Config{Seed: s, Mode: "fence"} }, []string{"G4", "G6"}},
 	{mutation.KeepLeaveMarkers, seedOnly, []string{"bounded"}},
 	{mutation.MonotonicClock, seedOnly, []string{"G6", "G4"}},
+	{mutation.NoFrameEpochCheck, seedOnly, []string{"G2"}},
 }
 
 // TestBrokenVariantsAreCaught shows the checks can fail: each broken

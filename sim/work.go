@@ -92,14 +92,19 @@ func (ms *Membership) end(o *op) {
 	o.ended = true
 	ms.d.ops = slices.DeleteFunc(ms.d.ops, func(x *op) bool { return x == o })
 	w.hist.add(Rec{Kind: HEnd, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: o.epoch, Op: o.id})
-	o.ep.End()
+	switch {
+	case o.finish != nil:
+		o.finish()
+	case !o.external:
+		o.ep.End()
+	}
 }
 
 // windUp schedules the end of ms's well-behaved operations that match.
 func (ms *Membership) windUp(match func(*op) bool) {
 	w := ms.d.w
 	for _, o := range ms.d.ops {
-		if o.ms == ms && !o.careless && !o.ended && !o.winding && match(o) {
+		if o.ms == ms && !o.careless && !o.external && !o.ended && !o.winding && match(o) {
 			o.winding = true
 			w.afterLocal(ms.d.n.id, w.uniform(0, windUp), "op winds up", int64(o.id), 0, func() { ms.end(o) })
 		}

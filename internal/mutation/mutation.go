@@ -45,13 +45,17 @@ const (
 	// MonotonicClock: the lease clock stops while the host is suspended,
 	// as Go's CLOCK_MONOTONIC does (breaks G6 after a suspend).
 	MonotonicClock
+	// NoFrameEpochCheck: a channel's receiver does not check the epoch in
+	// a frame's header, trusting that a connection belongs to one epoch
+	// (breaks G2 when a stale frame reaches a newer connection).
+	NoFrameEpochCheck
 )
 
 var names = map[Kind]string{
 	ConnectEarly: "connect-early", TrustStoreExpiry: "trust-store-expiry", NoCAS: "no-CAS",
 	ValidityFromReceipt: "validity-from-receipt", CleanupInCAS: "cleanup-in-CAS", NoWatchdog: "no-watchdog",
 	ContextNotGate: "context-not-gate", FenceNothing: "fence-nothing", KeepLeaveMarkers: "keep-leave-markers",
-	MonotonicClock: "monotonic-clock",
+	MonotonicClock: "monotonic-clock", NoFrameEpochCheck: "no-frame-epoch-check",
 }
 
 func (k Kind) String() string {
@@ -64,7 +68,7 @@ func (k Kind) String() string {
 // Kinds returns every broken variant.
 func Kinds() []Kind {
 	out := make([]Kind, 0, len(names))
-	for k := ConnectEarly; k <= MonotonicClock; k++ {
+	for k := ConnectEarly; k <= NoFrameEpochCheck; k++ {
 		out = append(out, k)
 	}
 	return out
