@@ -38,6 +38,9 @@ func (ms *Membership) channels() *channel.Config {
 
 func msgBytes(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id) }
 
+// respID names the response to message id in the history.
+func respID(id uint64) uint64 { return id | 1<<63 }
+
 func msgID(b []byte) uint64 {
 	if len(b) != 8 {
 		return 0
@@ -79,8 +82,13 @@ func (ms *Membership) chat(e uint64) {
 	ms.d.ops = append(ms.d.ops, o)
 	w.hist.add(Rec{Kind: HBegin, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: e, Op: o.id})
 	mesh.Call(e, peer, msgBytes(id), &channel.Op{Done: func(c *channel.Op) {
-		if c.Err == nil && msgID(c.Resp) != id {
-			w.fail("sim", fmt.Sprintf("%v's call %d to %s was answered with %x", ms.ref(), id, peer, c.Resp))
+		if c.Err == nil {
+			// The response is a message too: delivered to the caller.
+			w.delivered++
+			w.hist.add(Rec{Kind: HDeliver, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: e, Msg: respID(msgID(c.Resp))})
+			if got := msgID(c.Resp); got != id {
+				w.fail("G2", fmt.Sprintf("%v's call %d to %s in epoch %d was answered with the response to message %d", ms.ref(), id, peer, e, got))
+			}
 		}
 		ms.end(o)
 	}})
@@ -127,7 +135,12 @@ func (ms *Membership) serve(r *channel.Request) {
 		w.fail("sim", fmt.Sprintf("driver bug: %v's handler called in epoch %d, the membership's last is %v", ms.ref(), r.Epoch, ep))
 		return
 	}
-	o := &op{id: w.id(), ms: ms, ep: ep, epoch: r.Epoch, finish: func() { r.Reply(r.Data, nil) }}
+	id := msgID(r.Data)
+	o := &op{id: w.id(), ms: ms, ep: ep, epoch: r.Epoch, finish: func() {
+		w.sent++
+		w.hist.add(Rec{Kind: HSend, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: r.Epoch, Msg: respID(id)})
+		r.Reply(msgBytes(id), nil)
+	}}
 	dur := w.uniform(serveMin, serveMax)
 	if w.faulty() && w.chance(carelessP) {
 		o.careless = true
