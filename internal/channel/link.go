@@ -2,6 +2,7 @@ package channel
 
 import (
 	"errors"
+	"slices"
 	"fmt"
 	"io"
 	"time"
@@ -572,9 +573,18 @@ func (l *link) close(code wire.CloseCode, err error) {
 	for l.waiting.len() > 0 {
 		m.finish(l.waiting.pop(), err)
 	}
-	for id, op := range l.calls {
-		delete(l.calls, id)
-		m.finish(op, err)
+	if len(l.calls) > 0 {
+		// In the order they were made: the simulator replays a run
+		// from its seed, which a map's order would not allow.
+		ids := make([]uint64, 0, len(l.calls))
+		for id := range l.calls {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		for _, id := range ids {
+			m.finish(l.calls[id], err)
+			delete(l.calls, id)
+		}
 	}
 	for l.queued.len() > 0 {
 		l.queued.pop()
