@@ -2,9 +2,9 @@ package channel
 
 import (
 	"errors"
-	"slices"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/idc-dev/idc/network"
