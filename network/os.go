@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -106,6 +107,9 @@ type osConn struct {
 	closed chan struct{}
 	recv   sync.Once
 	wake   chan struct{} // the writer has work (capacity 1)
+	// corked: SendNow wrote a frame at once and no frame was received
+	// since; SendNow then leaves frames to the writer goroutine.
+	corked atomic.Bool
 
 	mu       sync.Mutex
 	isClosed bool
@@ -256,7 +260,21 @@ func (c *osConn) writer() {
 }
 
 // Send implements Conn.
-func (c *osConn) Send(frame []byte, done func(error)) {
+func (c *osConn) Send(frame []byte, done func(error)) { c.send(frame, done, false) }
+
+// SendNow is Send, except that a frame written at once is reported by
+// returning true, and done is then not called: frame may be reused at
+// once. The channel driver uses it, when a connection has it, to spare
+// the writer goroutine a callback per frame.
+//
+// A frame is written at once if the connection is idle, the socket takes
+// all of it in one non-blocking write, and a frame was received since the
+// last frame SendNow wrote so: requests and their answers go out at once,
+// while a stream in one direction goes through the writer goroutine,
+// which writes what has gathered in one system call.
+func (c *osConn) SendNow(frame []byte, done func(error)) bool { return c.send(frame, done, true) }
+
+func (c *osConn) send(frame []byte, done func(error), now bool) bool {
 	fail := func(err error) {
 		if done != nil {
 			go done(err)
@@ -264,24 +282,24 @@ func (c *osConn) Send(frame []byte, done func(error)) {
 	}
 	if len(frame) > MaxFrame {
 		fail(fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(frame)))
-		return
+		return false
 	}
 	c.mu.Lock()
 	switch {
 	case c.isClosed:
 		c.mu.Unlock()
 		fail(ErrClosed)
-		return
+		return false
 	case len(c.queue)+c.batch+len(c.dones) >= SendWindow:
 		c.mu.Unlock()
 		fail(ErrBusy)
-		return
+		return false
 	}
 	off := 0
 	// Written directly only if the connection is idle: while the writer
 	// has work (frames, or callbacks of frames written directly), frames
 	// join it, so that a burst is written in few system calls.
-	if !c.writing && len(c.queue) == 0 && len(c.dones) == 0 && c.raw != nil {
+	if !c.writing && len(c.queue) == 0 && len(c.dones) == 0 && c.raw != nil && !(now && c.corked.Load()) {
 		n, err := c.writeNow(frame)
 		switch {
 		case err != nil:
@@ -289,20 +307,25 @@ func (c *osConn) Send(frame []byte, done func(error)) {
 			c.dones = append(c.dones, doneCall{done, fmt.Errorf("%w: %w", ErrClosed, err)})
 			c.mu.Unlock()
 			c.Close()
-			return
+			return false
+		case n == 4+len(frame) && now:
+			c.corked.Store(true)
+			c.mu.Unlock()
+			return true
 		case n == 4+len(frame):
 			if done != nil {
 				c.dones = append(c.dones, doneCall{done: done})
 				c.signal()
 			}
 			c.mu.Unlock()
-			return
+			return false
 		}
 		off = n // the writer writes the rest
 	}
 	c.queue = append(c.queue, outFrame{b: frame, done: done, off: off})
 	c.signal()
 	c.mu.Unlock()
+	return false
 }
 
 // Receive implements Conn.
@@ -337,6 +360,9 @@ func (c *osConn) Receive(fn func([]byte, error)) {
 				if _, err := io.ReadFull(r, b); err != nil {
 					fn(nil, c.endErr(err))
 					return
+				}
+				if c.corked.Load() {
+					c.corked.Store(false)
 				}
 				fn(b, nil)
 			}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	"github.com/idc-dev/idc/network"
@@ -53,6 +52,7 @@ type link struct {
 	epoch  uint64
 	state  lstate
 	conn   network.Conn
+	now    nowSender   // conn, if it can say a frame was written at once
 	wfn    func(error) // conn's send callback
 
 	setupBy  time.Duration  // open by then, or the peer is reported
@@ -87,6 +87,7 @@ func (m *Mesh) newLink(p proto.Member, e uint64) *link {
 // are ignored. Called with m.mu held.
 func (l *link) attach(c network.Conn) func([]byte, error) {
 	l.conn = c
+	l.now, _ = c.(nowSender)
 	l.inflight = 0
 	for l.written.len() > 0 {
 		l.written.pop()
@@ -440,12 +441,27 @@ func (l *link) write(t wire.Type, arg uint64, payload []byte, epoch ...uint64) {
 	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, e, seq, arg, payload)
 	l.sent = true
 	if l.inflight < network.SendWindow && l.queued.len() == 0 {
+		if l.now != nil {
+			if l.now.SendNow(b, l.wfn) {
+				m.recycle(b) // written: no callback follows
+				return
+			}
+		} else {
+			l.conn.Send(b, l.wfn)
+		}
+		// Its callback cannot run before the lock is released.
 		l.inflight++
 		l.written.push(b)
-		l.conn.Send(b, l.wfn)
 		return
 	}
 	l.queued.push(b)
+}
+
+// nowSender is a connection that can write a frame at once: SendNow is
+// Send, except that it returns true, and calls no callback, when the frame
+// was written before it returned (network.OS's connections have it).
+type nowSender interface {
+	SendNow(frame []byte, done func(error)) bool
 }
 
 // onWritten is the send callback of the link's connection c: the oldest
@@ -573,18 +589,9 @@ func (l *link) close(code wire.CloseCode, err error) {
 	for l.waiting.len() > 0 {
 		m.finish(l.waiting.pop(), err)
 	}
-	if len(l.calls) > 0 {
-		// In the order they were made: the simulator replays a run
-		// from its seed, which a map's order would not allow.
-		ids := make([]uint64, 0, len(l.calls))
-		for id := range l.calls {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-		for _, id := range ids {
-			m.finish(l.calls[id], err)
-			delete(l.calls, id)
-		}
+	for id, op := range l.calls {
+		delete(l.calls, id)
+		m.finish(op, err)
 	}
 	for l.queued.len() > 0 {
 		l.queued.pop()
