@@ -248,10 +248,10 @@ func (o SuspicionOptions) summary(r SuspicionResult) {
 	}
 	fmt.Fprintf(o.Out, "\nsummary (answer gap and timer lateness: p50 / p99 / max of each member's longest in each second):\n")
 	tw := tabwriter.NewWriter(o.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "load\tcounted\tfalse suspicions\tper minute\tepoch changes\tcalls\tcall errors\tchannel faults\tanswer gap ms\ttimer late ms\t")
+	fmt.Fprintln(tw, "load\tcounted\tfalse suspicions\tper minute\tepoch changes\trejoins\tcalls\tcall errors\tchannel faults\tanswer gap ms\ttimer late ms\t")
 	for _, p := range r.Phases {
-		fmt.Fprintf(tw, "%d\t%v\t%d\t%.2f\t%d\t%d\t%d\t%s\t%s\t%s\t\n", p.Load, p.Elapsed.Round(time.Second), len(p.FaultReports), p.PerMinute(),
-			p.EpochChanges, p.Calls, p.CallErrors, causes(p.ChannelFaults), p.Gaps, p.Late)
+		fmt.Fprintf(tw, "%d\t%v\t%d\t%.2f\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t\n", p.Load, p.Elapsed.Round(time.Second), len(p.FaultReports), p.PerMinute(),
+			p.EpochChanges, p.Rejoins, p.Calls, p.CallErrors, causes(p.ChannelFaults), p.Gaps, p.Late)
 	}
 	tw.Flush()
 	for _, p := range r.Phases {
