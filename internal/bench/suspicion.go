@@ -466,7 +466,7 @@ func (p *phase) result(out SuspicionPhase) SuspicionPhase {
 		return out
 	}
 	out.Elapsed = p.end.Sub(p.start)
-	out.FaultReports = slices.Clone(p.faults)
+	out.FaultReports = append([]SuspicionFault{}, p.faults...) // [] in JSON, not null
 	out.EpochChanges = p.changes
 	out.ChannelFaults = map[string]int64{}
 	for _, m := range p.members {
