@@ -28,10 +28,11 @@ func newBenchChannelCmd(*globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "channel",
 		Short: "Measure channels (round trips, streams, allocations) beside raw unix and TCP sockets of the same run",
-		Long: `Sets up, for each transport, a plain socket pair, two channel drivers
-connected in one epoch (level mesh) and two memberships on an embedded store
-and coordinator (level api), then measures, for each message size, --rounds
-times with raw and idc interleaved:
+		Long: `Measures each level in turn: two channel drivers connected in one epoch
+(level mesh), then two memberships on an embedded store and coordinator
+started for this level alone (level api), each transport beside a plain
+socket pair. For each message size it measures, --rounds times, raw and idc
+interleaved (each idc figure just after the raw one):
 
   call     a request/response round trip (Call; the handler replies at once)
   message  a message round trip (a sends, b receives and sends it back)

@@ -195,9 +195,9 @@ func MedianFloat(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
-// Channels measures channels beside raw sockets: for every transport,
-// size and kind, a raw socket's figure, then idc's at each level, in every
-// round.
+// Channels measures channels beside raw sockets: level by level (the
+// API level's store is started for it alone), in every round, for every
+// transport, size and kind, a raw socket's figure and just after it idc's.
 func Channels(ctx context.Context, o ChannelOptions) ([]ChannelResult, error) {
 	if err := o.defaults(); err != nil {
 		return nil, err
@@ -212,26 +212,43 @@ func Channels(ctx context.Context, o ChannelOptions) ([]ChannelResult, error) {
 		defer os.RemoveAll(d)
 		dir = d
 	}
+	index := map[[4]string]*ChannelResult{}
+	// Each level on its own, so that the store of the API level does not
+	// run beside the channel driver's measurements.
+	for _, level := range o.Levels {
+		lo := o
+		lo.Levels = []string{level}
+		if err := channelRounds(ctx, dir, lo, index); err != nil {
+			return nil, err
+		}
+	}
+	// In the order of the options: transport, size, kind, level.
+	var out []ChannelResult
+	for _, tr := range o.Transports {
+		for _, size := range o.Sizes {
+			for _, kind := range o.Kinds {
+				for _, level := range o.Levels {
+					if r := index[[4]string{tr, fmt.Sprint(size), kind, level}]; r != nil {
+						out = append(out, *r)
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// channelRounds measures o.Levels[0] in every round, each figure just
+// after the raw socket's, and adds the figures to index.
+func channelRounds(ctx context.Context, dir string, o ChannelOptions, index map[[4]string]*ChannelResult) error {
+	level := o.Levels[0]
 	env, err := newChannelEnv(ctx, dir, o)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer env.close()
-
-	var results []*ChannelResult
-	index := map[[4]string]*ChannelResult{}
-	row := func(tr string, size int, kind, level string) *ChannelResult {
-		k := [4]string{tr, fmt.Sprint(size), kind, level}
-		if r := index[k]; r != nil {
-			return r
-		}
-		r := &ChannelResult{Transport: tr, Size: size, Kind: kind, Level: level}
-		index[k] = r
-		results = append(results, r)
-		return r
-	}
 	for round := range o.Rounds {
-		o.say("round %d of %d", round+1, o.Rounds)
+		o.say("%s: round %d of %d", level, round+1, o.Rounds)
 		for _, tr := range o.Transports {
 			for _, size := range o.Sizes {
 				for _, kind := range o.Kinds {
@@ -241,27 +258,26 @@ func Channels(ctx context.Context, o ChannelOptions) ([]ChannelResult, error) {
 					}
 					raw, err := env.measure(ctx, tr, size, rawKind, "raw", o.Duration)
 					if err != nil {
-						return nil, err
+						return err
 					}
-					for _, level := range o.Levels {
-						s, err := env.measure(ctx, tr, size, kind, level, o.Duration)
-						if err != nil {
-							return nil, err
-						}
-						r := row(tr, size, kind, level)
-						r.Raw = append(r.Raw, raw.figure(kind, size))
-						r.IDC = append(r.IDC, s.figure(kind, size))
-						r.Allocs = append(r.Allocs, s.allocsPerMsg())
+					s, err := env.measure(ctx, tr, size, kind, level, o.Duration)
+					if err != nil {
+						return err
 					}
+					k := [4]string{tr, fmt.Sprint(size), kind, level}
+					r := index[k]
+					if r == nil {
+						r = &ChannelResult{Transport: tr, Size: size, Kind: kind, Level: level}
+						index[k] = r
+					}
+					r.Raw = append(r.Raw, raw.figure(kind, size))
+					r.IDC = append(r.IDC, s.figure(kind, size))
+					r.Allocs = append(r.Allocs, s.allocsPerMsg())
 				}
 			}
 		}
 	}
-	out := make([]ChannelResult, len(results))
-	for i, r := range results {
-		out[i] = *r
-	}
-	return out, nil
+	return nil
 }
 
 // sample is one timed run: ops round trips or messages.
@@ -331,8 +347,8 @@ type channelEnv struct {
 	api     map[string]*apiPair
 }
 
-func newChannelEnv(ctx context.Context, dir string, o ChannelOptions) (env *channelEnv, err error) {
-	env = &channelEnv{runners: map[string]*runner{}, raw: map[string]*rawPair{}, mesh: map[string]*meshPair{}, api: map[string]*apiPair{}}
+func newChannelEnv(ctx context.Context, dir string, o ChannelOptions) (_ *channelEnv, err error) {
+	env := &channelEnv{runners: map[string]*runner{}, raw: map[string]*rawPair{}, mesh: map[string]*meshPair{}, api: map[string]*apiPair{}}
 	defer func() {
 		if err != nil {
 			env.close()
@@ -857,6 +873,12 @@ func (s *apiStore) pair(ctx context.Context, tr, dir string, o ChannelOptions) (
 	if p.b, err = join("b"); err != nil {
 		return p, err
 	}
+	return p, p.connect(ctx)
+}
+
+// connect waits until both memberships hold the same connected epoch of
+// both, and for its channel to open.
+func (p *apiPair) connect(ctx context.Context) (err error) {
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	next := func(d *idc.Membership) (*idc.Epoch, error) {
@@ -865,25 +887,32 @@ func (s *apiStore) pair(ctx context.Context, tr, dir string, o ChannelOptions) (
 			if err != nil {
 				return nil, err
 			}
-			if len(ep.Members()) == 2 {
+			if len(ep.Members()) == 2 && ep.Context().Err() == nil {
 				return ep, nil
 			}
 		}
 	}
 	if p.ea, err = next(p.a); err != nil {
-		return p, err
+		return err
 	}
 	if p.eb, err = next(p.b); err != nil {
-		return p, err
+		return err
 	}
-	if p.ea.Number() != p.eb.Number() {
-		return p, fmt.Errorf("bench: the memberships are in epochs %d and %d", p.ea.Number(), p.eb.Number())
+	for p.ea.Number() != p.eb.Number() { // the one behind catches up
+		if p.ea.Number() < p.eb.Number() {
+			p.ea, err = next(p.a)
+		} else {
+			p.eb, err = next(p.b)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	// The first call waits for the channel to open.
 	if _, err := p.ea.Call(wctx, "b", []byte("x")); err != nil {
-		return p, fmt.Errorf("bench: the API's channel did not open: %w", err)
+		return fmt.Errorf("bench: the API's channel did not open: %w", err)
 	}
-	return p, nil
+	return nil
 }
 
 func (p *apiPair) close() {
@@ -900,13 +929,37 @@ func (p *apiPair) check(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, proto.ErrEpochEnded) {
+	if epochEnded(err) {
 		return fmt.Errorf("the epoch ended during the measurement: %w", err)
 	}
 	return err
 }
 
+// epochEnded reports whether err says the measurement's epoch ended (on a
+// machine busy with other work, a starved member may be reported or lose
+// its lease).
+func epochEnded(err error) bool {
+	return errors.Is(err, proto.ErrEpochEnded) || errors.Is(err, proto.ErrNotConnected) || errors.Is(err, proto.ErrPeerLost)
+}
+
+// runner returns the measurement; if the epoch ends during a run, the
+// run is made again in the next epoch of both (a few times at most).
 func (p *apiPair) runner(kind string, size int) func(context.Context, int) error {
+	run := p.run(kind, size)
+	return func(ctx context.Context, n int) error {
+		for try := 0; ; try++ {
+			err := run(ctx, n)
+			if err == nil || !epochEnded(err) || try == 3 {
+				return err
+			}
+			if err := p.connect(ctx); err != nil {
+				return fmt.Errorf("bench: after the epoch ended: %w", err)
+			}
+		}
+	}
+}
+
+func (p *apiPair) run(kind string, size int) func(context.Context, int) error {
 	data := make([]byte, size)
 	switch kind {
 	case KindCall:
