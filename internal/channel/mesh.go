@@ -44,6 +44,7 @@ type Mesh struct {
 	nextCall  uint64
 	free      [][]byte // frame buffers to reuse
 	freeBytes int
+	evict     int // the place in free the next buffer takes, once full
 	tick      clock.Timer
 	tickFn    func()
 	stats     Stats
@@ -361,13 +362,33 @@ func (m *Mesh) buffer(n int) []byte {
 	return make([]byte, 0, max(n, 512))
 }
 
-// recycle keeps a written frame's buffer for reuse, up to a few MiB.
+// Bounds of the frame buffers kept for reuse.
+const (
+	maxFree      = 256
+	maxFreeBytes = 4 << 20
+)
+
+// recycle keeps a written frame's buffer for reuse, up to maxFree buffers
+// and maxFreeBytes. Once that is reached, it takes the place of a buffer
+// kept earlier (each place in turn), so that what is kept follows the
+// traffic: small buffers kept from small frames do not make every large
+// frame allocate. Called with m.mu held.
 func (m *Mesh) recycle(b []byte) {
-	if m.freeBytes+cap(b) > 4<<20 || len(m.free) >= 256 {
+	if len(m.free) < maxFree && m.freeBytes+cap(b) <= maxFreeBytes {
+		m.free = append(m.free, b)
+		m.freeBytes += cap(b)
 		return
 	}
-	m.free = append(m.free, b)
-	m.freeBytes += cap(b)
+	if len(m.free) == 0 {
+		return
+	}
+	i := m.evict % len(m.free)
+	m.evict++
+	if m.freeBytes-cap(m.free[i])+cap(b) > maxFreeBytes {
+		return
+	}
+	m.freeBytes += cap(b) - cap(m.free[i])
+	m.free[i] = b
 }
 
 // queue is a FIFO that reuses its storage.
