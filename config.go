@@ -84,7 +84,11 @@ type Config struct {
 	// channel that has sent nothing for half the heartbeat sends one; a
 	// peer silent for Heartbeat·HeartbeatMisses is reported lost, so a
 	// silent peer is reported within Heartbeat·(HeartbeatMisses+½), 130 ms
-	// by default.
+	// by default (10 ms more if this process itself was starved: a late
+	// heartbeat tick is not taken for the peer's silence). On a machine
+	// whose cores are saturated, stalls of a few hundred milliseconds do
+	// happen: see docs/BENCHMARKS.md, "Channel fault detection", for
+	// the false suspicions measured and more lenient settings.
 	Heartbeat       time.Duration
 	HeartbeatMisses int
 	// ChannelWindow is how many messages and calls a peer may send before

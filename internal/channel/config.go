@@ -61,10 +61,13 @@ type Config struct {
 	// Advertise is the address peers dial, if not the listener's (a
 	// listener on 0.0.0.0, say). Optional.
 	Advertise string
-	// Heartbeat: a channel that has sent nothing for Heartbeat sends a
-	// heartbeat; one that has heard nothing for Heartbeat·Misses reports
-	// its peer. A silent peer is so reported within
-	// Heartbeat·(Misses+½).
+	// Heartbeat: every Heartbeat/2 (a tick) a channel that has sent
+	// nothing since the last tick sends a heartbeat, and one whose peer
+	// has been silent for more than Heartbeat·Misses (counted from the
+	// tick after it was last heard, less Heartbeat/2) reports it. A silent
+	// peer is so reported within Heartbeat·(Misses+½), one tick later if
+	// this process was starved (a tick more than Heartbeat/2 late
+	// suspects nobody: what came meanwhile may not have been read).
 	Heartbeat time.Duration
 	Misses    int
 	// Window is how many messages and requests a channel accepts from its

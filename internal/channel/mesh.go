@@ -47,6 +47,8 @@ type Mesh struct {
 	evict     int // the place in free the next buffer takes, once full
 	tick      clock.Timer
 	tickFn    func()
+	armedAt   time.Duration // when the tick timer was set
+	stalled   bool          // the last tick came late: nobody was suspected
 	stats     Stats
 	peerBuf   []string   // sortedPeers'
 	freeReqs  []*Request // answered, for reuse
@@ -80,6 +82,9 @@ type Stats struct {
 	Faults, Protocol uint64
 	// Opened counts channels opened.
 	Opened uint64
+	// Stalls counts heartbeat ticks that came more than Heartbeat/2 late
+	// (this process was starved), at which nobody was suspected.
+	Stalls uint64
 }
 
 // Start listens at cfg.Listen and returns the mesh; host is its
@@ -294,6 +299,7 @@ func (m *Mesh) arm() {
 	if m.tick != nil || m.stopped || len(m.links) == 0 && len(m.held) == 0 {
 		return
 	}
+	m.armedAt = m.now()
 	m.tick = m.cfg.Clock.AfterFunc(m.cfg.Heartbeat/2, m.tickFn)
 }
 
@@ -308,6 +314,19 @@ func (m *Mesh) onTick() {
 	}
 	now := m.now()
 	silent := m.cfg.Heartbeat * time.Duration(m.cfg.Misses)
+	// A tick more than Heartbeat/2 late means this process was starved
+	// (a stall, a pause, a loaded machine): what its peers sent meanwhile
+	// may not have been read yet, so nobody is suspected at this tick.
+	// The next one, Heartbeat/2 later, decides, late or not: a local
+	// stall delays the detection of a silent peer by one tick, and is not
+	// taken for the peers' silence; a process starved at every tick still
+	// suspects at every other one.
+	stalled := now-m.armedAt > m.cfg.Heartbeat && !m.stalled
+	m.stalled = stalled
+	if stalled {
+		m.met.stalls.Inc()
+		m.stats.Stalls++
+	}
 	for _, id := range m.sortedPeers() {
 		l := m.links[id]
 		switch l.state {
@@ -321,7 +340,7 @@ func (m *Mesh) onTick() {
 				l.heard = false
 				l.lastHeard = max(l.lastHeard, now-m.cfg.Heartbeat/2)
 			}
-			if now-l.lastHeard > silent {
+			if now-l.lastHeard > silent && !stalled {
 				m.met.suspect.Inc()
 				l.fail(faultSilent, fmt.Errorf("heard nothing for %v (heartbeat %v, misses %d)", (now-l.lastHeard).Round(time.Millisecond), m.cfg.Heartbeat, m.cfg.Misses), wire.CloseSuspect)
 				continue
@@ -331,7 +350,7 @@ func (m *Mesh) onTick() {
 			}
 			l.sent = false
 		case lsDialing, lsHello, lsAwait, lsRetry:
-			if now > l.setupBy {
+			if now > l.setupBy && !stalled {
 				l.fail(faultSetup, fmt.Errorf("no channel within %v (%s)", m.cfg.SetupTimeout, l.state), wire.CloseSuspect)
 			}
 		}

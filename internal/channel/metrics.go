@@ -19,6 +19,7 @@ const (
 type metrics struct {
 	opened   prometheus.Counter
 	suspect  prometheus.Counter
+	stalls   prometheus.Counter
 	protocol prometheus.Counter
 	drops    [3]prometheus.Counter
 	faults   map[string]prometheus.Counter
@@ -43,6 +44,7 @@ func buildMetrics(reg prometheus.Registerer, group, domain string) *metrics {
 	m := &metrics{
 		opened:   counter("opened_total", "Channels opened.").WithLabelValues(group, domain),
 		suspect:  counter("suspected_total", "Peers suspected after missed heartbeats.").WithLabelValues(group, domain),
+		stalls:   counter("stalled_ticks_total", "Heartbeat ticks that came more than half a heartbeat late (this process was starved); no peer is suspected at such a tick.").WithLabelValues(group, domain),
 		protocol: counter("protocol_errors_total", "Channels closed for a frame that broke the protocol.").WithLabelValues(group, domain),
 		faults:   map[string]prometheus.Counter{},
 	}
