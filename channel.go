@@ -16,16 +16,17 @@ import (
 // domains. ctx is the epoch's context; it ends at disconnect. A non-nil
 // error reaches the caller as an error wrapping ErrRemote, with its text.
 type Handler interface {
-	ServeCall(ctx context.Context, req *Request) ([]byte, error)
+	ServeCall(ctx context.Context, req Request) ([]byte, error)
 }
 
 // HandlerFunc adapts a function to a Handler.
-type HandlerFunc func(ctx context.Context, req *Request) ([]byte, error)
+type HandlerFunc func(ctx context.Context, req Request) ([]byte, error)
 
 // ServeCall calls f.
-func (f HandlerFunc) ServeCall(ctx context.Context, req *Request) ([]byte, error) { return f(ctx, req) }
+func (f HandlerFunc) ServeCall(ctx context.Context, req Request) ([]byte, error) { return f(ctx, req) }
 
-// Request is a call a peer made.
+// Request is a call a peer made, passed by value (nothing to allocate per
+// call). Data is the handler's: it may keep it.
 type Request struct {
 	// Epoch is the epoch the call was made in (the receiver's connected
 	// epoch when it was delivered).
@@ -78,7 +79,7 @@ func (p *servePool) serve(r *channel.Request) {
 func (p *servePool) worker(r *channel.Request) {
 	var idle *time.Timer
 	for {
-		resp, err := p.h.ServeCall(r.Context(), &Request{Epoch: r.Epoch, From: r.From, Data: r.Data})
+		resp, err := p.h.ServeCall(r.Context(), Request{Epoch: r.Epoch, From: r.From, Data: r.Data})
 		r.Reply(resp, err)
 		if idle == nil {
 			idle = time.NewTimer(workerIdle)

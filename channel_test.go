@@ -16,7 +16,7 @@ import (
 
 // echo answers every call with "re:" and the request; a request "fail"
 // fails.
-var echo = idc.HandlerFunc(func(ctx context.Context, req *idc.Request) ([]byte, error) {
+var echo = idc.HandlerFunc(func(ctx context.Context, req idc.Request) ([]byte, error) {
 	if string(req.Data) == "fail" {
 		return nil, errors.New("asked to fail")
 	}
@@ -105,7 +105,7 @@ func TestG3_HandlerHoldsConnect(t *testing.T) {
 	e.coordinator(coordinator.Config{QuiesceTimeout: time.Minute})
 	started, release := make(chan struct{}), make(chan struct{})
 	ctxEnded := make(chan struct{})
-	slow := idc.HandlerFunc(func(ctx context.Context, req *idc.Request) ([]byte, error) {
+	slow := idc.HandlerFunc(func(ctx context.Context, req idc.Request) ([]byte, error) {
 		close(started)
 		<-ctx.Done()
 		close(ctxEnded)

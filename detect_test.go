@@ -32,7 +32,7 @@ func detectChild(endpoint string) int {
 	defer cancel()
 	cfg := testConfig("p", nil)
 	cfg.Endpoints = []string{endpoint}
-	cfg.Handler = idc.HandlerFunc(func(_ context.Context, req *idc.Request) ([]byte, error) { return req.Data, nil })
+	cfg.Handler = idc.HandlerFunc(func(_ context.Context, req idc.Request) ([]byte, error) { return req.Data, nil })
 	d, err := idc.Join(ctx, cfg)
 	if err != nil {
 		fmt.Println("stopped", err)

@@ -867,7 +867,7 @@ func (s *apiStore) pair(ctx context.Context, tr, dir string, o ChannelOptions) (
 		cfg.Group, cfg.ID, cfg.Endpoints, cfg.Logger = "bench-"+tr, id, s.emb.Endpoints, quiet
 		cfg.Listen = listenAddr(tr, filepath.Join(dir, tr+"-api-"+id+".sock"))
 		cfg.Heartbeat, cfg.HeartbeatMisses = o.Heartbeat, o.Misses
-		cfg.Handler = idc.HandlerFunc(func(_ context.Context, r *idc.Request) ([]byte, error) { return r.Data, nil })
+		cfg.Handler = idc.HandlerFunc(func(_ context.Context, r idc.Request) ([]byte, error) { return r.Data, nil })
 		return idc.Join(ctx, cfg)
 	}
 	if p.a, err = join("a"); err != nil {

@@ -767,7 +767,7 @@ func runMember(ctx context.Context, o ChildOptions, stdout, stderr io.Writer) er
 	defer bg.Wait()
 	bg.Go(func() { s.probe(ctx, o.Heartbeat/2) })
 	bg.Go(func() { s.reports(ctx, stdout) })
-	echo := idc.HandlerFunc(func(_ context.Context, req *idc.Request) ([]byte, error) { return req.Data, nil })
+	echo := idc.HandlerFunc(func(_ context.Context, req idc.Request) ([]byte, error) { return req.Data, nil })
 	for ctx.Err() == nil {
 		cfg := idc.DefaultConfig()
 		cfg.Group, cfg.ID, cfg.Endpoints = suspicionGroup, o.ID, []string{o.Endpoint}
