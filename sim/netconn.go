@@ -223,6 +223,22 @@ func (c *simConn) arrive(b []byte) {
 	}
 }
 
+// SendNow is Send, except that, as network.OS's connections do, it may
+// write the frame at once: then it returns true and done is not called.
+// Here it does so, when nothing waits to be written, half the time (the
+// seed decides), so that the channel driver's two paths both run.
+func (c *simConn) SendNow(frame []byte, done func(error)) bool {
+	w := c.w
+	if c.closed || c.waiting > 0 || len(frame) > netw.MaxFrame || !w.chance(0.5) {
+		c.Send(frame, done)
+		return false
+	}
+	b := append([]byte(nil), frame...)
+	peer := c.peer
+	w.after(peer.node, c.arrival()-w.now, "frame", int64(len(b)), 0, func() { peer.arrive(b) })
+	return true
+}
+
 // deliver hands an arriving frame (or the end of the stream) to the
 // receiver, or keeps it until Receive is called.
 func (c *simConn) deliver(f inFrame) {
