@@ -377,6 +377,7 @@ func (s *soak) runSlot(ctx context.Context, i int, cli *clientv3.Client, rng *ra
 	for ctx.Err() == nil {
 		cfg := idc.DefaultConfig()
 		cfg.Group, cfg.ID, cfg.Client, cfg.Logger = soakGroup, id, cli, s.log
+		cfg.Listen = "" // the store under churn, as measured before channels existed
 		m, err := idc.Join(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
