@@ -141,16 +141,5 @@ func (ms *Membership) serve(r *channel.Request) {
 		w.hist.add(Rec{Kind: HSend, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: r.Epoch, Msg: respID(id)})
 		r.Reply(msgBytes(id), nil)
 	}}
-	dur := w.uniform(serveMin, serveMax)
-	if w.faulty() && w.chance(carelessP) {
-		o.careless = true
-		dur = w.uniform(dur, w.cfg.QuiesceTimeout*3/2)
-	}
-	o.endAt = w.now + ms.d.n.clock.globalDelay(dur)
-	if o.careless && o.endAt > w.cfg.Duration {
-		o.endAt = max(w.cfg.Duration, w.now)
-	}
-	ms.d.ops = append(ms.d.ops, o)
-	w.hist.add(Rec{Kind: HBegin, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: r.Epoch, Op: o.id})
-	w.after(ms.d.n.id, o.endAt-w.now, "handler replies", int64(o.id), 0, func() { ms.end(o) })
+	ms.run(o, serveMin, serveMax, "handler replies")
 }

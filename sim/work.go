@@ -37,7 +37,17 @@ func (ms *Membership) work(e uint64) {
 		return
 	}
 	o := &op{id: w.id(), ms: ms, ep: ep, epoch: e}
-	dur := w.uniform(opMin, opMax)
+	ms.run(o, opMin, opMax, "op ends")
+	w.afterLocal(ms.d.n.id, w.uniform(0, ioGap), "io", int64(o.id), 0, func() { ms.io(o) })
+	w.afterLocal(ms.d.n.id, w.uniform(opGapMin, opGap), "app begins", int64(e), 0, func() { ms.work(e) })
+}
+
+// run records operation o as begun and schedules its end after a
+// duration drawn in [lo, hi] — or, for a careless one (only while faults
+// run), up to 1.5 quiesce deadlines, ignoring its epoch's end.
+func (ms *Membership) run(o *op, lo, hi time.Duration, what string) {
+	w := ms.d.w
+	dur := w.uniform(lo, hi)
 	if w.faulty() && w.chance(carelessP) {
 		o.careless = true
 		dur = w.uniform(dur, w.cfg.QuiesceTimeout*3/2)
@@ -47,10 +57,8 @@ func (ms *Membership) work(e uint64) {
 		o.endAt = max(w.cfg.Duration, w.now)
 	}
 	ms.d.ops = append(ms.d.ops, o)
-	w.hist.add(Rec{Kind: HBegin, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: e, Op: o.id})
-	w.after(ms.d.n.id, o.endAt-w.now, "op ends", int64(o.id), 0, func() { ms.end(o) })
-	w.afterLocal(ms.d.n.id, w.uniform(0, ioGap), "io", int64(o.id), 0, func() { ms.io(o) })
-	w.afterLocal(ms.d.n.id, w.uniform(opGapMin, opGap), "app begins", int64(e), 0, func() { ms.work(e) })
+	w.hist.add(Rec{Kind: HBegin, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: o.epoch, Op: o.id})
+	w.after(ms.d.n.id, o.endAt-w.now, what, int64(o.id), 0, func() { ms.end(o) })
 }
 
 // io is one I/O of operation o, done only if the gate allows it.
