@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc"
-	"github.com/idc-dev/idc/coordinator"
 	"github.com/idc-dev/idc/inspect"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
@@ -263,20 +262,7 @@ func Soak(ctx context.Context, o SoakOptions) (SoakResult, error) {
 	}
 	bg.Go(func() { _ = store.Maintain(run, mcfg) })
 
-	ccfg := coordinator.DefaultConfig()
-	ccfg.Client, ccfg.Logger = s.cli, s.log
-	bg.Go(func() {
-		if err := coordinator.Run(run, ccfg); run.Err() == nil {
-			stop(fmt.Errorf("bench: coordinator stopped: %w", err))
-		}
-	})
-	bg.Go(func() {
-		select {
-		case err := <-e.Err():
-			stop(fmt.Errorf("bench: store failed: %w", err))
-		case <-run.Done():
-		}
-	})
+	coordinate(run, stop, &bg, e, s.cli, s.log)
 
 	s.printf("soak: %d members in group %q for %v, a churn action every %v on average, figures every %v, seed %d\n",
 		o.Members, soakGroup, o.Duration, o.Churn, o.Every, o.Seed)

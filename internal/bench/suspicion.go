@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc"
-	"github.com/idc-dev/idc/coordinator"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -338,20 +337,7 @@ func suspicionPhase(ctx context.Context, o SuspicionOptions, load int) (Suspicio
 		stop(nil)
 		bg.Wait()
 	}()
-	ccfg := coordinator.DefaultConfig()
-	ccfg.Client, ccfg.Logger = cli, o.Logger
-	bg.Go(func() {
-		if err := coordinator.Run(run, ccfg); run.Err() == nil {
-			stop(fmt.Errorf("bench: coordinator stopped: %w", err))
-		}
-	})
-	bg.Go(func() {
-		select {
-		case err := <-e.Err():
-			stop(fmt.Errorf("bench: store failed: %w", err))
-		case <-run.Done():
-		}
-	})
+	coordinate(run, stop, &bg, e, cli, o.Logger)
 	watching := make(chan struct{})
 	bg.Go(func() { p.watch(run, cli, watching) })
 	<-watching
