@@ -12,13 +12,34 @@
 //	4      4    Length   (payload length in bytes)
 //	8      8    Epoch
 //	16     8    Seq      (per connection direction; the first frame after the handshake is 1; handshake frames carry 0)
-//	24     8    Arg      (call ID for Request, Response and Error; credits for Credit; a CloseCode for Close; a RefuseCode for Refuse; 0 otherwise)
+//	24     8    Arg      (call ID for Request, Response and Error; ping ID for Ping and Pong; credits for Credit; a CloseCode for Close; a RefuseCode for Refuse; 0 otherwise)
 //
 // A connection opens with a handshake: the dialer sends Hello, whose payload
 // is a Handshake naming the group, the epoch and both ends (ID and
 // incarnation); the acceptor answers Welcome (a Handshake naming itself as
 // From) or Refuse (a RefuseCode and a reason). Then either side sends
-// Message, Request, Response, Error, Credit, Heartbeat and finally Close.
+// Message, Request, Response, Error, Credit, Heartbeat, Ping, Pong and
+// finally Close.
+//
+// The types and their numbers (the Type byte):
+//
+//	type       number  Arg              payload
+//	Hello      1       0                a Handshake
+//	Welcome    2       0                a Handshake
+//	Refuse     3       a RefuseCode     a reason text
+//	Message    4       0                the message
+//	Request    5       call ID (> 0)    the request
+//	Response   6       call ID (> 0)    the response
+//	Error      7       call ID (> 0)    the handler's error text
+//	Credit     8       credits (> 0)    none
+//	Heartbeat  9       0                none
+//	Close      10      a CloseCode      a reason text
+//	Ping       11      ping ID (> 0)    none
+//	Pong       12      ping ID (> 0)    none
+//
+// Ping asks the peer's channel driver itself to answer at once with Pong
+// (it is not handed to the application, and needs no credit): a
+// round-trip probe of the channel.
 //
 // The format is idc's own rather than a general stream multiplexer such as
 // yamux or smux: a channel is one connection between two domains in one
@@ -102,6 +123,12 @@ const (
 	// Close closes the channel in order. Arg: a CloseCode; payload: a
 	// reason text.
 	Close
+	// Ping asks the receiver's channel driver to answer with Pong at once
+	// (not through the application; it takes no credit). Arg: a nonzero
+	// ping ID; no payload.
+	Ping
+	// Pong answers a Ping. Arg: the ping's ID; no payload.
+	Pong
 )
 
 var typeNames = [...]string{
@@ -115,10 +142,12 @@ var typeNames = [...]string{
 	Credit:    "credit",
 	Heartbeat: "heartbeat",
 	Close:     "close",
+	Ping:      "ping",
+	Pong:      "pong",
 }
 
 // known reports whether t is a type of this version.
-func (t Type) known() bool { return t >= Hello && t <= Close }
+func (t Type) known() bool { return t >= Hello && t <= Pong }
 
 // String returns the type's name ("hello", "welcome", ...), or "type(N)"
 // for an unknown type.
@@ -222,8 +251,8 @@ type Header struct {
 	// handshake frames (Hello, Welcome, Refuse) carry 0.
 	Seq uint64
 	// Arg is the type-specific argument: the call ID of Request, Response
-	// and Error, the credits of Credit, the CloseCode of Close, the
-	// RefuseCode of Refuse; 0 otherwise.
+	// and Error, the ping ID of Ping and Pong, the credits of Credit, the
+	// CloseCode of Close, the RefuseCode of Refuse; 0 otherwise.
 	Arg uint64
 }
 
@@ -268,8 +297,8 @@ func AppendFrame(dst []byte, t Type, epoch, seq, arg uint64, payload []byte) []b
 //   - Length is at most maxPayload (ErrTooLarge);
 //   - the rules of the type (ErrMalformed): Hello, Welcome and Refuse carry
 //     Seq 0, every other type Seq > 0; Request, Response and Error carry a
-//     call ID (Arg > 0); Credit carries Arg > 0 and no payload; Heartbeat
-//     carries Arg 0 and no payload.
+//     call ID (Arg > 0); Credit, Ping and Pong carry Arg > 0 and no
+//     payload; Heartbeat carries Arg 0 and no payload.
 //
 // It does not decode the payload: see ParseHandshake for Hello and Welcome.
 func Parse(frame []byte, maxPayload int) (Header, []byte, error) {
@@ -303,7 +332,7 @@ func Parse(frame []byte, maxPayload int) (Header, []byte, error) {
 		ok = h.Seq == 0
 	case Request, Response, Error:
 		ok = h.Seq > 0 && h.Arg > 0
-	case Credit:
+	case Credit, Ping, Pong:
 		ok = h.Seq > 0 && h.Arg > 0 && h.Length == 0
 	case Heartbeat:
 		ok = h.Seq > 0 && h.Arg == 0 && h.Length == 0

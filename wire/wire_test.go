@@ -29,7 +29,7 @@ func valid(t Type, n int) Header {
 		h.Seq = 0
 	}
 	switch t {
-	case Request, Response, Error, Credit:
+	case Request, Response, Error, Credit, Ping, Pong:
 		h.Arg = 42
 	case Refuse:
 		h.Arg = uint64(RefuseAhead)
@@ -71,6 +71,8 @@ func TestParse(t *testing.T) {
 		{"error", frame(valid(Error, 4), []byte("oops")), testMax, nil},
 		{"credit", frame(valid(Credit, 0), nil), testMax, nil},
 		{"heartbeat", frame(valid(Heartbeat, 0), nil), testMax, nil},
+		{"ping", frame(valid(Ping, 0), nil), testMax, nil},
+		{"pong", frame(valid(Pong, 0), nil), testMax, nil},
 		{"close", frame(valid(Close, 3), []byte("bye")), testMax, nil},
 		{"close no reason", frame(valid(Close, 0), nil), testMax, nil},
 		{"payload at max", frame(valid(Message, 16), make([]byte, 16)), 16, nil},
@@ -86,7 +88,7 @@ func TestParse(t *testing.T) {
 		{"version 255", with(Message, 1, func(h *Header) { h.Version = 255 }), testMax, ErrVersion},
 
 		{"type 0", with(Message, 1, func(h *Header) { h.Type = 0 }), testMax, ErrType},
-		{"type 11", with(Message, 1, func(h *Header) { h.Type = 11 }), testMax, ErrType},
+		{"type 13", with(Message, 1, func(h *Header) { h.Type = 13 }), testMax, ErrType},
 		{"type 255", with(Message, 1, func(h *Header) { h.Type = 255 }), testMax, ErrType},
 
 		{"flags 1", with(Message, 1, func(h *Header) { h.Flags = 1 }), testMax, ErrMalformed},
@@ -105,6 +107,10 @@ func TestParse(t *testing.T) {
 		{"heartbeat arg", with(Heartbeat, 0, func(h *Header) { h.Arg = 1 }), testMax, ErrMalformed},
 		{"credit zero", with(Credit, 0, func(h *Header) { h.Arg = 0 }), testMax, ErrMalformed},
 		{"credit payload", frame(valid(Credit, 1), []byte{0}), testMax, ErrMalformed},
+		{"ping ID 0", with(Ping, 0, func(h *Header) { h.Arg = 0 }), testMax, ErrMalformed},
+		{"ping payload", frame(valid(Ping, 1), []byte{0}), testMax, ErrMalformed},
+		{"pong ID 0", with(Pong, 0, func(h *Header) { h.Arg = 0 }), testMax, ErrMalformed},
+		{"pong payload", frame(valid(Pong, 1), []byte{0}), testMax, ErrMalformed},
 	}
 	for _, typ := range []Type{Request, Response, Error} {
 		cases = append(cases, tc{typ.String() + " call ID 0", with(typ, 1, func(h *Header) { h.Arg = 0 }), testMax, ErrMalformed})
@@ -112,7 +118,7 @@ func TestParse(t *testing.T) {
 	for _, typ := range []Type{Hello, Welcome, Refuse} {
 		cases = append(cases, tc{typ.String() + " seq 1", with(typ, 1, func(h *Header) { h.Seq = 1 }), testMax, ErrMalformed})
 	}
-	for _, typ := range []Type{Message, Request, Response, Error, Credit, Heartbeat, Close} {
+	for _, typ := range []Type{Message, Request, Response, Error, Credit, Heartbeat, Close, Ping, Pong} {
 		cases = append(cases, tc{typ.String() + " seq 0", with(typ, 0, func(h *Header) { h.Seq = 0 }), testMax, ErrMalformed})
 	}
 	seen := map[Type]bool{}
@@ -140,7 +146,7 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
-	for typ := Hello; typ <= Close; typ++ {
+	for typ := Hello; typ <= Pong; typ++ {
 		if !seen[typ] {
 			t.Errorf("no valid %v frame parsed", typ)
 		}
@@ -166,10 +172,10 @@ func TestHeaderLayout(t *testing.T) {
 
 func TestAppendFrameRoundTrip(t *testing.T) {
 	prefix := []byte("prefix")
-	for typ := Hello; typ <= Close; typ++ {
+	for typ := Hello; typ <= Pong; typ++ {
 		for _, n := range []int{0, 1, 64, 4096} {
 			h := valid(typ, n)
-			if typ == Credit || typ == Heartbeat {
+			if typ == Credit || typ == Heartbeat || typ == Ping || typ == Pong {
 				if n > 0 {
 					continue
 				}
@@ -326,7 +332,8 @@ func TestStrings(t *testing.T) {
 	for v, want := range map[interface{ String() string }]string{
 		Hello: "hello", Welcome: "welcome", Refuse: "refuse", Message: "message", Request: "request",
 		Response: "response", Error: "error", Credit: "credit", Heartbeat: "heartbeat", Close: "close",
-		Type(0): "type(0)", Type(11): "type(11)", Type(255): "type(255)",
+		Ping: "ping", Pong: "pong",
+		Type(0): "type(0)", Type(13): "type(13)", Type(255): "type(255)",
 		RefuseBehind: "behind", RefuseAhead: "ahead", RefuseNotMember: "not-member", RefuseWrongPeer: "wrong-peer",
 		RefuseVersion: "version", RefuseDuplicate: "duplicate", RefuseClosing: "closing",
 		RefuseCode(0): "refuse(0)", RefuseCode(8): "refuse(8)", RefuseCode(1<<64 - 1): "refuse(18446744073709551615)",
