@@ -160,6 +160,40 @@ func (e *Epoch) run(ctx context.Context, peer string, data []byte, call bool) ([
 	return resp, err
 }
 
+// Ping sends a ping to peer over the epoch's channel and returns the round
+// trip: the time from sending it to its answer, on the monotonic clock.
+// The peer's channel driver answers by itself, at once: not its Handler,
+// and not as an operation of the epoch there, so a ping needs no handler,
+// takes none of the peer's window and holds up nobody's quiesce. Here it
+// is an operation of the epoch until the answer, as a call is; while the
+// channel is not open yet it waits for it, and that wait counts in the
+// time. Errors are a call's: they wrap ErrEpochEnded (the epoch ended,
+// here or at the peer; ErrNotConnected while this member quiesces),
+// ErrPeerLost, ErrNoChannel, ErrNotMember or ErrFenced, or are ctx's.
+func (e *Epoch) Ping(ctx context.Context, peer string) (time.Duration, error) {
+	m, err := e.mesh()
+	if err != nil {
+		return 0, err
+	}
+	w := waiters.Get().(*waiter)
+	start := time.Now()
+	m.Ping(e.Number(), peer, &w.op)
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		m.Cancel(&w.op, ctx.Err())
+		<-w.done
+	}
+	rtt := time.Since(start)
+	err = w.op.Err
+	w.op.Resp, w.op.Err = nil, nil
+	waiters.Put(w)
+	if err != nil {
+		return 0, err
+	}
+	return rtt, nil
+}
+
 // Receive returns the next message a peer sent in this epoch, waiting
 // for one until ctx ends. A message is delivered only while this member
 // is connected in the epoch it was sent in: once the epoch has ended,

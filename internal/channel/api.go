@@ -19,13 +19,23 @@ const (
 	opDone            // completed (or about to be)
 )
 
-// Op is a send or a call in progress. The caller owns it and may reuse it
-// once Done has run; set Done before passing it.
+// opKind is what an operation does.
+type opKind uint8
+
+const (
+	opSend opKind = iota // a message
+	opCall               // a request, answered by the peer's handler
+	opPing               // a ping, answered by the peer's driver itself
+)
+
+// Op is a send, a call or a ping in progress. The caller owns it and may
+// reuse it once Done has run; set Done before passing it.
 type Op struct {
 	// Done is called once the operation completed, without locks; it may
-	// run before Send or Call returns.
+	// run before Send, Call or Ping returns.
 	Done func(*Op)
-	// Resp is a call's response (it aliases the received frame).
+	// Resp is a call's response (it aliases the received frame); nil for
+	// a send or a ping.
 	Resp []byte
 	// Err is why the operation failed, or nil: it wraps
 	// proto.ErrEpochEnded (the epoch ended, here or at the peer),
@@ -37,7 +47,7 @@ type Op struct {
 	epoch uint64
 	peer  string
 	data  []byte
-	call  bool
+	kind  opKind
 	l     *link
 	id    uint64
 	where opWhere
@@ -57,15 +67,23 @@ func (e *RemoteError) Unwrap() error { return proto.ErrRemote }
 // handed to the connection (data may then be reused). It waits, as an
 // operation of e, for the channel to open and for credit: a slow receiver
 // slows its sender.
-func (m *Mesh) Send(e uint64, peer string, data []byte, op *Op) { m.start(e, peer, data, false, op) }
+func (m *Mesh) Send(e uint64, peer string, data []byte, op *Op) { m.start(e, peer, data, opSend, op) }
 
 // Call sends the request data to peer in epoch e; op.Done runs with the
 // response, or the error, or when Cancel cancels it. The call is an
 // operation of e from now until then.
-func (m *Mesh) Call(e uint64, peer string, data []byte, op *Op) { m.start(e, peer, data, true, op) }
+func (m *Mesh) Call(e uint64, peer string, data []byte, op *Op) { m.start(e, peer, data, opCall, op) }
 
-func (m *Mesh) start(e uint64, peer string, data []byte, call bool, op *Op) {
-	op.epoch, op.peer, op.call, op.Resp, op.Err, op.l, op.where = e, peer, call, nil, nil, nil, opIdle
+// Ping pings peer in epoch e: its channel driver answers by itself, at
+// once, without a handler and without an operation of the epoch there.
+// op.Done runs with op.Err nil once the answer arrived, or with the error
+// a call would have (the epoch ended, the peer was lost, ...), or when
+// Cancel cancels it. Like a call, the ping is an operation of e here from
+// now until then, and waits for the channel to open; it takes no credit.
+func (m *Mesh) Ping(e uint64, peer string, op *Op) { m.start(e, peer, nil, opPing, op) }
+
+func (m *Mesh) start(e uint64, peer string, data []byte, kind opKind, op *Op) {
+	op.epoch, op.peer, op.kind, op.Resp, op.Err, op.l, op.where = e, peer, kind, nil, nil, nil, opIdle
 	if len(data) > m.cfg.MaxMessage {
 		op.Err = fmt.Errorf("%w: %d bytes (max %d)", proto.ErrMessageTooLarge, len(data), m.cfg.MaxMessage)
 		op.where = opDone
@@ -89,7 +107,9 @@ func (m *Mesh) start(e uint64, peer string, data []byte, call bool, op *Op) {
 		return
 	}
 	op.data, op.l = data, l
-	if l.state == lsOpen && l.credits > 0 && l.waiting.len() == 0 {
+	// A ping needs no credit, so on an open link it goes at once, ahead of
+	// what waits for credit.
+	if l.state == lsOpen && (kind == opPing || l.credits > 0 && l.waiting.len() == 0) {
 		if l.transmit(op) {
 			m.unlock()
 			m.complete(op)

@@ -9,8 +9,11 @@
 // Messages and calls are operations of their epoch on both sides: a call
 // is one at the caller until its answer or the epoch's end, a handler one
 // at the receiver until it replies, so the quiesce barrier (G3) covers work
-// in flight in other domains. Heartbeats detect a silent peer; a silent,
-// reset or misbehaving peer is reported to the membership as a fault.
+// in flight in other domains. A ping is an operation at the caller only:
+// the peer's driver answers it at once, with no handler and nothing to
+// quiesce, so it measures the channel itself. Heartbeats detect a silent
+// peer; a silent, reset or misbehaving peer is reported to the membership
+// as a fault.
 //
 // Like the member driver, the Mesh is event-driven: it reaches the network
 // and time only through network.Network and clock.Clock, runs their

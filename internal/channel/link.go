@@ -266,16 +266,27 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 			return nil, nil, true
 		}
 		return nil, m.request(l, payload, h.Arg), false
-	case wire.Response, wire.Error:
+	case wire.Response, wire.Error, wire.Pong:
 		c := l.calls[h.Arg]
 		if c == nil {
 			return // cancelled by its caller
 		}
+		if (c.kind == opPing) != (h.Type == wire.Pong) {
+			what := "call"
+			if c.kind == opPing {
+				what = "ping"
+			}
+			l.protocol(fmt.Errorf("%s answers %s %d", h.Type, what, h.Arg))
+			return
+		}
 		delete(l.calls, h.Arg)
 		c.where = opDone
-		if h.Type == wire.Response {
+		switch h.Type {
+		case wire.Response:
 			c.Resp, c.Err = payload, nil
-		} else {
+		case wire.Pong:
+			c.Err = nil
+		default:
 			c.Err = &RemoteError{Peer: l.peer.ID, Text: wire.RefuseReason(payload)}
 		}
 		return c, nil, false
@@ -287,6 +298,10 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 		l.credits += int(h.Arg)
 		l.flush()
 	case wire.Heartbeat:
+	case wire.Ping:
+		// Answered by the driver itself, at once: no handler, no
+		// operation of the epoch, no credit.
+		l.write(wire.Pong, h.Arg, nil)
 	case wire.Close:
 		code := wire.CloseCode(h.Arg)
 		m.log.Debug("channel closed by the peer", "peer", l.peer.ID, "epoch", l.epoch, "code", code, "reason", wire.RefuseReason(payload))
@@ -486,9 +501,10 @@ func (l *link) onWritten(c network.Conn, err error) {
 	m.mu.Unlock()
 }
 
-// flush sends what waits, as far as credits allow. Called with m.mu held.
+// flush sends what waits, in order, as far as credits allow (a ping
+// needs none). Called with m.mu held.
 func (l *link) flush() {
-	for l.state == lsOpen && l.credits > 0 && l.waiting.len() > 0 {
+	for l.state == lsOpen && l.waiting.len() > 0 && (l.credits > 0 || l.waiting.peek().kind == opPing) {
 		if op := l.waiting.pop(); l.transmit(op) {
 			l.m.finish(op, nil)
 		}
@@ -497,15 +513,26 @@ func (l *link) flush() {
 
 // transmit sends op's frame. A message is then complete: transmit
 // reports true, and the caller completes it once the lock is released.
-// Called with m.mu held, the link open and a credit available.
+// Called with m.mu held, the link open and, unless op is a ping, a credit
+// available.
 func (l *link) transmit(op *Op) bool {
 	m := l.m
-	l.credits--
-	if !op.call {
+	switch op.kind {
+	case opSend:
+		l.credits--
 		l.write(wire.Message, 0, op.data)
 		op.data, op.where = nil, opDone
 		return true
+	case opPing:
+		// Its answer comes from the peer's driver, which takes nothing
+		// from its window: no credit.
+		m.nextCall++
+		op.id, op.where = m.nextCall, opCalled
+		l.calls[op.id] = op
+		l.write(wire.Ping, op.id, nil)
+		return false
 	}
+	l.credits--
 	m.nextCall++
 	op.id, op.where = m.nextCall, opCalled
 	l.calls[op.id] = op
