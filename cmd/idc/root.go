@@ -37,7 +37,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	pf.DurationVar(&g.timeout, "dial-timeout", 10*time.Second, "how long to keep trying to reach the store")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.validate() }
-	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g))
+	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g), newPingCmd(g))
 	return root
 }
 
