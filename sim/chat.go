@@ -23,6 +23,7 @@ const (
 	recvDelay           = 30 * time.Millisecond
 	serveMin, serveMax  = time.Millisecond, 60 * time.Millisecond
 	callP               = 0.5
+	pingP               = 0.1
 )
 
 // channels is the membership's channel configuration.
@@ -71,6 +72,14 @@ func (ms *Membership) chat(e uint64) {
 		return
 	}
 	peer := peers[w.rng.IntN(len(peers))]
+	if w.chance(pingP) {
+		// A ping: answered by the peer's driver, an operation here only.
+		o := &op{id: w.id(), ms: ms, ep: ep, epoch: e, external: true}
+		ms.d.ops = append(ms.d.ops, o)
+		w.hist.add(Rec{Kind: HBegin, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: e, Op: o.id})
+		mesh.Ping(e, peer, &channel.Op{Done: func(*channel.Op) { ms.end(o) }})
+		return
+	}
 	id := w.id()
 	w.sent++
 	w.hist.add(Rec{Kind: HSend, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: e, Msg: id})

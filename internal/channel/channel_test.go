@@ -507,3 +507,32 @@ func TestStallIsNotSilence(t *testing.T) {
 		})
 	}
 }
+
+// TestPeerThatReadsNothing: a peer that sends pings and never reads the
+// pongs fills the socket, then the connection's window, then what waits
+// to be written; past a bound it is reported lost instead of buffered
+// for without end.
+func TestPeerThatReadsNothing(t *testing.T) {
+	b := newNode(t, testConfig(t, "b", network.OS{}, false))
+	b.host.set(1, true)
+	b.m.Connect(1, []proto.Member{{ID: "a", Incarnation: 1, Addr: "tcp://127.0.0.1:1"}, b.member()})
+	c := dialRaw(t, b.m.Addr())
+	c.Send(hello(1, b.inc), nil)
+	go func() {
+		for i := uint64(1); i <= 200000; i++ {
+			sent := make(chan error, 1)
+			c.Send(wire.AppendFrame(nil, wire.Ping, 1, i, i, nil), func(err error) { sent <- err })
+			if <-sent != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case p := <-b.host.faulted:
+		if s := b.m.Stats(); p != "a" || s.Protocol != 1 {
+			t.Fatalf("reported %s, stats %+v; want a, for breaking the protocol", p, s)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a peer that reads nothing was not reported: %+v", b.m.Stats())
+	}
+}

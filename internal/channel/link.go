@@ -470,6 +470,13 @@ func (l *link) write(t wire.Type, arg uint64, payload []byte, epoch ...uint64) {
 		return
 	}
 	l.queued.push(b)
+	// What may wait here is bounded: messages and requests by the peer's
+	// credits, answers by this side's window, the rest (heartbeats,
+	// credits, pongs) by time. A peer that reads nothing for long makes
+	// the queue pass the bound: it is lost, not buffered for.
+	if n := l.queued.len(); n > 2*m.cfg.Window+network.SendWindow && l.state == lsOpen {
+		l.protocol(fmt.Errorf("the peer reads nothing: %d frames wait to be written", n))
+	}
 }
 
 // nowSender is a connection that can write a frame at once: SendNow is
