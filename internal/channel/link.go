@@ -438,22 +438,17 @@ func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
 	}
 }
 
-// write sends a frame. Handshake frames carry sequence number 0 (and the
-// refuser's epoch, if given). Called with m.mu held.
-func (l *link) write(t wire.Type, arg uint64, payload []byte, epoch ...uint64) {
+// write sends a frame of the link's epoch. The handshake's frames (Hello,
+// Welcome) carry sequence number 0, the others the next one. Called with
+// m.mu held.
+func (l *link) write(t wire.Type, arg uint64, payload []byte) {
 	m := l.m
 	var seq uint64
-	e := l.epoch
-	switch t {
-	case wire.Hello, wire.Welcome, wire.Refuse:
-		if len(epoch) > 0 {
-			e = epoch[0]
-		}
-	default:
+	if t != wire.Hello && t != wire.Welcome {
 		l.sendSeq++
 		seq = l.sendSeq
 	}
-	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, e, seq, arg, payload)
+	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, l.epoch, seq, arg, payload)
 	l.sent = true
 	if l.inflight < network.SendWindow && l.queued.len() == 0 {
 		if l.now != nil {
