@@ -109,7 +109,7 @@ func (m *Mesh) start(e uint64, peer string, data []byte, kind opKind, op *Op) {
 	op.data, op.l = data, l
 	// A ping needs no credit, so on an open link it goes at once, ahead of
 	// what waits for credit.
-	if l.state == lsOpen && (kind == opPing || l.credits > 0 && l.waiting.len() == 0) {
+	if l.state == lsOpen && (kind == opPing || l.ch.Credits() > 0 && l.waiting.len() == 0) {
 		if l.transmit(op) {
 			m.unlock()
 			m.complete(op)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	protocol "github.com/idc-dev/idc/core/channel"
 	"github.com/idc-dev/idc/network"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/wire"
@@ -58,28 +59,23 @@ type link struct {
 	setupBy  time.Duration  // open by then, or the peer is reported
 	deadline time.Duration  // accepted and held connections: handshake by then
 	hello    wire.Handshake // held: the peer's Hello
-	backoff  time.Duration  // next redial delay
+	backoff  time.Duration  // previous redial delay
 
-	sendSeq, recvSeq uint64
-	credits          int // frames the peer will still accept
-	outstanding      int // frames received, not consumed yet
-	unreported       int // frames consumed, not granted back yet
-	waiting          queue[*Op]
-	calls            map[uint64]*Op
-	inflight         int           // frames handed to conn, not written yet
-	written          queue[[]byte] // their buffers, in order
-	queued           queue[[]byte] // frames waiting for room in conn's window
-	// lastHeard is when the peer was last heard, as noted at the ticks:
-	// reading the clock per frame would cost more than the rest of the
-	// frame's handling. heard and sent say whether a frame arrived and
-	// whether one was sent since the previous tick.
-	lastHeard   time.Duration
-	heard, sent bool
+	// ch is the channel's protocol state: sequence numbers, credits, the
+	// peer's liveness.
+	ch       protocol.Channel
+	waiting  queue[*Op]
+	calls    map[uint64]*Op
+	inflight int           // frames handed to conn, not written yet
+	written  queue[[]byte] // their buffers, in order
+	queued   queue[[]byte] // frames waiting for room in conn's window
 }
 
 func (m *Mesh) newLink(p proto.Member, e uint64) *link {
 	m.serial++
-	return &link{m: m, serial: m.serial, peer: p, epoch: e, calls: map[uint64]*Op{}}
+	l := &link{m: m, serial: m.serial, peer: p, epoch: e, calls: map[uint64]*Op{}}
+	l.ch.Init(e, m.cfg.Window, m.cfg.MaxMessage)
+	return l
 }
 
 // attach makes c the link's connection and returns the callback to
@@ -118,7 +114,6 @@ func (m *Mesh) dial(l *link) {
 		}
 		rfn := l.attach(c)
 		l.state = lsHello
-		l.lastHeard = m.now()
 		l.write(wire.Hello, 0, m.handshake(l.peer, l.epoch).Append(nil))
 		m.later(func() { c.Receive(rfn) })
 	})
@@ -219,10 +214,11 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 		switch h.Type {
 		case wire.Welcome:
 			hs, err := wire.ParseHandshake(payload)
-			want := m.handshake(l.peer, l.epoch)
-			if err != nil || hs.Group != want.Group || hs.Epoch != l.epoch || hs.FromID != want.ToID ||
-				hs.FromIncarnation != want.ToIncarnation || hs.ToID != want.FromID || hs.ToIncarnation != want.FromIncarnation {
-				l.protocol(fmt.Errorf("welcome does not answer the hello: %+v, %v", hs, err))
+			if err == nil {
+				err = protocol.Welcome(m.handshake(l.peer, l.epoch), hs)
+			}
+			if err != nil {
+				l.protocol(fmt.Errorf("bad welcome: %w", err))
 				return
 			}
 			l.open(hs, m.now())
@@ -234,49 +230,29 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 		return
 	}
 	// Open.
-	if h.Epoch != l.epoch && !noFrameEpochCheck() {
+	action, err := l.ch.Receive(h)
+	switch action {
+	case protocol.DropEpoch:
 		m.stats.DroppedEpoch++
 		m.met.dropped(dropEpoch, 1)
-		return
-	}
-	if h.Seq <= l.recvSeq {
+	case protocol.DropDuplicate:
 		m.stats.DroppedDuplicate++
 		m.met.dropped(dropDuplicate, 1)
-		return
-	}
-	if h.Seq != l.recvSeq+1 {
-		l.protocol(fmt.Errorf("frame %d after %d: frames were lost", h.Seq, l.recvSeq))
-		return
-	}
-	l.recvSeq = h.Seq
-	l.heard = true
-	switch h.Type {
-	case wire.Message, wire.Request:
-		if len(payload) > m.cfg.MaxMessage {
-			l.protocol(fmt.Errorf("%s of %d bytes, above the maximum %d", h.Type, len(payload), m.cfg.MaxMessage))
-			return
-		}
-		if l.outstanding >= m.cfg.Window {
-			l.protocol(fmt.Errorf("%s beyond the window of %d", h.Type, m.cfg.Window))
-			return
-		}
-		l.outstanding++
+	case protocol.Break:
+		l.protocol(err)
+	case protocol.Deliver:
 		if h.Type == wire.Message {
 			m.inbox.push(inMsg{l: l, data: payload})
 			return nil, nil, true
 		}
 		return nil, m.request(l, payload, h.Arg), false
-	case wire.Response, wire.Error, wire.Pong:
+	case protocol.Answer:
 		c := l.calls[h.Arg]
 		if c == nil {
 			return // cancelled by its caller
 		}
-		if (c.kind == opPing) != (h.Type == wire.Pong) {
-			what := "call"
-			if c.kind == opPing {
-				what = "ping"
-			}
-			l.protocol(fmt.Errorf("%s answers %s %d", h.Type, what, h.Arg))
+		if err := protocol.Answers(h.Type, c.kind == opPing); err != nil {
+			l.protocol(fmt.Errorf("%w (%d)", err, h.Arg))
 			return
 		}
 		delete(l.calls, h.Arg)
@@ -290,19 +266,13 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 			c.Err = &RemoteError{Peer: l.peer.ID, Text: wire.RefuseReason(payload)}
 		}
 		return c, nil, false
-	case wire.Credit:
-		if h.Arg > uint64(m.cfg.Window)*2 {
-			l.protocol(fmt.Errorf("credit of %d", h.Arg))
-			return
-		}
-		l.credits += int(h.Arg)
+	case protocol.Grant:
 		l.flush()
-	case wire.Heartbeat:
-	case wire.Ping:
+	case protocol.Pong:
 		// Answered by the driver itself, at once: no handler, no
 		// operation of the epoch, no credit.
 		l.write(wire.Pong, h.Arg, nil)
-	case wire.Close:
+	case protocol.Closed:
 		code := wire.CloseCode(h.Arg)
 		m.log.Debug("channel closed by the peer", "peer", l.peer.ID, "epoch", l.epoch, "code", code, "reason", wire.RefuseReason(payload))
 		switch code {
@@ -313,24 +283,25 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 			l.close(0, fmt.Errorf("%w: %s closed the channel of epoch %d (%s)", proto.ErrPeerLost, l.peer.ID, l.epoch, code))
 			l.state = lsLost
 		}
-	default:
-		l.protocol(fmt.Errorf("%s on an open channel", h.Type))
 	}
 	return
 }
 
+// local is where this mesh stands, for the handshake's admission.
+// Called with m.mu held.
+func (m *Mesh) local() protocol.Local {
+	return protocol.Local{Group: m.cfg.Group, ID: m.cfg.ID, Incarnation: m.cfg.Incarnation,
+		Epoch: m.epoch, Connected: m.connected, Stopping: m.stopped}
+}
+
 // hello takes an accepted connection's Hello. Called with m.mu held.
 func (m *Mesh) hello(l *link, hs wire.Handshake, hdrEpoch uint64) {
-	switch {
-	case hs.Epoch != hdrEpoch:
-		l.protocol(fmt.Errorf("hello names epoch %d in a frame of epoch %d", hs.Epoch, hdrEpoch))
-	case hs.Group != m.cfg.Group || hs.ToID != m.cfg.ID || hs.ToIncarnation != m.cfg.Incarnation:
-		m.refuse(l, wire.RefuseWrongPeer, fmt.Sprintf("this is %s/%x in group %s", m.cfg.ID, m.cfg.Incarnation, m.cfg.Group))
-	case m.stopped:
-		m.refuse(l, wire.RefuseClosing, "stopping")
-	case hs.Epoch < m.epoch || hs.Epoch == m.epoch && !m.connected:
-		m.refuse(l, wire.RefuseAhead, fmt.Sprintf("epoch %d ended", hs.Epoch))
-	case hs.Epoch > m.epoch:
+	switch a := m.local().Hello(hs, hdrEpoch); a.Verdict {
+	case protocol.Reject:
+		l.protocol(errors.New(a.Reason))
+	case protocol.Refuse:
+		m.refuse(l, a.Code, a.Reason)
+	case protocol.Hold:
 		// Not connected in that epoch yet: hold the handshake a while.
 		l.state, l.hello = lsHeld, hs
 		l.deadline = m.now() + m.cfg.HandshakeTimeout
@@ -340,28 +311,18 @@ func (m *Mesh) hello(l *link, hs wire.Handshake, hdrEpoch uint64) {
 }
 
 // bind makes an accepted connection the link of its peer in the connected
-// epoch. Called with m.mu held.
+// epoch, if the admission allows. Called with m.mu held.
 func (m *Mesh) bind(l *link, hs wire.Handshake) {
 	p, ok := m.members[hs.FromID]
-	switch {
-	case !ok || p.Incarnation != hs.FromIncarnation || hs.FromID == m.cfg.ID:
-		m.refuse(l, wire.RefuseNotMember, fmt.Sprintf("%s/%x is not a member of epoch %d", hs.FromID, hs.FromIncarnation, hs.Epoch))
-		return
-	case hs.FromID > m.cfg.ID:
-		m.refuse(l, wire.RefuseWrongPeer, fmt.Sprintf("%s dials %s, not the other way", m.cfg.ID, hs.FromID))
-		return
-	}
 	old := m.links[p.ID]
-	if old != nil && old.state != lsAwait {
-		// One connection per peer and epoch: sequence numbers start
-		// afresh on each, so a second one would let frames replayed
-		// from the first pass as new. A peer whose channel failed was
-		// reported; the next epoch opens a new one.
-		m.refuse(l, wire.RefuseDuplicate, fmt.Sprintf("the channel of epoch %d is %s", hs.Epoch, old.state))
+	a := m.local().Bind(hs, protocol.Peer{Member: ok, Incarnation: p.Incarnation, Awaiting: old == nil || old.state == lsAwait})
+	if a.Verdict != protocol.Bind {
+		m.refuse(l, a.Code, a.Reason)
 		return
 	}
 	delete(m.held, l)
 	l.peer, l.epoch = p, hs.Epoch
+	l.ch.Init(hs.Epoch, m.cfg.Window, m.cfg.MaxMessage)
 	m.links[p.ID] = l
 	if old != nil {
 		l.setupBy = old.setupBy
@@ -379,8 +340,7 @@ func (m *Mesh) bind(l *link, hs wire.Handshake) {
 func (l *link) open(hs wire.Handshake, now time.Duration) {
 	m := l.m
 	l.state = lsOpen
-	l.credits = int(hs.Window)
-	l.lastHeard = now
+	l.ch.Open(int(hs.Window), now)
 	m.stats.Opened++
 	m.met.opened.Inc()
 	m.log.Debug("channel open", "peer", l.peer.ID, "epoch", l.epoch)
@@ -416,12 +376,12 @@ func (l *link) drop(last []byte) {
 // refused takes the answer Refuse to our Hello. Called with m.mu held.
 func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
 	m := l.m
-	switch code {
-	case wire.RefuseBehind:
+	switch protocol.Refused(code) {
+	case protocol.Retry:
 		// The peer has not connected the epoch yet: dial again soon.
 		l.conn.Close()
 		l.conn, l.state = nil, lsRetry
-		l.backoff = min(max(2*l.backoff, 2*time.Millisecond), 100*time.Millisecond)
+		l.backoff = protocol.Backoff(l.backoff)
 		serial := l.serial
 		m.cfg.Clock.AfterFunc(l.backoff, func() {
 			m.mu.Lock()
@@ -430,7 +390,7 @@ func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
 				m.dial(l)
 			}
 		})
-	case wire.RefuseAhead, wire.RefuseClosing:
+	case protocol.Ended:
 		l.close(0, fmt.Errorf("%w: %s is past epoch %d of group %s (at %d: %s)", proto.ErrEpochEnded, l.peer.ID, l.epoch, m.cfg.Group, theirs, reason))
 		l.state = lsEnded
 	default:
@@ -443,13 +403,7 @@ func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
 // m.mu held.
 func (l *link) write(t wire.Type, arg uint64, payload []byte) {
 	m := l.m
-	var seq uint64
-	if t != wire.Hello && t != wire.Welcome {
-		l.sendSeq++
-		seq = l.sendSeq
-	}
-	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, l.epoch, seq, arg, payload)
-	l.sent = true
+	b := wire.AppendFrame(m.buffer(wire.HeaderSize+len(payload)), t, l.epoch, l.ch.Seq(t), arg, payload)
 	if l.inflight < network.SendWindow && l.queued.len() == 0 {
 		if l.now != nil {
 			if l.now.SendNow(b, l.wfn) {
@@ -465,11 +419,9 @@ func (l *link) write(t wire.Type, arg uint64, payload []byte) {
 		return
 	}
 	l.queued.push(b)
-	// What may wait here is bounded: messages and requests by the peer's
-	// credits, answers by this side's window, the rest (heartbeats,
-	// credits, pongs) by time. A peer that reads nothing for long makes
-	// the queue pass the bound: it is lost, not buffered for.
-	if n := l.queued.len(); n > 2*m.cfg.Window+network.SendWindow && l.state == lsOpen {
+	// What may wait here is bounded (see protocol.Channel.Overflow): a
+	// peer that reads nothing for long is lost, not buffered for.
+	if n := l.queued.len(); l.state == lsOpen && l.ch.Overflow(n, network.SendWindow) {
 		l.protocol(fmt.Errorf("the peer reads nothing: %d frames wait to be written", n))
 	}
 }
@@ -506,7 +458,7 @@ func (l *link) onWritten(c network.Conn, err error) {
 // flush sends what waits, in order, as far as credits allow (a ping
 // needs none). Called with m.mu held.
 func (l *link) flush() {
-	for l.state == lsOpen && l.waiting.len() > 0 && (l.credits > 0 || l.waiting.peek().kind == opPing) {
+	for l.state == lsOpen && l.waiting.len() > 0 && (l.ch.Credits() > 0 || l.waiting.peek().kind == opPing) {
 		if op := l.waiting.pop(); l.transmit(op) {
 			l.m.finish(op, nil)
 		}
@@ -521,7 +473,7 @@ func (l *link) transmit(op *Op) bool {
 	m := l.m
 	switch op.kind {
 	case opSend:
-		l.credits--
+		l.ch.Spend()
 		l.write(wire.Message, 0, op.data)
 		op.data, op.where = nil, opDone
 		return true
@@ -534,7 +486,7 @@ func (l *link) transmit(op *Op) bool {
 		l.write(wire.Ping, op.id, nil)
 		return false
 	}
-	l.credits--
+	l.ch.Spend()
 	m.nextCall++
 	op.id, op.where = m.nextCall, opCalled
 	l.calls[op.id] = op
@@ -546,11 +498,8 @@ func (l *link) transmit(op *Op) bool {
 // consumed returns the credit of a frame the application has taken.
 // Called with m.mu held.
 func (l *link) consumed() {
-	l.outstanding--
-	l.unreported++
-	if l.state == lsOpen && l.unreported >= max(1, l.m.cfg.Window/2) {
-		l.write(wire.Credit, uint64(l.unreported), nil)
-		l.unreported = 0
+	if n := l.ch.Consumed(); n > 0 && l.state == lsOpen {
+		l.write(wire.Credit, n, nil)
 	}
 }
 
@@ -608,8 +557,7 @@ func (l *link) close(code wire.CloseCode, err error) {
 			// the end of the stream, or it would take the end for a
 			// crash. So the connection closes once the frame is written
 			// (or could not be).
-			l.sendSeq++
-			c.Send(wire.AppendFrame(nil, wire.Close, l.epoch, l.sendSeq, uint64(code), nil), func(error) { c.Close() })
+			c.Send(wire.AppendFrame(nil, wire.Close, l.epoch, l.ch.Seq(wire.Close), uint64(code), nil), func(error) { c.Close() })
 		} else {
 			c.Close()
 		}

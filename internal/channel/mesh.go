@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc/clock"
+	protocol "github.com/idc-dev/idc/core/channel"
 	"github.com/idc-dev/idc/network"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/wire"
@@ -47,8 +48,7 @@ type Mesh struct {
 	evict     int // the place in free the next buffer takes, once full
 	tick      clock.Timer
 	tickFn    func()
-	armedAt   time.Duration // when the tick timer was set
-	stalled   bool          // the last tick came late: nobody was suspected
+	det       protocol.Detector
 	stats     Stats
 	peerBuf   []string   // sortedPeers'
 	freeReqs  []*Request // answered, for reuse
@@ -101,6 +101,7 @@ func Start(cfg Config, host Host) (*Mesh, error) {
 		links: map[string]*link{}, held: map[*link]struct{}{},
 	}
 	m.tickFn = m.onTick
+	m.det = protocol.Detector{Heartbeat: cfg.Heartbeat, Misses: cfg.Misses}
 	ln, err := cfg.Network.Listen(cfg.Listen, m.accept)
 	if err != nil {
 		return nil, fmt.Errorf("%w: channels: %w", proto.ErrConfig, err)
@@ -299,7 +300,7 @@ func (m *Mesh) arm() {
 	if m.tick != nil || m.stopped || len(m.links) == 0 && len(m.held) == 0 {
 		return
 	}
-	m.armedAt = m.now()
+	m.det.Armed(m.now())
 	m.tick = m.cfg.Clock.AfterFunc(m.cfg.Heartbeat/2, m.tickFn)
 }
 
@@ -313,16 +314,9 @@ func (m *Mesh) onTick() {
 		return
 	}
 	now := m.now()
-	silent := m.cfg.Heartbeat * time.Duration(m.cfg.Misses)
-	// A tick more than Heartbeat/2 late means this process was starved
-	// (a stall, a pause, a loaded machine): what its peers sent meanwhile
-	// may not have been read yet, so nobody is suspected at this tick.
-	// The next one, Heartbeat/2 later, decides, late or not: a local
-	// stall delays the detection of a silent peer by one tick, and is not
-	// taken for the peers' silence; a process starved at every tick still
-	// suspects at every other one.
-	stalled := now-m.armedAt > m.cfg.Heartbeat && !m.stalled
-	m.stalled = stalled
+	// A late tick (a starved process) suspects nobody: see
+	// protocol.Detector.
+	stalled := m.det.Tick(now)
 	if stalled {
 		m.met.stalls.Inc()
 		m.stats.Stalls++
@@ -331,26 +325,17 @@ func (m *Mesh) onTick() {
 		l := m.links[id]
 		switch l.state {
 		case lsOpen:
-			// A peer heard since the previous tick was heard at most
-			// Heartbeat/2 ago, unless this tick is late (a starved
-			// process): so it counts as heard then. A silent peer is
-			// still reported within Heartbeat·(Misses+½); the silence
-			// seen may exceed the true one by up to Heartbeat/2.
-			if l.heard {
-				l.heard = false
-				l.lastHeard = max(l.lastHeard, now-m.cfg.Heartbeat/2)
-			}
-			if now-l.lastHeard > silent && !stalled {
+			heartbeat, err := m.det.Check(&l.ch, now, stalled)
+			if err != nil {
 				m.met.suspect.Inc()
-				l.fail(faultSilent, fmt.Errorf("heard nothing for %v (heartbeat %v, misses %d)", (now-l.lastHeard).Round(time.Millisecond), m.cfg.Heartbeat, m.cfg.Misses), wire.CloseSuspect)
+				l.fail(faultSilent, err, wire.CloseSuspect)
 				continue
 			}
-			if !l.sent { // nothing sent since the previous tick
+			if heartbeat {
 				l.write(wire.Heartbeat, 0, nil)
 			}
-			l.sent = false
 		case lsDialing, lsHello, lsAwait, lsRetry:
-			if now > l.setupBy && !stalled {
+			if m.det.Overdue(l.setupBy, now, stalled) {
 				l.fail(faultSetup, fmt.Errorf("no channel within %v (%s)", m.cfg.SetupTimeout, l.state), wire.CloseSuspect)
 			}
 		}
