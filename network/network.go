@@ -49,12 +49,25 @@ type Conn interface {
 	// Receive starts delivering frames to fn, one at a time, in order: the
 	// next is read only after fn returned. A failed or closed connection
 	// ends with one call with a nil frame and the error (io.EOF after an
-	// orderly close by the peer).
+	// orderly close by the peer). A frame belongs to the receiver, also
+	// after fn returned: the connection never uses it again, unless the
+	// receiver hands it back through Releaser.
 	Receive(fn func(frame []byte, err error))
 	// Close closes the connection at once; frames in flight are lost.
 	Close() error
 	// Remote names the peer's address, for logs.
 	Remote() string
+}
+
+// Releaser is a Conn whose received frames may be handed back once the
+// receiver is done with them, for the connection to read later frames
+// into. Release is optional: a frame never released is garbage collected.
+// A released frame must not be used again, and must be released at most once.
+type Releaser interface {
+	// Release hands back a frame Receive delivered. Frames the
+	// connection did not take from its pool are ignored. Safe for
+	// concurrent use, also after Close.
+	Release(frame []byte)
 }
 
 // MaxFrame is the largest frame a connection carries (16 MiB), and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"net/url"
 	"sync"
@@ -99,7 +100,10 @@ func (OS) Dial(addr string, timeout time.Duration, done func(Conn, error)) {
 // goroutine. The writer goroutine also runs the done callbacks of frames
 // written directly, since done never runs within Send. Frames are read in
 // another goroutine; small ones are carved out of a shared block, so that
-// a stream of them allocates once per block rather than once per frame.
+// a stream of them allocates once per block rather than once per frame,
+// and larger ones are read into buffers from the connection's pool, which
+// the receiver may hand back (Releaser), so that a stream of them it
+// releases allocates nothing.
 type osConn struct {
 	c      net.Conn
 	raw    syscall.RawConn // nil: no direct writes
@@ -122,6 +126,8 @@ type osConn struct {
 	wn       int        // what the direct write returned: bytes,
 	werr     error      // and error
 	writeFn  func(uintptr) bool
+
+	pool framePool // buffers for frames above smallFrame
 }
 
 type outFrame struct {
@@ -144,7 +150,86 @@ const (
 	// keeps at most blockSize bytes alive.
 	blockSize  = 8 << 10
 	smallFrame = 1 << 10
+	// Frames above smallFrame are read into buffers of a size class: the
+	// powers of two from minClass to MaxFrame (classes of them). A buffer
+	// of a class takes any frame of that class.
+	minClass = 2 << 10
+	classes  = 14
+	// maxFree and maxFreeBytes bound the released buffers a connection
+	// keeps for reuse; a buffer released beyond them is left to the GC.
+	maxFree      = 64
+	maxFreeBytes = 8 << 20
 )
+
+// class is the size class of a frame of n bytes, smallFrame < n <= MaxFrame:
+// the buffer it is read into has minClass<<class(n) bytes.
+func class(n int) int { return max(bits.Len(uint(n-1))-bits.Len(minClass-1), 0) }
+
+// framePool is a connection's free list of released buffers, by size
+// class, the last released last. Its mutex is its own, apart from the
+// sender's: Receive's goroutine takes from it and Release, from any
+// goroutine, gives back. A buffer is on the list only from its release to
+// the next get of its class, so nothing is read into a frame the receiver
+// still has.
+type framePool struct {
+	mu     sync.Mutex
+	closed bool
+	free   [classes][][]byte // each of length 0 and capacity its class
+	n      int               // buffers in free,
+	bytes  int               // and their bytes
+}
+
+// get returns a buffer for a frame of n bytes, smallFrame < n <= MaxFrame:
+// of length n and capacity its size class, a released one if there is one.
+func (p *framePool) get(n int) []byte {
+	k := class(n)
+	p.mu.Lock()
+	if f := p.free[k]; len(f) > 0 {
+		b := f[len(f)-1]
+		f[len(f)-1] = nil
+		p.free[k] = f[:len(f)-1]
+		p.n--
+		p.bytes -= cap(b)
+		p.mu.Unlock()
+		return b[:n]
+	}
+	p.mu.Unlock()
+	return make([]byte, n, minClass<<k)
+}
+
+// put takes b back for reuse if its capacity is a size class, unless the
+// connection is closed, b is already on the list (released again before
+// it was reused), or the list is full (maxFree buffers or maxFreeBytes).
+func (p *framePool) put(b []byte) {
+	c := cap(b)
+	if c < minClass || c > MaxFrame || c&(c-1) != 0 {
+		return // nil, a frame carved out of a block, or not a buffer of a class
+	}
+	k := class(c)
+	b = b[:0]
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.n >= maxFree || p.bytes+c > maxFreeBytes {
+		return
+	}
+	for _, f := range p.free[k] {
+		if &f[:1][0] == &b[:1][0] {
+			return
+		}
+	}
+	p.free[k] = append(p.free[k], b)
+	p.n++
+	p.bytes += c
+}
+
+// close empties the list and makes put ignore what it is given.
+func (p *framePool) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.free = [classes][][]byte{}
+	p.n, p.bytes = 0, 0
+	p.mu.Unlock()
+}
 
 func newOSConn(c net.Conn) *osConn {
 	oc := &osConn{c: c, closed: make(chan struct{}), wake: make(chan struct{}, 1)}
@@ -328,7 +413,11 @@ func (c *osConn) send(frame []byte, done func(error), now bool) bool {
 	return false
 }
 
-// Receive implements Conn.
+// Receive implements Conn. A frame of at most smallFrame bytes is carved
+// out of a shared block (capacity its length); a larger one is read into
+// a buffer of its size class (its capacity), from the connection's pool
+// if one was released. A frame belongs to fn's caller until it is
+// released: nothing is read into a buffer that was not.
 func (c *osConn) Receive(fn func([]byte, error)) {
 	c.recv.Do(func() {
 		go func() {
@@ -355,7 +444,7 @@ func (c *osConn) Receive(fn func([]byte, error)) {
 					}
 					b, block = block[:n:n], block[n:]
 				} else {
-					b = make([]byte, n)
+					b = c.pool.get(n)
 				}
 				if _, err := io.ReadFull(r, b); err != nil {
 					fn(nil, c.endErr(err))
@@ -390,8 +479,20 @@ func (c *osConn) Close() error {
 		c.mu.Unlock()
 		close(c.closed)
 		c.c.Close()
+		c.pool.close()
 	})
 	return nil
 }
+
+// Release implements Releaser. The connection knows its buffers by their
+// capacity, a size class (a power of two from 2 KiB to MaxFrame): a
+// frame of another capacity, such as a small frame carved out of a block,
+// is ignored, as is a buffer released again before it was reused, and
+// anything released after Close. A slice that no connection's Receive
+// delivered must not be released: one of a class's capacity would be
+// taken.
+func (c *osConn) Release(frame []byte) { c.pool.put(frame) }
+
+var _ Releaser = (*osConn)(nil)
 
 func (c *osConn) Remote() string { return c.c.RemoteAddr().String() }
