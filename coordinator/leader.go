@@ -13,6 +13,7 @@ import (
 
 	"github.com/idc-dev/idc/clock"
 	core "github.com/idc-dev/idc/core/coordinator"
+	"github.com/idc-dev/idc/internal/watchdog"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 )
@@ -206,22 +207,22 @@ func (l *Leader) onWatch(gen uint64, wr store.WatchResponse) {
 	l.arm()
 }
 
-// checkWatch is the watchdog (see LeaderConfig.WatchCheck).
+// checkWatch is the watchdog (see LeaderConfig.WatchCheck and package
+// watchdog).
 func (l *Leader) checkWatch() {
 	if l.stopped {
 		return
 	}
-	switch {
-	case l.watch == nil || mutation.On(mutation.NoWatchdog):
-		// Being listed again.
-	case !l.heard:
-		l.log.Warn("watch silent; relisting")
-		l.met.relists.Inc()
-		l.hung = true
-		l.list()
-	default:
-		l.heard = false
-		l.watch.RequestProgress()
+	if l.watch != nil { // else being listed again
+		switch watchdog.Check(&l.heard) {
+		case watchdog.Hung:
+			l.log.Warn("watch silent; relisting")
+			l.met.relists.Inc()
+			l.hung = true
+			l.list()
+		case watchdog.AskProgress:
+			l.watch.RequestProgress()
+		}
 	}
 	l.check = l.clk.AfterFunc(l.cfg.WatchCheck, l.locked(l.checkWatch))
 }

@@ -1,9 +1,9 @@
 package membership
 
 import (
-	"github.com/idc-dev/idc/internal/mutation"
 	"time"
 
+	"github.com/idc-dev/idc/internal/watchdog"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
 )
@@ -97,23 +97,21 @@ func (d *Driver) rewatch(why string, err error) {
 	}))
 }
 
-// checkWatch is the watchdog: a watch that delivered nothing — no event,
-// no progress notification — since the previous check is hung; otherwise
-// it is asked for progress, which it answers by the next check.
+// checkWatch is the watchdog of the epoch watch (see Config.WatchCheck
+// and package watchdog).
 func (d *Driver) checkWatch() {
 	if d.stopped {
 		return
 	}
-	switch {
-	case d.watch == nil || mutation.On(mutation.NoWatchdog):
-		// Being replaced.
-	case !d.heard:
-		d.met.watchHung.Inc()
-		d.hung = true // watch again on a fresh stream
-		d.rewatch("epoch watch silent", store.ErrUnavailable)
-	default:
-		d.heard = false
-		d.watch.RequestProgress()
+	if d.watch != nil { // else being replaced
+		switch watchdog.Check(&d.heard) {
+		case watchdog.Hung:
+			d.met.watchHung.Inc()
+			d.hung = true // watch again on a fresh stream
+			d.rewatch("epoch watch silent", store.ErrUnavailable)
+		case watchdog.AskProgress:
+			d.watch.RequestProgress()
+		}
 	}
 	d.checkTimer = d.clk.AfterFunc(d.cfg.WatchCheck, d.locked(d.checkWatch))
 }
