@@ -38,7 +38,11 @@ type Request struct {
 }
 
 // Message is a message received from a peer: its epoch, its sender, its
-// bytes.
+// bytes. Data is the receiver's to keep; once done with it, the receiver
+// may call Release, so that a later message is read into its buffer (a
+// stream of large messages then allocates nothing). After Release neither
+// Data nor a slice of it may be used, and no copy of the message may be
+// released again.
 type Message = channel.Message
 
 // RemoteError is a call's error when the peer's handler failed; it wraps
@@ -198,7 +202,8 @@ func (e *Epoch) Ping(ctx context.Context, peer string) (time.Duration, error) {
 // for one until ctx ends. A message is delivered only while this member
 // is connected in the epoch it was sent in: once the epoch has ended,
 // Receive fails with an error wrapping ErrEpochEnded (or ErrFenced) and
-// the messages not yet received are dropped.
+// the messages not yet received are dropped. Release the message once
+// done with its Data (optional; see Message).
 func (e *Epoch) Receive(ctx context.Context) (Message, error) {
 	m, err := e.mesh()
 	if err != nil {

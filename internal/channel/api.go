@@ -184,7 +184,7 @@ func (m *Mesh) RecvMore(e uint64) (msg Message, ok bool, more int, err error) {
 	m.mu.Lock()
 	if e == m.epoch && m.connected && m.inbox.len() > 0 {
 		in := m.inbox.pop()
-		msg, ok = Message{Epoch: e, From: in.l.peer.ID, Data: in.data}, true
+		msg, ok = Message{Epoch: e, From: in.l.peer.ID, Data: in.data, frame: in.frame, rel: in.l.rel}, true
 		m.stats.Delivered++
 		in.l.consumed()
 		more = m.inbox.len()

@@ -53,8 +53,9 @@ type link struct {
 	epoch  uint64
 	state  lstate
 	conn   network.Conn
-	now    nowSender   // conn, if it can say a frame was written at once
-	wfn    func(error) // conn's send callback
+	now    nowSender        // conn, if it can say a frame was written at once
+	rel    network.Releaser // conn, if it takes received frames back
+	wfn    func(error)      // conn's send callback
 
 	setupBy  time.Duration  // open by then, or the peer is reported
 	deadline time.Duration  // accepted and held connections: handshake by then
@@ -84,6 +85,7 @@ func (m *Mesh) newLink(p proto.Member, e uint64) *link {
 func (l *link) attach(c network.Conn) func([]byte, error) {
 	l.conn = c
 	l.now, _ = c.(nowSender)
+	l.rel, _ = c.(network.Releaser)
 	l.inflight = 0
 	for l.written.len() > 0 {
 		l.written.pop()
@@ -165,10 +167,14 @@ func (l *link) onFrame(c network.Conn, frame []byte, err error) {
 		op     *Op
 		req    *Request
 		notify bool
+		kept   bool
 	)
 	switch l.state {
 	case lsAccepted, lsHeld, lsHello, lsOpen:
-		op, req, notify = l.receive(frame)
+		op, req, notify, kept = l.receive(frame)
+	}
+	if !kept && l.rel != nil {
+		l.rel.Release(frame) // nothing refers to it
 	}
 	m.unlock()
 	switch {
@@ -182,8 +188,10 @@ func (l *link) onFrame(c network.Conn, frame []byte, err error) {
 }
 
 // receive takes one frame. It returns a call to complete, a request to
-// serve, or whether a message is now waiting. Called with m.mu held.
-func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
+// serve, or whether a message is now waiting, and whether anything refers
+// to the frame now (a message waiting, a request, a response). Called with
+// m.mu held.
+func (l *link) receive(frame []byte) (op *Op, req *Request, notify, kept bool) {
 	m := l.m
 	h, payload, err := wire.Parse(frame, max(m.cfg.MaxMessage, 4096))
 	if err != nil {
@@ -242,10 +250,10 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 		l.protocol(err)
 	case protocol.Deliver:
 		if h.Type == wire.Message {
-			m.inbox.push(inMsg{l: l, data: payload})
-			return nil, nil, true
+			m.inbox.push(inMsg{l: l, data: payload, frame: frame})
+			return nil, nil, true, true
 		}
-		return nil, m.request(l, payload, h.Arg), false
+		return nil, m.request(l, payload, h.Arg), false, true
 	case protocol.Answer:
 		c := l.calls[h.Arg]
 		if c == nil {
@@ -265,7 +273,7 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify bool) {
 		default:
 			c.Err = &RemoteError{Peer: l.peer.ID, Text: wire.RefuseReason(payload)}
 		}
-		return c, nil, false
+		return c, nil, false, h.Type == wire.Response
 	case protocol.Grant:
 		l.flush()
 	case protocol.Pong:

@@ -56,15 +56,32 @@ type Mesh struct {
 }
 
 type inMsg struct {
-	l    *link
-	data []byte
+	l     *link
+	data  []byte
+	frame []byte // data's frame
 }
 
-// Message is a message received from a peer.
+// Message is a message received from a peer. Data is the receiver's; once
+// done with it, the receiver may hand it back with Release, for a later
+// message to be read into (a stream of large messages then allocates
+// nothing). A message never released is garbage collected.
 type Message struct {
 	Epoch uint64
 	From  string
 	Data  []byte
+
+	frame []byte
+	rel   network.Releaser
+}
+
+// Release hands the message's bytes back to its connection for reuse and
+// clears Data. Neither Data nor any slice of it may be used afterwards,
+// and no copy of the message may be released again.
+func (msg *Message) Release() {
+	if msg.rel != nil {
+		msg.rel.Release(msg.frame)
+	}
+	msg.Data, msg.frame, msg.rel = nil, nil, nil
 }
 
 // Stats counts what a mesh did, for tests and tools.
@@ -263,7 +280,9 @@ func (m *Mesh) endEpoch(code wire.CloseCode) {
 	clear(m.links)
 	if n := m.inbox.len(); n > 0 {
 		for m.inbox.len() > 0 {
-			m.inbox.pop()
+			if in := m.inbox.pop(); in.l.rel != nil {
+				in.l.rel.Release(in.frame)
+			}
 		}
 		m.stats.DroppedEnded += uint64(n)
 		m.met.dropped(dropEnded, n)
