@@ -488,20 +488,17 @@ func (p *rawPair) close() { p.c.Close(); p.s.Close() }
 func (p *rawPair) pingPong(size int) func(context.Context, int) error {
 	cbuf, sbuf := make([]byte, size), make([]byte, size)
 	return func(_ context.Context, n int) error {
-		errc := make(chan error, 1)
-		go func() {
+		echo := spawn(func() error {
 			for range n {
 				if _, err := io.ReadFull(p.s, sbuf); err != nil {
-					errc <- err
-					return
+					return err
 				}
 				if _, err := p.s.Write(sbuf); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 		for range n {
 			if _, err := p.c.Write(cbuf); err != nil {
 				return err
@@ -510,7 +507,7 @@ func (p *rawPair) pingPong(size int) func(context.Context, int) error {
 				return err
 			}
 		}
-		return <-errc
+		return echo.join()
 	}
 }
 
@@ -521,16 +518,14 @@ func (p *rawPair) stream(size int) func(context.Context, int) error {
 	binary.BigEndian.PutUint32(msg, uint32(size))
 	buf := make([]byte, size)
 	return func(_ context.Context, n int) error {
-		errc := make(chan error, 1)
-		go func() {
+		sender := spawn(func() error {
 			for range n {
 				if _, err := p.c.Write(msg); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 		var hdr [4]byte
 		for range n {
 			if _, err := io.ReadFull(p.sr, hdr[:]); err != nil {
@@ -540,8 +535,149 @@ func (p *rawPair) stream(size int) func(context.Context, int) error {
 				return err
 			}
 		}
-		return <-errc
+		return sender.join()
 	}
+}
+
+// background is a goroutine beside a measurement's loop: the other end's
+// echo, or a stream's sender.
+type background struct{ errc chan error }
+
+// spawn runs f in a goroutine.
+func spawn(f func() error) background {
+	bg := background{errc: make(chan error, 1)}
+	go bg.run(f)
+	return bg
+}
+
+func (bg background) run(f func() error) { bg.errc <- f() }
+
+// join waits for the goroutine and returns its error.
+func (bg background) join() error { return <-bg.errc }
+
+// stop ends the goroutine after the loop beside it failed with err: it
+// cancels their context, waits for the goroutine and returns err.
+func (bg background) stop(cancel context.CancelFunc, err error) error {
+	cancel()
+	<-bg.errc
+	return err
+}
+
+// pairEnd is one end of a pair measured at LevelMesh or LevelAPI, as the
+// measurement loops drive it: call, send and stream address the pair's
+// other end, and recv takes what it sent, in the pair's epoch.
+type pairEnd interface {
+	// call calls the other end with data and returns the response.
+	call(ctx context.Context, data []byte) ([]byte, error)
+	// send sends data and returns once the send completed.
+	send(ctx context.Context, data []byte) error
+	// stream sends data as one message of a stream: it may return before
+	// the send completed, so that many are in flight.
+	stream(ctx context.Context, data []byte) error
+	// flush waits until every message streamed completed.
+	flush(ctx context.Context) error
+	// recv returns the next message from the other end.
+	recv(ctx context.Context) ([]byte, error)
+}
+
+// pairRun returns the measurement of kind between the ends a and b, with
+// messages of size bytes: n calls from a to b, n message round trips
+// from a to b and back, or n messages streamed from a to b. A run fails
+// after a minute rather than hang.
+func pairRun(kind string, size int, a, b pairEnd) func(context.Context, int) error {
+	data := make([]byte, size)
+	return func(ctx context.Context, n int) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		switch kind {
+		case KindCall:
+			return runCalls(ctx, a, data, n)
+		case KindMessage:
+			return runMessages(ctx, cancel, a, b, data, n)
+		default: // KindStream
+			return runStream(ctx, cancel, a, b, data, n)
+		}
+	}
+}
+
+// runCalls makes n calls from a, each answered with its bytes.
+func runCalls(ctx context.Context, a pairEnd, data []byte, n int) error {
+	for range n {
+		resp, err := a.call(ctx, data)
+		if err == nil {
+			err = wantLen("response", resp, len(data))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runMessages makes n message round trips: a sends data to b, b (in a
+// goroutine) sends the bytes back, a receives them. cancel cancels ctx.
+func runMessages(ctx context.Context, cancel context.CancelFunc, a, b pairEnd, data []byte, n int) error {
+	echo := spawn(func() error {
+		for range n {
+			msg, err := b.recv(ctx)
+			if err == nil {
+				err = b.send(ctx, msg)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for range n {
+		err := a.send(ctx, data)
+		var msg []byte
+		if err == nil {
+			msg, err = a.recv(ctx)
+		}
+		if err == nil {
+			err = wantLen("message", msg, len(data))
+		}
+		if err != nil {
+			return echo.stop(cancel, err)
+		}
+	}
+	return echo.join()
+}
+
+// runStream streams n messages from a (in a goroutine) to b, which
+// receives them, and waits until every one streamed completed. cancel
+// cancels ctx.
+func runStream(ctx context.Context, cancel context.CancelFunc, a, b pairEnd, data []byte, n int) error {
+	sender := spawn(func() error {
+		for range n {
+			if err := a.stream(ctx, data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for range n {
+		msg, err := b.recv(ctx)
+		if err == nil {
+			err = wantLen("message", msg, len(data))
+		}
+		if err != nil {
+			return sender.stop(cancel, err)
+		}
+	}
+	if err := sender.join(); err != nil {
+		return err
+	}
+	return a.flush(ctx)
+}
+
+// wantLen checks that what, a response or a message, holds size bytes.
+func wantLen(what string, b []byte, size int) error {
+	if len(b) != size {
+		return fmt.Errorf("%s of %d bytes, want %d", what, len(b), size)
+	}
+	return nil
 }
 
 // benchHost is a membership as a Mesh sees it, always connected in one
@@ -588,27 +724,94 @@ func (h *benchHost) fault() error {
 	return nil
 }
 
-// meshEnd is one side of a mesh pair.
+// meshInFlight is how many messages a mesh end streams at once.
+const meshInFlight = 2 * idc.DefaultChannelWindow
+
+// meshEnd is one side of a mesh pair; it implements pairEnd in epoch 1.
 type meshEnd struct {
 	m      *channel.Mesh
 	host   *benchHost
+	peer   string        // the other side's ID
 	notify chan struct{} // a message waits
+	w      *opWaiter     // the Op of call and send, one at a time
+	// free holds the Ops of stream that are not in flight: each message
+	// in flight needs its own Op until it completed.
+	free chan *channel.Op
+}
+
+func newMeshEnd(peer string) *meshEnd {
+	free := make(chan *channel.Op, meshInFlight)
+	for range meshInFlight {
+		op := &channel.Op{}
+		op.Done = func(op *channel.Op) { free <- op }
+		free <- op
+	}
+	return &meshEnd{host: &benchHost{epoch: 1, connected: true}, peer: peer, notify: make(chan struct{}, 1), w: newOpWaiter(), free: free}
+}
+
+func (x *meshEnd) call(ctx context.Context, data []byte) ([]byte, error) {
+	x.m.Call(1, x.peer, data, &x.w.op)
+	err := x.w.wait(ctx, x.m)
+	return x.w.op.Resp, err
+}
+
+func (x *meshEnd) send(ctx context.Context, data []byte) error {
+	x.m.Send(1, x.peer, data, &x.w.op)
+	return x.w.wait(ctx, x.m)
+}
+
+// stream waits for a free Op and sends data with it, without waiting for
+// the send; an Op that comes back failed fails the stream.
+func (x *meshEnd) stream(ctx context.Context, data []byte) error {
+	var op *channel.Op
+	select {
+	case op = <-x.free:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if op.Err != nil {
+		return op.Err
+	}
+	x.m.Send(1, x.peer, data, op)
+	return nil
+}
+
+// flush waits until every Op of stream is back, and checks them.
+func (x *meshEnd) flush(ctx context.Context) error {
+	ops := make([]*channel.Op, 0, meshInFlight)
+	defer func() {
+		for _, op := range ops {
+			x.free <- op
+		}
+	}()
+	for range meshInFlight {
+		select {
+		case op := <-x.free:
+			ops = append(ops, op)
+			if op.Err != nil {
+				return op.Err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // recv waits for the next message of epoch 1.
-func (x *meshEnd) recv(ctx context.Context) (channel.Message, error) {
+func (x *meshEnd) recv(ctx context.Context) ([]byte, error) {
 	for {
 		msg, ok, err := x.m.Recv(1)
 		if err != nil || ok {
-			return msg, err
+			return msg.Data, err
 		}
 		select {
 		case <-x.notify:
 		case <-ctx.Done():
 			if err := x.host.fault(); err != nil {
-				return msg, err
+				return msg.Data, err
 			}
-			return msg, ctx.Err()
+			return msg.Data, ctx.Err()
 		}
 	}
 }
@@ -621,8 +824,8 @@ type meshPair struct {
 
 func newMeshPair(ctx context.Context, tr, dir string, o ChannelOptions) (*meshPair, error) {
 	quiet := slog.New(slog.DiscardHandler)
-	start := func(id string) (*meshEnd, error) {
-		x := &meshEnd{host: &benchHost{epoch: 1, connected: true}, notify: make(chan struct{}, 1)}
+	start := func(id, peer string) (*meshEnd, error) {
+		x := newMeshEnd(peer)
 		cfg := channel.Config{
 			Group: "bench", ID: id, Incarnation: 1,
 			Network: network.OS{}, Clock: clock.System(), Logger: quiet,
@@ -642,11 +845,11 @@ func newMeshPair(ctx context.Context, tr, dir string, o ChannelOptions) (*meshPa
 		x.m = m
 		return x, err
 	}
-	a, err := start("a")
+	a, err := start("a", "b")
 	if err != nil {
 		return nil, err
 	}
-	b, err := start("b")
+	b, err := start("b", "a")
 	if err != nil {
 		a.m.Stop()
 		return nil, err
@@ -689,129 +892,7 @@ func (w *opWaiter) wait(ctx context.Context, m *channel.Mesh) error {
 }
 
 func (p *meshPair) runner(kind string, size int) func(context.Context, int) error {
-	data := make([]byte, size)
-	switch kind {
-	case KindCall:
-		w := newOpWaiter()
-		return func(ctx context.Context, n int) error {
-			ctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			for range n {
-				p.a.m.Call(1, "b", data, &w.op)
-				if err := w.wait(ctx, p.a.m); err != nil {
-					return err
-				}
-				if len(w.op.Resp) != size {
-					return fmt.Errorf("response of %d bytes, want %d", len(w.op.Resp), size)
-				}
-			}
-			return nil
-		}
-	case KindMessage:
-		wa, wb := newOpWaiter(), newOpWaiter()
-		return func(ctx context.Context, n int) error {
-			ctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() {
-				for range n {
-					msg, err := p.b.recv(ctx)
-					if err != nil {
-						errc <- err
-						return
-					}
-					p.b.m.Send(1, "a", msg.Data, &wb.op)
-					if err := wb.wait(ctx, p.b.m); err != nil {
-						errc <- err
-						return
-					}
-				}
-				errc <- nil
-			}()
-			for range n {
-				p.a.m.Send(1, "b", data, &wa.op)
-				if err := wa.wait(ctx, p.a.m); err != nil {
-					cancel()
-					<-errc
-					return err
-				}
-				msg, err := p.a.recv(ctx)
-				if err != nil {
-					cancel()
-					<-errc
-					return err
-				}
-				if len(msg.Data) != size {
-					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
-				}
-			}
-			return <-errc
-		}
-	default: // KindStream
-		// Sends in flight at once: each needs its own Op until it is done.
-		const inFlight = 2 * idc.DefaultChannelWindow
-		free := make(chan *channel.Op, inFlight)
-		for range inFlight {
-			op := &channel.Op{}
-			op.Done = func(op *channel.Op) { free <- op }
-			free <- op
-		}
-		return func(ctx context.Context, n int) error {
-			ctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() {
-				for range n {
-					var op *channel.Op
-					select {
-					case op = <-free:
-					case <-ctx.Done():
-						errc <- ctx.Err()
-						return
-					}
-					if op.Err != nil {
-						errc <- op.Err
-						return
-					}
-					p.a.m.Send(1, "b", data, op)
-				}
-				errc <- nil
-			}()
-			for range n {
-				msg, err := p.b.recv(ctx)
-				if err != nil {
-					cancel()
-					<-errc
-					return err
-				}
-				if len(msg.Data) != size {
-					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
-				}
-			}
-			if err := <-errc; err != nil {
-				return err
-			}
-			// Every send completed: its Op is back.
-			ops := make([]*channel.Op, 0, inFlight)
-			defer func() {
-				for _, op := range ops {
-					free <- op
-				}
-			}()
-			for range inFlight {
-				select {
-				case op := <-free:
-					ops = append(ops, op)
-					if op.Err != nil {
-						return op.Err
-					}
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			return nil
-		}
-	}
+	return pairRun(kind, size, p.a, p.b)
 }
 
 // apiStore is an embedded store and a coordinator for memberships.
@@ -847,16 +928,44 @@ func startAPIStore(ctx context.Context, dir string) (*apiStore, error) {
 	return s, nil
 }
 
+// apiEnd is one side of an API pair; it implements pairEnd in the pair's
+// epoch.
+type apiEnd struct {
+	d    *idc.Membership
+	ep   *idc.Epoch // the epoch measured in, the same at both sides
+	peer string     // the other side's ID
+}
+
+func (x *apiEnd) call(ctx context.Context, data []byte) ([]byte, error) {
+	return x.ep.Call(ctx, x.peer, data)
+}
+
+func (x *apiEnd) send(ctx context.Context, data []byte) error {
+	return x.ep.Send(ctx, x.peer, data)
+}
+
+// stream is send: Send returns once the message was handed to the
+// connection, and waits only while the peer has not taken enough.
+func (x *apiEnd) stream(ctx context.Context, data []byte) error {
+	return x.ep.Send(ctx, x.peer, data)
+}
+
+func (x *apiEnd) flush(context.Context) error { return nil }
+
+func (x *apiEnd) recv(ctx context.Context) ([]byte, error) {
+	msg, err := x.ep.Receive(ctx)
+	return msg.Data, err
+}
+
 // apiPair is two memberships of one group connected over one transport;
 // b's handler answers calls with their bytes.
 type apiPair struct {
-	a, b   *idc.Membership
-	ea, eb *idc.Epoch
+	a, b apiEnd
 }
 
 func (s *apiStore) pair(ctx context.Context, tr, dir string, o ChannelOptions) (p *apiPair, err error) {
 	quiet := slog.New(slog.DiscardHandler)
-	p = &apiPair{}
+	p = &apiPair{a: apiEnd{peer: "b"}, b: apiEnd{peer: "a"}}
 	defer func() {
 		if err != nil {
 			p.close()
@@ -870,10 +979,10 @@ func (s *apiStore) pair(ctx context.Context, tr, dir string, o ChannelOptions) (
 		cfg.Handler = idc.HandlerFunc(func(_ context.Context, r idc.Request) ([]byte, error) { return r.Data, nil })
 		return idc.Join(ctx, cfg)
 	}
-	if p.a, err = join("a"); err != nil {
+	if p.a.d, err = join("a"); err != nil {
 		return p, err
 	}
-	if p.b, err = join("b"); err != nil {
+	if p.b.d, err = join("b"); err != nil {
 		return p, err
 	}
 	return p, p.connect(ctx)
@@ -895,31 +1004,31 @@ func (p *apiPair) connect(ctx context.Context) (err error) {
 			}
 		}
 	}
-	if p.ea, err = next(p.a); err != nil {
+	if p.a.ep, err = next(p.a.d); err != nil {
 		return err
 	}
-	if p.eb, err = next(p.b); err != nil {
+	if p.b.ep, err = next(p.b.d); err != nil {
 		return err
 	}
-	for p.ea.Number() != p.eb.Number() { // the one behind catches up
-		if p.ea.Number() < p.eb.Number() {
-			p.ea, err = next(p.a)
+	for p.a.ep.Number() != p.b.ep.Number() { // the one behind catches up
+		if p.a.ep.Number() < p.b.ep.Number() {
+			p.a.ep, err = next(p.a.d)
 		} else {
-			p.eb, err = next(p.b)
+			p.b.ep, err = next(p.b.d)
 		}
 		if err != nil {
 			return err
 		}
 	}
 	// The first call waits for the channel to open.
-	if _, err := p.ea.Call(wctx, "b", []byte("x")); err != nil {
+	if _, err := p.a.ep.Call(wctx, "b", []byte("x")); err != nil {
 		return fmt.Errorf("bench: the API's channel did not open: %w", err)
 	}
 	return nil
 }
 
 func (p *apiPair) close() {
-	for _, d := range []*idc.Membership{p.a, p.b} {
+	for _, d := range []*idc.Membership{p.a.d, p.b.d} {
 		if d != nil {
 			d.Close()
 		}
@@ -948,99 +1057,16 @@ func epochEnded(err error) bool {
 // runner returns the measurement; if the epoch ends during a run, the
 // run is made again in the next epoch of both (a few times at most).
 func (p *apiPair) runner(kind string, size int) func(context.Context, int) error {
-	run := p.run(kind, size)
+	run := pairRun(kind, size, &p.a, &p.b)
 	return func(ctx context.Context, n int) error {
 		for try := 0; ; try++ {
-			err := run(ctx, n)
+			err := p.check(run(ctx, n))
 			if err == nil || !epochEnded(err) || try == 3 {
 				return err
 			}
 			if err := p.connect(ctx); err != nil {
 				return fmt.Errorf("bench: after the epoch ended: %w", err)
 			}
-		}
-	}
-}
-
-func (p *apiPair) run(kind string, size int) func(context.Context, int) error {
-	data := make([]byte, size)
-	switch kind {
-	case KindCall:
-		return func(ctx context.Context, n int) error {
-			ctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			for range n {
-				resp, err := p.ea.Call(ctx, "b", data)
-				if err != nil {
-					return p.check(err)
-				}
-				if len(resp) != size {
-					return fmt.Errorf("response of %d bytes, want %d", len(resp), size)
-				}
-			}
-			return nil
-		}
-	case KindMessage:
-		return func(ctx context.Context, n int) error {
-			ctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() {
-				for range n {
-					msg, err := p.eb.Receive(ctx)
-					if err == nil {
-						err = p.eb.Send(ctx, "a", msg.Data)
-					}
-					if err != nil {
-						errc <- err
-						return
-					}
-				}
-				errc <- nil
-			}()
-			for range n {
-				err := p.ea.Send(ctx, "b", data)
-				var msg idc.Message
-				if err == nil {
-					msg, err = p.ea.Receive(ctx)
-				}
-				if err != nil {
-					cancel()
-					<-errc
-					return p.check(err)
-				}
-				if len(msg.Data) != size {
-					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
-				}
-			}
-			return p.check(<-errc)
-		}
-	default: // KindStream
-		return func(ctx context.Context, n int) error {
-			ctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			errc := make(chan error, 1)
-			go func() {
-				for range n {
-					if err := p.ea.Send(ctx, "b", data); err != nil {
-						errc <- err
-						return
-					}
-				}
-				errc <- nil
-			}()
-			for range n {
-				msg, err := p.eb.Receive(ctx)
-				if err != nil {
-					cancel()
-					<-errc
-					return p.check(err)
-				}
-				if len(msg.Data) != size {
-					return fmt.Errorf("message of %d bytes, want %d", len(msg.Data), size)
-				}
-			}
-			return p.check(<-errc)
 		}
 	}
 }
