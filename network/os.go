@@ -199,7 +199,9 @@ func (p *framePool) get(n int) []byte {
 
 // put takes b back for reuse if its capacity is a size class, unless the
 // connection is closed, b is already on the list (released again before
-// it was reused), or the list is full (maxFree buffers or maxFreeBytes).
+// it was reused), or its class alone fills the list (maxFree buffers or
+// maxFreeBytes). When the list is full, b takes the place of a buffer of
+// the other class that holds the most bytes.
 func (p *framePool) put(b []byte) {
 	c := cap(b)
 	if c < minClass || c > MaxFrame || c&(c-1) != 0 {
@@ -209,13 +211,32 @@ func (p *framePool) put(b []byte) {
 	b = b[:0]
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.n >= maxFree || p.bytes+c > maxFreeBytes {
+	if p.closed || c > maxFreeBytes || len(p.free[k]) >= maxFree {
 		return
 	}
 	for _, f := range p.free[k] {
 		if &f[:1][0] == &b[:1][0] {
 			return
 		}
+	}
+	for p.n >= maxFree || p.bytes+c > maxFreeBytes {
+		// Make room from the other class that holds the most, so that
+		// what is kept follows the traffic: buffers of an earlier size do
+		// not crowd out those of the frames arriving now.
+		big := -1
+		for i := range p.free {
+			if i != k && len(p.free[i]) > 0 && (big < 0 || len(p.free[i])<<i > len(p.free[big])<<big) {
+				big = i
+			}
+		}
+		if big < 0 {
+			return
+		}
+		f := p.free[big]
+		p.bytes -= cap(f[len(f)-1])
+		p.n--
+		f[len(f)-1] = nil
+		p.free[big] = f[:len(f)-1]
 	}
 	p.free[k] = append(p.free[k], b)
 	p.n++

@@ -423,6 +423,32 @@ func TestReleaseBound(t *testing.T) {
 	}
 }
 
+// TestReleaseFollowsTraffic: once the free list is full of buffers of one
+// size, buffers of the size arriving now take their place, so a stream of
+// large frames after a stream of small ones allocates nothing.
+func TestReleaseFollowsTraffic(t *testing.T) {
+	r := newRig(t)
+	var kept [][]byte
+	for i := range maxFree {
+		kept = append(kept, r.roundTrip(t, pattern(i, 4<<10)))
+	}
+	for _, b := range kept {
+		r.s.Release(b)
+	}
+	if n, _ := r.freeList(); n != maxFree {
+		t.Fatalf("%d buffers on the free list, want %d", n, maxFree)
+	}
+	big := r.roundTrip(t, pattern(1, 64<<10))
+	r.s.Release(big)
+	again := r.roundTrip(t, pattern(2, 64<<10))
+	if &again[:1][0] != &big[:1][0] {
+		t.Fatal("a released 64 KiB buffer was not kept while small ones filled the list")
+	}
+	if n, bytes := r.freeList(); n > maxFree || bytes > maxFreeBytes {
+		t.Fatalf("%d buffers of %d bytes on the free list", n, bytes)
+	}
+}
+
 // BenchmarkReceiveLarge: a stream of 64 KiB frames over a unix socket,
 // received with and without Release, and, for comparison, written and
 // read on a plain socket into one buffer.

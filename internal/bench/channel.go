@@ -576,8 +576,9 @@ type pairEnd interface {
 	stream(ctx context.Context, data []byte) error
 	// flush waits until every message streamed completed.
 	flush(ctx context.Context) error
-	// recv returns the next message from the other end.
-	recv(ctx context.Context) ([]byte, error)
+	// recv returns the next message from the other end; the caller
+	// releases it once done (idc.Message.Release).
+	recv(ctx context.Context) (idc.Message, error)
 }
 
 // pairRun returns the measurement of kind between the ends a and b, with
@@ -621,7 +622,8 @@ func runMessages(ctx context.Context, cancel context.CancelFunc, a, b pairEnd, d
 		for range n {
 			msg, err := b.recv(ctx)
 			if err == nil {
-				err = b.send(ctx, msg)
+				err = b.send(ctx, msg.Data)
+				msg.Release()
 			}
 			if err != nil {
 				return err
@@ -631,12 +633,13 @@ func runMessages(ctx context.Context, cancel context.CancelFunc, a, b pairEnd, d
 	})
 	for range n {
 		err := a.send(ctx, data)
-		var msg []byte
+		var msg idc.Message
 		if err == nil {
 			msg, err = a.recv(ctx)
 		}
 		if err == nil {
-			err = wantLen("message", msg, len(data))
+			err = wantLen("message", msg.Data, len(data))
+			msg.Release()
 		}
 		if err != nil {
 			return echo.stop(cancel, err)
@@ -660,7 +663,8 @@ func runStream(ctx context.Context, cancel context.CancelFunc, a, b pairEnd, dat
 	for range n {
 		msg, err := b.recv(ctx)
 		if err == nil {
-			err = wantLen("message", msg, len(data))
+			err = wantLen("message", msg.Data, len(data))
+			msg.Release()
 		}
 		if err != nil {
 			return sender.stop(cancel, err)
@@ -799,19 +803,19 @@ func (x *meshEnd) flush(ctx context.Context) error {
 }
 
 // recv waits for the next message of epoch 1.
-func (x *meshEnd) recv(ctx context.Context) ([]byte, error) {
+func (x *meshEnd) recv(ctx context.Context) (idc.Message, error) {
 	for {
 		msg, ok, err := x.m.Recv(1)
 		if err != nil || ok {
-			return msg.Data, err
+			return msg, err
 		}
 		select {
 		case <-x.notify:
 		case <-ctx.Done():
 			if err := x.host.fault(); err != nil {
-				return msg.Data, err
+				return msg, err
 			}
-			return msg.Data, ctx.Err()
+			return msg, ctx.Err()
 		}
 	}
 }
@@ -952,9 +956,8 @@ func (x *apiEnd) stream(ctx context.Context, data []byte) error {
 
 func (x *apiEnd) flush(context.Context) error { return nil }
 
-func (x *apiEnd) recv(ctx context.Context) ([]byte, error) {
-	msg, err := x.ep.Receive(ctx)
-	return msg.Data, err
+func (x *apiEnd) recv(ctx context.Context) (idc.Message, error) {
+	return x.ep.Receive(ctx)
 }
 
 // apiPair is two memberships of one group connected over one transport;

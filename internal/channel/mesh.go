@@ -43,9 +43,7 @@ type Mesh struct {
 	held      map[*link]struct{}      // accepted, handshake not done
 	inbox     queue[inMsg]            // messages of epoch, not yet received
 	nextCall  uint64
-	free      [][]byte // frame buffers to reuse
-	freeBytes int
-	evict     int // the place in free the next buffer takes, once full
+	bufs      buffers // frame buffers to reuse
 	tick      clock.Timer
 	tickFn    func()
 	det       protocol.Detector
@@ -369,49 +367,6 @@ func (m *Mesh) onTick() {
 		}
 	}
 	m.arm()
-}
-
-// buffer returns a buffer of capacity at least n for a frame. Called with
-// m.mu held.
-func (m *Mesh) buffer(n int) []byte {
-	for i := len(m.free) - 1; i >= 0; i-- {
-		if b := m.free[i]; cap(b) >= n {
-			m.free[i] = m.free[len(m.free)-1]
-			m.free = m.free[:len(m.free)-1]
-			m.freeBytes -= cap(b)
-			return b[:0]
-		}
-	}
-	return make([]byte, 0, max(n, 512))
-}
-
-// Bounds of the frame buffers kept for reuse.
-const (
-	maxFree      = 256
-	maxFreeBytes = 4 << 20
-)
-
-// recycle keeps a written frame's buffer for reuse, up to maxFree buffers
-// and maxFreeBytes. Once that is reached, it takes the place of a buffer
-// kept earlier (each place in turn), so that what is kept follows the
-// traffic: small buffers kept from small frames do not make every large
-// frame allocate. Called with m.mu held.
-func (m *Mesh) recycle(b []byte) {
-	if len(m.free) < maxFree && m.freeBytes+cap(b) <= maxFreeBytes {
-		m.free = append(m.free, b)
-		m.freeBytes += cap(b)
-		return
-	}
-	if len(m.free) == 0 {
-		return
-	}
-	i := m.evict % len(m.free)
-	m.evict++
-	if m.freeBytes-cap(m.free[i])+cap(b) > maxFreeBytes {
-		return
-	}
-	m.freeBytes += cap(b) - cap(m.free[i])
-	m.free[i] = b
 }
 
 // queue is a FIFO that reuses its storage.
