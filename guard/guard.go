@@ -1,0 +1,213 @@
+// Package guard is what a shared resource embeds to refuse stale epochs
+// (DESIGN §6, guarantees G4 and G5): every request carries a token
+// (package token), and the guard admits it only if the token names the
+// epoch the guard is fenced at and a member of that epoch — checked when
+// the request arrives and again, in one step with the start of its apply,
+// when it is applied. Fences come from the store (the fence driver watches
+// the group's epoch record); applying the fence of a later epoch aborts
+// the requests admitted but not applied of older epochs, waits for the
+// applies of older epochs under way, and only then returns, so the fence
+// can be acknowledged.
+//
+// A resource applies a request as
+//
+//	t := &guard.Ticket{Token: tok, Write: true}
+//	if err := g.Admit(t); err != nil { ... refuse ... }  // on arrival (optional)
+//	...
+//	if err := g.Begin(t); err != nil { ... refuse: never applied ... }
+//	apply()                                            // e.g. pwrite
+//	g.End(t)
+//
+// or g.Apply(t, apply) for the three at once. Its hot path (Admit, Begin,
+// End) takes the guard's lock three times and allocates nothing.
+//
+// The decisions are package core/guard's pure state; this package adds the
+// lock, the waiting a fence does, and metrics.
+package guard
+
+import (
+	"context"
+	"sync"
+
+	core "github.com/idc-dev/idc/core/guard"
+	"github.com/idc-dev/idc/token"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Fence is what a guard admits in a group from its epoch on.
+type Fence = core.Fence
+
+// Ticket is one request between its admission and the end of its apply.
+type Ticket = core.Ticket
+
+// Errors of a refusal, for errors.Is (see package core/guard).
+var (
+	ErrRefused   = core.ErrRefused
+	ErrNoFence   = core.ErrNoFence
+	ErrStale     = core.ErrStale
+	ErrAborted   = core.ErrAborted
+	ErrAhead     = core.ErrAhead
+	ErrNotMember = core.ErrNotMember
+	ErrNotWriter = core.ErrNotWriter
+	ErrState     = core.ErrState
+)
+
+// Config configures a Guard.
+type Config struct {
+	// Name is the resource's name, as registered in its groups; it labels
+	// the metrics.
+	Name string
+	// Metrics, if not nil, registers the guard's metrics: requests
+	// refused by reason, fences applied.
+	Metrics prometheus.Registerer
+}
+
+// Guard is a resource's guard. Its methods are safe for concurrent use.
+type Guard struct {
+	mu      sync.Mutex
+	s       *core.State
+	drained map[string]chan struct{} // closed when the group's older applies end
+	met     *metrics
+}
+
+// New returns a guard that knows no fence: it refuses every request until
+// the fence driver applied a fence of its group.
+func New(cfg Config) *Guard {
+	return &Guard{s: core.New(), drained: map[string]chan struct{}{}, met: newMetrics(cfg.Metrics, cfg.Name)}
+}
+
+// Admit checks a request as it arrives; admitted, it is pending until
+// Begin or Cancel, or until a fence of a later epoch aborts it (then
+// t.Aborted runs, if set).
+func (g *Guard) Admit(t *Ticket) error {
+	g.mu.Lock()
+	err := g.s.Admit(t)
+	g.mu.Unlock()
+	if err != nil {
+		g.met.refuse(err)
+	}
+	return err
+}
+
+// Begin checks the request again as its apply begins: admitted, its apply
+// is under way until End, and no fence of a later epoch completes
+// before. Refused, the request must not be applied.
+func (g *Guard) Begin(t *Ticket) error {
+	g.mu.Lock()
+	err := g.s.Begin(t)
+	g.mu.Unlock()
+	if err != nil {
+		g.met.refuse(err)
+	}
+	return err
+}
+
+// End ends the apply Begin admitted.
+func (g *Guard) End(t *Ticket) error {
+	g.mu.Lock()
+	group := t.Token.Group
+	drained, err := g.s.End(t)
+	if drained {
+		if ch := g.drained[group]; ch != nil {
+			close(ch)
+			delete(g.drained, group)
+		}
+	}
+	g.mu.Unlock()
+	return err
+}
+
+// Cancel forgets an admitted request that will not be applied.
+func (g *Guard) Cancel(t *Ticket) {
+	g.mu.Lock()
+	g.s.Cancel(t)
+	g.mu.Unlock()
+}
+
+// Apply applies the request with apply if the guard admits it: Begin,
+// apply, End. It returns the refusal, or apply's error.
+func (g *Guard) Apply(t *Ticket, apply func() error) error {
+	if err := g.Begin(t); err != nil {
+		return err
+	}
+	defer g.End(t)
+	return apply()
+}
+
+// Fence applies f to group and returns once it holds: every request of an
+// older epoch admitted but not applied was aborted (their Aborted
+// callbacks have run), and every apply of an older epoch under way has
+// ended. Then, and only then, may the fence be acknowledged. A fence not
+// above the group's floor returns at once (fences only rise). If ctx ends
+// first, Fence returns its error; the floor is raised all the same, and a
+// later Fence of the same epoch waits again.
+func (g *Guard) Fence(ctx context.Context, group string, f Fence) error {
+	g.mu.Lock()
+	aborted, err := g.s.Fence(group, f, nil)
+	if err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	var wait chan struct{}
+	if !g.s.Drained(group) {
+		wait = g.drained[group]
+		if wait == nil {
+			wait = make(chan struct{})
+			g.drained[group] = wait
+		}
+	}
+	g.mu.Unlock()
+	g.met.fences.Inc()
+	for _, t := range aborted {
+		g.met.refuse(ErrAborted)
+		if t.Aborted != nil {
+			t.Aborted(t, abortError(t, f.Epoch))
+		}
+	}
+	if wait == nil {
+		return nil
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Floor returns group's fence, if the guard has one.
+func (g *Guard) Floor(group string) (Fence, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.s.Floor(group)
+}
+
+// Groups lists the groups the guard holds a fence of, sorted.
+func (g *Guard) Groups() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.s.Groups()
+}
+
+// Parse decodes the token at the start of b, as token.Parse, but without
+// allocating for a token the guard may admit: its names are the guard's
+// own strings for the group and the member. A token naming a group or a
+// member the guard does not know is parsed with copies (it will be
+// refused anyway).
+func (g *Guard) Parse(b []byte) (token.Token, int, error) {
+	v, n, err := token.ParseView(b)
+	if err != nil {
+		return token.Token{}, 0, err
+	}
+	tok := token.Token{Epoch: v.Epoch, Incarnation: v.Incarnation}
+	g.mu.Lock()
+	tok.Group, tok.Domain = g.s.Intern(v.Group, v.Domain)
+	g.mu.Unlock()
+	if tok.Group == "" {
+		tok.Group = string(v.Group)
+	}
+	if tok.Domain == "" {
+		tok.Domain = string(v.Domain)
+	}
+	return tok, n, nil
+}

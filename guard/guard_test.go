@@ -1,0 +1,203 @@
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/token"
+)
+
+func members(n int) []proto.Ref {
+	out := make([]proto.Ref, n)
+	for i := range out {
+		out[i] = proto.Ref{ID: fmt.Sprintf("d%d", i), Incarnation: uint64(i + 1)}
+	}
+	return out
+}
+
+func tok(e uint64, i int) token.Token {
+	return token.Token{Group: "g", Epoch: e, Domain: fmt.Sprintf("d%d", i), Incarnation: uint64(i + 1)}
+}
+
+// TestAdmittedThenFenced: a request admitted before a fence and applied
+// after it is refused, never applied; its Aborted callback says so.
+func TestAdmittedThenFenced(t *testing.T) {
+	g := New(Config{Name: "disk"})
+	ctx := context.Background()
+	if err := g.Admit(&Ticket{Token: tok(1, 0)}); !errors.Is(err, ErrNoFence) {
+		t.Fatalf("before any fence: %v, want ErrNoFence", err)
+	}
+	if err := g.Fence(ctx, "g", Fence{Epoch: 1, Members: members(2)}); err != nil {
+		t.Fatal(err)
+	}
+	var abortErr error
+	tk := &Ticket{Token: tok(1, 1), Write: true, Aborted: func(_ *Ticket, err error) { abortErr = err }}
+	if err := g.Admit(tk); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Fence(ctx, "g", Fence{Epoch: 2, Members: members(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(abortErr, ErrAborted) || !errors.Is(abortErr, ErrRefused) {
+		t.Fatalf("aborted with %v, want ErrAborted", abortErr)
+	}
+	applied := false
+	if err := g.Apply(tk, func() error { applied = true; return nil }); !errors.Is(err, ErrStale) || applied {
+		t.Fatalf("apply after the fence: %v (applied %v), want ErrStale and not applied", err, applied)
+	}
+}
+
+// TestFenceWaitsForApplies: a fence returns only once the applies of
+// older epochs under way have ended; one whose context ends first returns
+// its error, and the next fence of the same epoch waits again.
+func TestFenceWaitsForApplies(t *testing.T) {
+	g := New(Config{Name: "disk"})
+	ctx := context.Background()
+	if err := g.Fence(ctx, "g", Fence{Epoch: 1, Members: members(2)}); err != nil {
+		t.Fatal(err)
+	}
+	tk := &Ticket{Token: tok(1, 0)}
+	if err := g.Begin(tk); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := g.Fence(short, "g", Fence{Epoch: 2, Members: members(2)}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("fence with an apply of epoch 1 under way: %v, want it to wait", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Fence(ctx, "g", Fence{Epoch: 2, Members: members(2)}) }()
+	select {
+	case err := <-done:
+		t.Fatalf("fence returned (%v) while an older apply was under way", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	if err := g.End(tk); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// With nothing under way, a fence returns at once.
+	if err := g.Fence(ctx, "g", Fence{Epoch: 3, Members: members(2)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestConcurrentAppliers (run with -race): appliers apply requests of the
+// epoch they last saw while fences rise. G5 is checked from a log ordered
+// by one counter: no apply of epoch e starts after a fence above e
+// returned, and none ends after it (the fence waited for it).
+func TestConcurrentAppliers(t *testing.T) {
+	g := New(Config{Name: "disk"})
+	ctx := context.Background()
+	const appliers, fences = 8, 200
+	ms := members(appliers)
+	if err := g.Fence(ctx, "g", Fence{Epoch: 1, Members: ms}); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		clock    atomic.Uint64
+		epoch    atomic.Uint64 // the latest fence applied
+		fencedAt [fences + 2]atomic.Uint64
+		stop     atomic.Bool
+		applied  atomic.Int64
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		log      []struct{ e, start, end uint64 }
+	)
+	epoch.Store(1)
+	for i := range appliers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tk := &Ticket{Write: true}
+			for !stop.Load() {
+				// Admit with the epoch seen, apply a little later: a
+				// fence may come between.
+				tk.Token = tok(epoch.Load(), i)
+				if g.Admit(tk) != nil {
+					continue
+				}
+				if i%2 == 0 {
+					time.Sleep(time.Microsecond)
+				}
+				err := g.Apply(tk, func() error {
+					start := clock.Add(1)
+					applied.Add(1)
+					end := clock.Add(1)
+					mu.Lock()
+					log = append(log, struct{ e, start, end uint64 }{tk.Token.Epoch, start, end})
+					mu.Unlock()
+					return nil
+				})
+				if err != nil && !errors.Is(err, ErrStale) {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for e := uint64(2); e <= fences+1; e++ {
+		if err := g.Fence(ctx, "g", Fence{Epoch: e, Members: ms}); err != nil {
+			t.Fatal(err)
+		}
+		fencedAt[e].Store(clock.Add(1))
+		epoch.Store(e)
+		time.Sleep(50 * time.Microsecond)
+	}
+	stop.Store(true)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(log) < fences {
+		t.Fatalf("only %d applies in %d fences: the test did not exercise the guard", len(log), fences)
+	}
+	for _, a := range log {
+		for e := a.e + 1; e <= fences+1; e++ {
+			if f := fencedAt[e].Load(); f != 0 && (a.start > f || a.end > f) {
+				t.Fatalf("G5 violated: an apply of epoch %d ran at %d..%d, after the fence of %d returned at %d", a.e, a.start, a.end, e, f)
+			}
+		}
+	}
+	t.Logf("%d applies across %d fences", len(log), fences)
+}
+
+// TestHotPathAllocates: admitting, beginning and ending a request, and
+// decoding its token with Parse, allocate nothing.
+func TestHotPathAllocates(t *testing.T) {
+	g := New(Config{Name: "disk"})
+	if err := g.Fence(context.Background(), "g", Fence{Epoch: 4, Members: members(3), Writer: "d1"}); err != nil {
+		t.Fatal(err)
+	}
+	b := tok(4, 1).Append(nil)
+	tk := &Ticket{Write: true}
+	if n := testing.AllocsPerRun(1000, func() {
+		var err error
+		if tk.Token, _, err = g.Parse(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Admit(tk); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Begin(tk); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.End(tk); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("the hot path allocates %v times", n)
+	}
+	// A token the guard cannot admit still parses (with copies).
+	other, _, err := g.Parse(token.Token{Group: "h", Epoch: 1, Domain: "x", Incarnation: 1}.Append(nil))
+	if err != nil || other.Group != "h" || other.Domain != "x" {
+		t.Fatalf("%v, %v", other, err)
+	}
+}
