@@ -47,8 +47,8 @@ type driver struct {
 	s        *State
 	tickets  map[string]*Ticket
 	names    map[*Ticket]string
-	fences   map[string]Fence     // the latest fence applied per group
-	applying map[*Ticket]uint64   // begun, not ended: the token's epoch
+	fences   map[string]Fence   // the latest fence applied per group
+	applying map[*Ticket]uint64 // begun, not ended: the token's epoch
 }
 
 func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
