@@ -28,6 +28,7 @@ package guard
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	core "github.com/idc-dev/idc/core/guard"
 	"github.com/idc-dev/idc/token"
@@ -66,14 +67,14 @@ type Config struct {
 type Guard struct {
 	mu      sync.Mutex
 	s       *core.State
-	drained map[string]chan struct{} // closed when the group's older applies end
+	waiters map[string][]func() // per group: fences waiting for older applies to end
 	met     *metrics
 }
 
 // New returns a guard that knows no fence: it refuses every request until
 // the fence driver applied a fence of its group.
 func New(cfg Config) *Guard {
-	return &Guard{s: core.New(), drained: map[string]chan struct{}{}, met: newMetrics(cfg.Metrics, cfg.Name)}
+	return &Guard{s: core.New(), waiters: map[string][]func(){}, met: newMetrics(cfg.Metrics, cfg.Name)}
 }
 
 // Admit checks a request as it arrives; admitted, it is pending until
@@ -107,13 +108,15 @@ func (g *Guard) End(t *Ticket) error {
 	g.mu.Lock()
 	group := t.Token.Group
 	drained, err := g.s.End(t)
+	var waiters []func()
 	if drained {
-		if ch := g.drained[group]; ch != nil {
-			close(ch)
-			delete(g.drained, group)
-		}
+		waiters = g.waiters[group]
+		delete(g.waiters, group)
 	}
 	g.mu.Unlock()
+	for _, w := range waiters {
+		w()
+	}
 	return err
 }
 
@@ -138,23 +141,46 @@ func (g *Guard) Apply(t *Ticket, apply func() error) error {
 // older epoch admitted but not applied was aborted (their Aborted
 // callbacks have run), and every apply of an older epoch under way has
 // ended. Then, and only then, may the fence be acknowledged. A fence not
-// above the group's floor returns at once (fences only rise). If ctx ends
-// first, Fence returns its error; the floor is raised all the same, and a
-// later Fence of the same epoch waits again.
+// above the group's floor holds as soon as the applies of epochs below the
+// floor have ended (fences only rise). If ctx ends first, Fence returns
+// its error; the floor is raised all the same.
 func (g *Guard) Fence(ctx context.Context, group string, f Fence) error {
+	done := make(chan error, 1)
+	g.Raise(group, f, func(err error) { done <- err })
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Raise is Fence without waiting: it raises the floor and aborts at once,
+// and calls done once the fence holds — before it returns if no apply of
+// an older epoch is under way, else from the End that ends the last of
+// them. done runs without the guard's lock and must not block; the fence
+// driver, which must never block, uses Raise.
+func (g *Guard) Raise(group string, f Fence, done func(error)) {
 	g.mu.Lock()
 	aborted, err := g.s.Fence(group, f, nil)
 	if err != nil {
 		g.mu.Unlock()
-		return err
+		done(err)
+		return
 	}
-	var wait chan struct{}
-	if !g.s.Drained(group) {
-		wait = g.drained[group]
-		if wait == nil {
-			wait = make(chan struct{})
-			g.drained[group] = wait
+	// done runs once both the aborts here and the drain have happened,
+	// whichever is last.
+	steps := new(atomic.Int32)
+	steps.Store(2)
+	step := func() {
+		if steps.Add(-1) == 0 {
+			done(nil)
 		}
+	}
+	if g.s.Drained(group) {
+		steps.Add(-1)
+	} else {
+		g.waiters[group] = append(g.waiters[group], step)
 	}
 	g.mu.Unlock()
 	g.met.fences.Inc()
@@ -164,15 +190,7 @@ func (g *Guard) Fence(ctx context.Context, group string, f Fence) error {
 			t.Aborted(t, abortError(t, f.Epoch))
 		}
 	}
-	if wait == nil {
-		return nil
-	}
-	select {
-	case <-wait:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	step()
 }
 
 // Floor returns group's fence, if the guard has one.
