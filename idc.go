@@ -19,13 +19,16 @@ import (
 
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
+	"github.com/idc-dev/idc/token"
 )
 
 // Member is a member of an epoch.
 type Member = proto.Member
 
-// Token is what a request carries to a resource to prove its authority.
-type Token = proto.Token
+// Token is what a request carries to a resource to prove its authority:
+// its group, epoch, domain and incarnation (package token has its binary
+// encoding; package guard checks it at the resource).
+type Token = token.Token
 
 // Errors. Test for them with errors.Is.
 var (

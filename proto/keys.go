@@ -114,6 +114,9 @@ func (k Keys) Left(g, id string) string { return k.LeftPrefix(g) + id }
 // Resources is the prefix of a group's resource registrations.
 func (k Keys) Resources(g string) string { return k.Group(g) + KindResources + "/" }
 
+// Resource is the key of one guarded resource's registration.
+func (k Keys) Resource(g, name string) string { return k.Resources(g) + name }
+
 // FenceAcks is the prefix of a group's fence acknowledgements.
 func (k Keys) FenceAcks(g string) string { return k.Group(g) + KindFenceAcks + "/" }
 

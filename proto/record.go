@@ -259,14 +259,3 @@ type FenceAck struct {
 type Resource struct {
 	Name string `json:"name"`
 }
-
-// Token is what a request carries to a resource to prove its authority
-// (DESIGN §2): the group and epoch it was issued in and the domain
-// incarnation that issued it. The guard admits it only while the epoch is
-// not fenced.
-type Token struct {
-	Group       string `json:"group"`
-	Epoch       uint64 `json:"epoch"`
-	Domain      string `json:"domain"`
-	Incarnation uint64 `json:"incarnation"`
-}

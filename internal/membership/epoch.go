@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/idc-dev/idc/internal/mutation"
+	"github.com/idc-dev/idc/token"
 	"slices"
 
 	"github.com/idc-dev/idc/core/member"
@@ -52,9 +53,9 @@ func (e *Epoch) Members() []proto.Member { return slices.Clone(e.members) }
 func (e *Epoch) Context() context.Context { return e.ctx }
 
 // Token returns the fencing token of this membership in this epoch.
-func (e *Epoch) Token() proto.Token {
+func (e *Epoch) Token() token.Token {
 	c := e.d.cfg
-	return proto.Token{Group: c.Group, Epoch: e.num, Domain: c.ID, Incarnation: c.Incarnation}
+	return token.Token{Group: c.Group, Epoch: e.num, Domain: c.ID, Incarnation: c.Incarnation}
 }
 
 // Err returns nil while the epoch is connected and the lease certainly
