@@ -19,6 +19,7 @@ const (
 	KindLeft      = "left"
 	KindResources = "resources"
 	KindFenceAcks = "fenceacks"
+	KindConfig    = "config"
 )
 
 // ErrBadName is returned for a group, domain or resource name that idc
@@ -57,6 +58,7 @@ func CheckName(what, s string) error {
 //	<prefix>/groups/<group>/acks/<epoch>/<domain>         Ack (member's lease)
 //	<prefix>/groups/<group>/faults/<epoch>/<rep>/<sus>    FaultReport (reporter's lease)
 //	<prefix>/groups/<group>/left/<domain>                 Left
+//	<prefix>/groups/<group>/config                        GroupConfig
 //	<prefix>/groups/<group>/resources/<name>              Resource
 //	<prefix>/groups/<group>/fenceacks/<epoch>/<name>      FenceAck
 //	<prefix>/election/                                    coordinator election
@@ -114,6 +116,9 @@ func (k Keys) Left(g, id string) string { return k.LeftPrefix(g) + id }
 // Resources is the prefix of a group's resource registrations.
 func (k Keys) Resources(g string) string { return k.Group(g) + KindResources + "/" }
 
+// Config is the key of a group's configuration.
+func (k Keys) Config(g string) string { return k.Group(g) + KindConfig }
+
 // Resource is the key of one guarded resource's registration.
 func (k Keys) Resource(g, name string) string { return k.Resources(g) + name }
 
@@ -162,7 +167,7 @@ func (k Keys) Parse(key string) (Parsed, bool) {
 		return err == nil
 	}
 	switch {
-	case p.Kind == KindEpoch && len(parts) == 2:
+	case (p.Kind == KindEpoch || p.Kind == KindConfig) && len(parts) == 2:
 		return p, true
 	case (p.Kind == KindMembers || p.Kind == KindLeft || p.Kind == KindResources) && len(parts) == 3:
 		p.Name = parts[2]

@@ -255,6 +255,38 @@ type FenceAck struct {
 	Resource string `json:"resource"`
 }
 
+// GroupConfig is a group's configuration, written by an operator (idc
+// group set) and read by the coordinator; a field left zero takes the
+// coordinator's default.
+type GroupConfig struct {
+	// Mode is how departed members are handled (ModeLease, ModeFence,
+	// ModeBoth).
+	Mode Mode `json:"mode,omitempty"`
+	// QuiesceTimeoutMillis is how long survivors have to acknowledge
+	// quiesce before they are dropped, in milliseconds.
+	QuiesceTimeoutMillis int64 `json:"quiesce_timeout_ms,omitempty"`
+	// Resources are the guarded resources expected in the group: in fence
+	// modes every change waits for each one's fence acknowledgement, as
+	// for every resource registered, even before it has registered.
+	Resources []string `json:"resources,omitempty"`
+}
+
+// Validate checks the configuration.
+func (c GroupConfig) Validate() error {
+	if c.Mode != "" && !c.Mode.Valid() {
+		return fmt.Errorf("%w: mode %q (want lease, fence or both)", ErrConfig, c.Mode)
+	}
+	if c.QuiesceTimeoutMillis < 0 {
+		return fmt.Errorf("%w: quiesce timeout %d ms", ErrConfig, c.QuiesceTimeoutMillis)
+	}
+	for _, r := range c.Resources {
+		if err := CheckName("resource", r); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+	}
+	return nil
+}
+
 // Resource registers a guarded resource in a group.
 type Resource struct {
 	Name string `json:"name"`

@@ -49,6 +49,12 @@ func Decode(kind string, value []byte) any {
 		return deref[proto.Left](into(&proto.Left{}))
 	case proto.KindResources:
 		return proto.Resource{} // presence is what counts
+	case proto.KindConfig:
+		var c proto.GroupConfig
+		if json.Unmarshal(value, &c) != nil || c.Validate() != nil {
+			return nil // an invalid configuration counts as none
+		}
+		return c
 	case proto.KindFenceAcks:
 		return proto.FenceAck{}
 	}
@@ -122,6 +128,11 @@ func (v *View) Fold(p proto.Parsed, rec any, modRev int64) {
 		case rec != nil && !found:
 			v.Resources = slices.Insert(v.Resources, i, p.Name)
 		}
+		v.expect()
+	case proto.KindConfig:
+		c, _ := rec.(proto.GroupConfig)
+		v.Config = c
+		v.expect()
 	case proto.KindFenceAcks:
 		if rec == nil {
 			delete(v.FenceAcks[p.Epoch], p.Name)

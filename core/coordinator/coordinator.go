@@ -293,7 +293,7 @@ func (m *Machine) NextDeadline() (time.Duration, bool) {
 	}
 	for _, s := range m.survivorsOf(rec) {
 		if !m.view.acked(rec.Number, s.Ref()) {
-			consider(m.quiescingAt + m.cfg.QuiesceTimeout)
+			consider(m.quiescingAt + m.quiesceTimeout())
 			break
 		}
 	}
@@ -327,7 +327,24 @@ func (m *Machine) cache(rec *proto.EpochRecord) {
 
 // fences reports whether changes wait for the resources' fence
 // acknowledgements: in fence modes, when the group has resources.
-func (m *Machine) fences() bool { return m.cfg.Mode.UsesFence() && len(m.view.Resources) > 0 }
+func (m *Machine) fences() bool { return m.mode().UsesFence() && len(m.view.Expected) > 0 }
+
+// mode is the group's mode: its configuration's, else the coordinator's.
+func (m *Machine) mode() proto.Mode {
+	if m.view.Config.Mode != "" {
+		return m.view.Config.Mode
+	}
+	return m.cfg.Mode
+}
+
+// quiesceTimeout is the group's quiesce timeout: its configuration's, else
+// the coordinator's.
+func (m *Machine) quiesceTimeout() time.Duration {
+	if ms := m.view.Config.QuiesceTimeoutMillis; ms > 0 {
+		return time.Duration(ms) * time.Millisecond
+	}
+	return m.cfg.QuiesceTimeout
+}
 
 // leases reports whether departed members are waited out by lease: in
 // lease modes, and in fence mode while the group has no resource — a
@@ -335,9 +352,9 @@ func (m *Machine) fences() bool { return m.cfg.Mode.UsesFence() && len(m.view.Re
 // instead (DESIGN §6).
 func (m *Machine) leases() bool {
 	if mutation.On(mutation.FenceNothing) {
-		return m.cfg.Mode.UsesLease()
+		return m.mode().UsesLease()
 	}
-	return m.cfg.Mode.UsesLease() || m.cfg.Mode.UsesFence() && len(m.view.Resources) == 0
+	return m.mode().UsesLease() || m.mode().UsesFence() && len(m.view.Expected) == 0
 }
 
 // stale reports whether the view's epoch record is missing or below one
@@ -366,7 +383,7 @@ func (m *Machine) step() {
 		if len(v.Live) > 0 {
 			ms := m.liveMembers(nil, nil)
 			m.write(proto.EpochRecord{
-				Group: m.cfg.Group, Number: 1, State: proto.Connected, Mode: m.cfg.Mode,
+				Group: m.cfg.Group, Number: 1, State: proto.Connected, Mode: m.mode(),
 				Members: ms, Reason: "formed by " + strings.Join(proto.IDs(ms), ", "),
 			})
 		}
@@ -484,11 +501,11 @@ func (m *Machine) dropped(rec *proto.EpochRecord) map[proto.Ref]string {
 			drop[r] = why
 		}
 	}
-	if rec.State == proto.Quiescing && m.now >= m.quiescingAt+m.cfg.QuiesceTimeout {
+	if rec.State == proto.Quiescing && m.now >= m.quiescingAt+m.quiesceTimeout() {
 		for _, s := range m.survivorsOf(rec) {
 			if !v.acked(rec.Number, s.Ref()) {
 				if _, ok := drop[s.Ref()]; !ok {
-					drop[s.Ref()] = fmt.Sprintf("%s did not quiesce within %v", s.ID, m.cfg.QuiesceTimeout)
+					drop[s.Ref()] = fmt.Sprintf("%s did not quiesce within %v", s.ID, m.quiesceTimeout())
 				}
 			}
 		}
@@ -571,7 +588,7 @@ func (m *Machine) change(rec *proto.EpochRecord, desired []proto.Member, drop ma
 		}
 	}
 	m.write(proto.EpochRecord{
-		Group: m.cfg.Group, Number: rec.Number + 1, State: proto.Quiescing, Mode: m.cfg.Mode,
+		Group: m.cfg.Group, Number: rec.Number + 1, State: proto.Quiescing, Mode: m.mode(),
 		Members: desired, Prev: prev, PrevNumber: prevNum,
 		Excluded: proto.SortMembers(excluded),
 		Reason:   m.reason(rec, desired, drop),

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -43,6 +44,7 @@ import (
 //	                                  (default: the suspect's incarnation in the record)
 //	left b/2                          graceful-leave marker
 //	resource r1 ...                   guarded resources registered
+//	config [mode=M] [quiesce=DUR] [resources=r1,r2] [delete]   the group's configuration (proto.GroupConfig)
 //	fenceack e=4 r1 ...               fence acknowledgements
 //
 // Machine events (print the actions drained from Ready, one a line, or
@@ -258,11 +260,29 @@ func (d *driver) run(t *testing.T, td *datadriven.TestData) string {
 			id, inc := parseRef(t, td, a.Key)
 			d.view.Left[id] = inc
 		}
+	case "config":
+		machine = false
+		var c proto.GroupConfig
+		if td.HasArg("mode") {
+			var s string
+			td.ScanArgs(t, "mode", &s)
+			c.Mode = proto.Mode(s)
+		}
+		c.QuiesceTimeoutMillis = scripttest.Dur(t, td, "quiesce", 0).Milliseconds()
+		if td.HasArg("resources") {
+			var s string
+			td.ScanArgs(t, "resources", &s)
+			c.Resources = strings.Split(s, ",")
+		}
+		raw, _ := json.Marshal(c)
+		d.view.Apply(proto.Parsed{Group: d.cfg.Group, Kind: proto.KindConfig}, raw, 0, td.HasArg("delete"))
 	case "resource":
 		machine = false
 		for _, a := range td.CmdArgs {
 			d.view.Resources = append(d.view.Resources, a.Key)
 		}
+		slices.Sort(d.view.Resources)
+		d.view.expect()
 	case "fenceack":
 		machine = false
 		e := scripttest.Uint(t, td, "e")
@@ -436,7 +456,11 @@ func (d *driver) action(t *testing.T, td *datadriven.TestData, a Action) string 
 		if a.ExpectRevision != given.EpochRevision {
 			bad("G1: expect-rev=%d but the decision was based on revision %d", a.ExpectRevision, given.EpochRevision)
 		}
-		if rec.Group != d.cfg.Group || rec.Mode != d.cfg.Mode {
+		mode := d.cfg.Mode
+		if given.Config.Mode != "" {
+			mode = given.Config.Mode
+		}
+		if rec.Group != d.cfg.Group || rec.Mode != mode {
 			bad("record of group %q mode %q", rec.Group, rec.Mode)
 		}
 		for _, mem := range rec.Members {
@@ -464,14 +488,14 @@ func (d *driver) action(t *testing.T, td *datadriven.TestData, a Action) string 
 				}
 			}
 			departed := cur.Departed()
-			if d.cfg.Mode.UsesFence() { // every change (model finding F1)
-				for _, r := range given.Resources {
+			if mode.UsesFence() { // every change (model finding F1)
+				for _, r := range append(slices.Clone(given.Resources), given.Config.Resources...) {
 					if !given.FenceAcks[cur.Number][r] {
 						bad("G4: connects %d without %s's fence ack", cur.Number, r)
 					}
 				}
 			}
-			if d.cfg.Mode.UsesLease() {
+			if mode.UsesLease() || mode.UsesFence() && len(given.Resources)+len(given.Config.Resources) == 0 {
 				for _, dep := range departed {
 					if given.left(dep.Ref()) {
 						continue
@@ -569,6 +593,7 @@ func copyView(v View) View {
 	c.Faults = slices.Clone(v.Faults)
 	c.Left = maps.Clone(v.Left)
 	c.Resources = slices.Clone(v.Resources)
+	c.Expected = slices.Clone(v.Expected)
 	c.FenceAcks = map[uint64]map[string]bool{}
 	for e, m := range v.FenceAcks {
 		c.FenceAcks[e] = maps.Clone(m)

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"github.com/idc-dev/idc/proto"
+	"slices"
 )
 
 // View is what the coordinator knows of one group's keys in the store at a
@@ -27,6 +28,12 @@ type View struct {
 	LeftRev map[string]int64
 	// Resources holds the guarded resources registered in the group.
 	Resources []string
+	// Config is the group's configuration (zero: none written).
+	Config proto.GroupConfig
+	// Expected is every resource whose fence acknowledgement a change
+	// waits for in fence modes: those registered and those the
+	// configuration expects, sorted.
+	Expected []string
 	// FenceAcks holds fence acknowledgements: epoch → resource names.
 	FenceAcks map[uint64]map[string]bool
 }
@@ -61,10 +68,17 @@ func (v *View) left(r proto.Ref) bool {
 	return ok && inc == r.Incarnation
 }
 
-// fenced reports whether every resource of the group acknowledged the fence
+// expect recomputes Expected.
+func (v *View) expect() {
+	v.Expected = append(append(v.Expected[:0], v.Resources...), v.Config.Resources...)
+	slices.Sort(v.Expected)
+	v.Expected = slices.Compact(v.Expected)
+}
+
+// fenced reports whether every expected resource acknowledged the fence
 // of epoch e.
 func (v *View) fenced(e uint64) bool {
-	for _, r := range v.Resources {
+	for _, r := range v.Expected {
 		if !v.FenceAcks[e][r] {
 			return false
 		}
