@@ -54,6 +54,10 @@ func (w *World) startNemesis() {
 func (w *World) until(d time.Duration) time.Duration { return min(w.now+d, w.cfg.Duration) }
 
 func (w *World) inject() {
+	if len(w.resources) > 0 && w.chance(resourceFault) {
+		w.injectResource()
+		return
+	}
 	d := w.domains[w.rng.IntN(len(w.domains))]
 	ttl := w.cfg.TTL
 	switch k := w.rng.IntN(16); {

@@ -38,11 +38,16 @@ const (
 	// HDeliver: message or request Msg was delivered to Ref (received, or
 	// handed to its handler) in Epoch, the receiver's epoch of delivery.
 	HDeliver
+	// HApply: resource Note began applying request Msg of Ref, whose token
+	// names Epoch (the guard admitted it at the start of its apply).
+	HApply
+	// HApplied: resource Note finished applying request Msg.
+	HApplied
 )
 
 var kindNames = [...]string{HEpoch: "epoch", HGrant: "grant", HKeepAlive: "keepalive", HBegin: "begin",
 	HEnd: "end", HKill: "kill", HIO: "io", HConnect: "connect", HFence: "fence",
-	HDisconnect: "disconnect", HSend: "send", HDeliver: "deliver"}
+	HDisconnect: "disconnect", HSend: "send", HDeliver: "deliver", HApply: "apply", HApplied: "applied"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && kindNames[k] != "" {
@@ -76,7 +81,7 @@ func (r Rec) String() string {
 		fmt.Fprintf(&b, " rev=%d %s", r.Rev, fmtRecord(r.Record))
 	case HGrant, HKeepAlive:
 		fmt.Fprintf(&b, " lease=%d ttl=%v", r.Lease, r.TTL)
-	case HSend, HDeliver:
+	case HSend, HDeliver, HApply, HApplied:
 		fmt.Fprintf(&b, " %v epoch=%d msg=%d", r.Ref, r.Epoch, r.Msg)
 	default:
 		fmt.Fprintf(&b, " %v lease=%d epoch=%d op=%d", r.Ref, r.Lease, r.Epoch, r.Op)
@@ -118,6 +123,9 @@ type History struct {
 	Now time.Duration
 	// Mode is the group's mode (checks that only hold in lease mode look).
 	Mode proto.Mode
+	// Resources is the number of guarded resources simulated (each
+	// registered in the group in fence and both modes).
+	Resources int
 }
 
 func (h *History) add(r Rec) { h.recs = append(h.recs, r) }

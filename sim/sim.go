@@ -56,9 +56,13 @@ type Config struct {
 	// ElectionTTL is the election lease's TTL (default 2 s).
 	ElectionTTL time.Duration
 	// Mode is the group's mode (default: lease, fence or both, decided by
-	// the seed). No resource guards are simulated yet, so in fence mode the
-	// group has no resource and must wait departed members' leases out.
+	// the seed).
 	Mode proto.Mode
+	// Resources is the number of guarded resources (Resource) in fence and
+	// both modes: 0 lets the seed decide (1 or 2 in most runs, none in
+	// some, where fence mode must wait departed members' leases out); -1
+	// none. Lease mode has none.
+	Resources int
 	// Duration is how long faults are injected (default 20 s); then Quiet
 	// (default Bound()) passes without faults before L1 is checked.
 	Duration, Quiet time.Duration
@@ -230,6 +234,8 @@ var keys = proto.Keys{}
 type Faults struct {
 	Pauses, Partitions, SlowLinks, Crashes, EarlyRevocations, CoordinatorCrashes, FaultReports, Leaves int
 	HungWatches, NoLeader, Compactions, Suspends                                                       int
+	// Resources: crashes, and writes held in the network and released late.
+	ResourceCrashes, HeldWrites int
 	// Frame faults of the channels' middlebox (netconn.go).
 	FrameDrops, FrameDups, FrameReplays, FrameSwaps int
 }
@@ -237,7 +243,8 @@ type Faults struct {
 // Total is the number of faults injected.
 func (f Faults) Total() int {
 	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves +
-		f.HungWatches + f.NoLeader + f.Compactions + f.Suspends + f.FrameDrops + f.FrameDups + f.FrameReplays + f.FrameSwaps
+		f.HungWatches + f.NoLeader + f.Compactions + f.Suspends + f.FrameDrops + f.FrameDups + f.FrameReplays + f.FrameSwaps +
+		f.ResourceCrashes + f.HeldWrites
 }
 
 // Result summarises a run.
@@ -253,7 +260,11 @@ type Result struct {
 	// Sent counts the messages and requests sent over channels, Delivered
 	// those delivered (the rest were dropped: their epoch ended first).
 	Sent, Delivered int
-	Faults          Faults
+	// Resources is the number of guarded resources; Writes counts the
+	// write requests sent to them, Applied those applied, Rejected those
+	// their guards refused (on arrival or at the apply).
+	Resources, Writes, Applied, Rejected int
+	Faults                               Faults
 	// Simulated is the simulated time the run covered.
 	Simulated time.Duration
 	// TraceHash hashes every step of the run: same seed, same hash.
@@ -275,6 +286,7 @@ func Run(cfg Config) (Result, error) {
 	res := Result{
 		Seed: cfg.Seed, Coordinators: w.cfg.Coordinators, Steps: w.steps, Epochs: w.epochs,
 		IOs: w.ios, Refused: w.refused, Sent: w.sent, Delivered: w.delivered, Faults: w.faults, Simulated: w.now,
+		Resources: len(w.resources), Writes: w.writes, Applied: w.applied, Rejected: w.rejected,
 		TraceHash: w.trace.hash, Violation: w.violation,
 	}
 	if w.violation != nil {
@@ -310,8 +322,9 @@ type World struct {
 	nodes   []*node
 	net     *network
 	store   *Store
-	coords  []*Coord
-	domains []*Domain
+	coords    []*Coord
+	domains   []*Domain
+	resources []*Resource
 	hist    *History
 	checks  []Check
 	// free holds events to reuse (World.after).
@@ -324,6 +337,7 @@ type World struct {
 
 	steps, epochs, ios, refused int
 	sent, delivered             int
+	writes, applied, rejected   int
 	faults                      Faults
 	violation                   error
 }
@@ -345,6 +359,12 @@ func newWorld(cfg Config) *World {
 		w.cfg.Mode = []proto.Mode{proto.ModeLease, proto.ModeFence, proto.ModeBoth}[w.rng.IntN(3)]
 	}
 	w.hist.Mode = w.cfg.Mode
+	if !w.cfg.Mode.UsesFence() || w.cfg.Resources < 0 {
+		w.cfg.Resources = 0
+	} else if w.cfg.Resources == 0 {
+		w.cfg.Resources = []int{0, 1, 1, 2}[w.rng.IntN(4)]
+	}
+	w.hist.Resources = w.cfg.Resources
 	if w.cfg.Quiet == 0 {
 		w.cfg.Quiet = w.cfg.Bound()
 	}
@@ -361,6 +381,10 @@ func newWorld(cfg Config) *World {
 	for i := range w.cfg.Domains {
 		n := w.addNode(fmt.Sprintf("d%d", i+1), w.drawClock())
 		w.domains = append(w.domains, newDomain(w, n, fmt.Sprintf("d%d", i+1)))
+	}
+	for i := range w.cfg.Resources {
+		n := w.addNode(fmt.Sprintf("r%d", i+1), w.drawClock())
+		w.resources = append(w.resources, newResource(w, n, fmt.Sprintf("r%d", i+1)))
 	}
 	return w
 }
@@ -441,6 +465,9 @@ func (w *World) run() {
 	w.store.start()
 	for _, c := range w.coords {
 		c.start()
+	}
+	for _, r := range w.resources {
+		r.start()
 	}
 	for _, d := range w.domains {
 		d.start()

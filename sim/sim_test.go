@@ -83,6 +83,8 @@ func TestSimulation(t *testing.T) {
 		next   atomic.Int64
 		ran    atomic.Int64
 		steps  atomic.Int64
+		// Runs with resources, and their writes applied and rejected.
+		guarded, applied, rejected atomic.Int64
 		mu     sync.Mutex
 		failed error
 		fseed  int64 = -1
@@ -107,6 +109,11 @@ func TestSimulation(t *testing.T) {
 				res, err := Run(baseConfig(seed))
 				ran.Add(1)
 				steps.Add(int64(res.Steps))
+				if res.Resources > 0 {
+					guarded.Add(1)
+					applied.Add(int64(res.Applied))
+					rejected.Add(int64(res.Rejected))
+				}
 				if err != nil {
 					mu.Lock()
 					if failed == nil || seed < fseed {
@@ -121,14 +128,15 @@ func TestSimulation(t *testing.T) {
 	el := time.Since(start)
 	t.Logf("%d seeds in %v: %.1f seeds/s, %.0f steps/s", ran.Load(), el.Round(time.Millisecond),
 		float64(ran.Load())/el.Seconds(), float64(steps.Load())/el.Seconds())
+	t.Logf("%d runs with guarded resources: %d writes applied, %d refused by the guards", guarded.Load(), applied.Load(), rejected.Load())
 	if failed != nil {
 		t.Fatalf("seed %d: %v\nreproduce: %s", fseed, failed, reproduce(fseed))
 	}
 }
 
 func summary(r Result) string {
-	return fmt.Sprintf("coordinators=%d steps=%d epochs=%d ios=%d refused=%d faults=%+v simulated=%v hash=%x",
-		r.Coordinators, r.Steps, r.Epochs, r.IOs, r.Refused, r.Faults, r.Simulated, r.TraceHash)
+	return fmt.Sprintf("coordinators=%d steps=%d epochs=%d ios=%d refused=%d resources=%d writes=%d applied=%d rejected=%d faults=%+v simulated=%v hash=%x",
+		r.Coordinators, r.Steps, r.Epochs, r.IOs, r.Refused, r.Resources, r.Writes, r.Applied, r.Rejected, r.Faults, r.Simulated, r.TraceHash)
 }
 
 // TestDeterministic runs one seed twice and compares the hash of every step.

@@ -97,6 +97,7 @@ type Event struct {
 type watcher struct {
 	id     uint64
 	node   NodeID
+	gen    uint64 // the process of node that watches: a later one does not read it
 	key    string
 	prefix bool
 	lastAt time.Duration // FIFO per watcher
@@ -291,7 +292,7 @@ func (s *Store) publish(evs []Event, rev int64) {
 // while the watcher's node is cut off (the client resumes the watch from
 // its last revision once it reconnects).
 func (s *Store) deliver(wt *watcher, evs []Event, rev int64) {
-	if wt.hung {
+	if wt.hung || s.w.nodes[wt.node].gen != wt.gen {
 		return
 	}
 	w := s.w
@@ -307,7 +308,7 @@ func (s *Store) deliver(wt *watcher, evs []Event, rev int64) {
 // deliverEnd ends a watch with err after the responses already on their
 // way.
 func (s *Store) deliverEnd(wt *watcher, err error) {
-	if wt.hung || wt.end == nil {
+	if wt.hung || wt.end == nil || s.w.nodes[wt.node].gen != wt.gen {
 		return
 	}
 	w := s.w

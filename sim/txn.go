@@ -82,7 +82,9 @@ func (c storeClient) Watch(r store.WatchRequest, fn func(store.WatchResponse)) s
 	w := c.w
 	sw := &simWatch{c: c, id: w.id()}
 	key, prefix := r.Key, r.End != ""
-	wt := &watcher{id: sw.id, node: c.n, key: key, prefix: prefix, fn: func(evs []Event, rev int64) {
+	// A watch request still on its way when its process crashed reaches
+	// the store for nobody: the stream died with the process.
+	wt := &watcher{id: sw.id, node: c.n, gen: w.nodes[c.n].gen, key: key, prefix: prefix, fn: func(evs []Event, rev int64) {
 		if sw.cancelled {
 			return
 		}
@@ -101,6 +103,8 @@ func (c storeClient) Watch(r store.WatchRequest, fn func(store.WatchResponse)) s
 	sw.wt = wt
 	w.call(c.n, w.cfg.OpTimeout, "watch", func() any {
 		switch {
+		case w.nodes[c.n].gen != wt.gen:
+			return answer{err: store.ErrUnavailable}
 		case w.store.leaderless():
 			return answer{err: store.ErrNoLeader}
 		case !w.store.watchFrom(wt, r.Rev):

@@ -21,6 +21,9 @@ type variant struct {
 
 func seedOnly(s int64) Config { return Config{Seed: s} }
 
+// fenced is a run in fence mode with guarded resources.
+func fenced(s int64) Config { return Config{Seed: s, Mode: "fence", Resources: 1 + int(s%2)} }
+
 var variants = []variant{
 	{mutation.ConnectEarly, seedOnly, []string{"G3"}},
 	{mutation.NoCAS, func(s int64) Config { return Config{Seed: s, Coordinators: 2, Election: -1} }, []string{"G1"}},
@@ -29,10 +32,12 @@ var variants = []variant{
 	{mutation.CleanupInCAS, seedOnly, []string{"L1"}},
 	{mutation.NoWatchdog, seedOnly, []string{"L1"}},
 	{mutation.ContextNotGate, seedOnly, []string{"G6", "G4"}},
-	{mutation.FenceNothing, func(s int64) Config { return Config{Seed: s, Mode: "fence"} }, []string{"G4", "G6"}},
+	{mutation.FenceNothing, func(s int64) Config { return Config{Seed: s, Mode: "fence", Resources: -1} }, []string{"G4", "G6"}},
 	{mutation.KeepLeaveMarkers, seedOnly, []string{"bounded"}},
 	{mutation.MonotonicClock, seedOnly, []string{"G6", "G4"}},
 	{mutation.NoFrameEpochCheck, seedOnly, []string{"G2"}},
+	{mutation.GuardChecksAtAdmission, fenced, []string{"G5"}},
+	{mutation.FenceOnlyDepartures, fenced, []string{"G5"}},
 }
 
 // TestBrokenVariantsAreCaught shows the checks can fail: each broken

@@ -79,6 +79,9 @@ func (ms *Membership) io(o *op) {
 	if err == nil {
 		w.ios++
 		w.hist.add(Rec{Kind: HIO, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: o.epoch, Op: o.id})
+		if len(w.resources) > 0 && w.chance(writeP) {
+			w.write(ms.d.n.id, ms.ref(), o.ep.Token())
+		}
 	} else {
 		w.refused++
 		if !o.careless {

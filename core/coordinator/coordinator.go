@@ -650,7 +650,7 @@ func (m *Machine) connectable(rec *proto.EpochRecord) bool {
 	// network after its operation ended and it acknowledged (the spin
 	// model's finding F1, model/README.md).
 	departed := m.departedOf(rec)
-	if m.fences() && !v.fenced(rec.Number) {
+	if m.fences() && !v.fenced(rec.Number) && !(mutation.On(mutation.FenceOnlyDepartures) && len(departed) == 0) {
 		return false
 	}
 	if m.leases() {

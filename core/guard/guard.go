@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/idc-dev/idc/internal/mutation"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/token"
 )
@@ -189,6 +190,12 @@ func (s *State) Begin(t *Ticket) error {
 	case tPending:
 		t.unlink()
 		t.state = tIdle
+		if mutation.On(mutation.GuardChecksAtAdmission) {
+			// The broken variant: the admission stands.
+			t.state = tApplying
+			s.started(t.grp, t.epoch)
+			return nil
+		}
 	case tApplying:
 		return ErrState
 	}
@@ -260,7 +267,7 @@ func (s *State) Fence(name string, f Fence, aborted []*Ticket) ([]*Ticket, error
 		g.cur = 0
 		for t := g.pending.next; t != &g.pending; {
 			next := t.next
-			if t.epoch < f.Epoch {
+			if t.epoch < f.Epoch && !mutation.On(mutation.GuardChecksAtAdmission) {
 				t.unlink()
 				t.state, t.grp = tIdle, nil
 				aborted = append(aborted, t)

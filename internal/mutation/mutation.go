@@ -49,6 +49,15 @@ const (
 	// a frame's header, trusting that a connection belongs to one epoch
 	// (breaks G2 when a stale frame reaches a newer connection).
 	NoFrameEpochCheck
+	// GuardChecksAtAdmission: a resource's guard checks a request's token
+	// when it arrives only, not again when it is applied, and a fence does
+	// not abort what it admitted (breaks G5 when a fence comes between).
+	GuardChecksAtAdmission
+	// FenceOnlyDepartures: the coordinator waits for the resources' fence
+	// acknowledgements only for changes with departed members (the spin
+	// model's finding F1: a survivor's request of the old epoch may still
+	// be in the network; breaks G5).
+	FenceOnlyDepartures
 )
 
 var names = map[Kind]string{
@@ -56,6 +65,7 @@ var names = map[Kind]string{
 	ValidityFromReceipt: "validity-from-receipt", CleanupInCAS: "cleanup-in-CAS", NoWatchdog: "no-watchdog",
 	ContextNotGate: "context-not-gate", FenceNothing: "fence-nothing", KeepLeaveMarkers: "keep-leave-markers",
 	MonotonicClock: "monotonic-clock", NoFrameEpochCheck: "no-frame-epoch-check",
+	GuardChecksAtAdmission: "guard-checks-at-admission", FenceOnlyDepartures: "fence-only-departures",
 }
 
 func (k Kind) String() string {
@@ -68,7 +78,7 @@ func (k Kind) String() string {
 // Kinds returns every broken variant.
 func Kinds() []Kind {
 	out := make([]Kind, 0, len(names))
-	for k := ConnectEarly; k <= NoFrameEpochCheck; k++ {
+	for k := ConnectEarly; k <= FenceOnlyDepartures; k++ {
 		out = append(out, k)
 	}
 	return out
