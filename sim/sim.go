@@ -313,20 +313,20 @@ type node struct {
 
 // World is one simulation run.
 type World struct {
-	cfg     Config
-	rng     *rand.Rand
-	now     time.Duration
-	end     time.Duration
-	seq     uint64
-	q       queue
-	nodes   []*node
-	net     *network
-	store   *Store
+	cfg       Config
+	rng       *rand.Rand
+	now       time.Duration
+	end       time.Duration
+	seq       uint64
+	q         queue
+	nodes     []*node
+	net       *network
+	store     *Store
 	coords    []*Coord
 	domains   []*Domain
 	resources []*Resource
-	hist    *History
-	checks  []Check
+	hist      *History
+	checks    []Check
 	// free holds events to reuse (World.after).
 	free []*event
 	// listeners and conns are the simulated network's (netconn.go).

@@ -80,14 +80,14 @@ func TestSimulation(t *testing.T) {
 	}
 	start := time.Now()
 	var (
-		next   atomic.Int64
-		ran    atomic.Int64
-		steps  atomic.Int64
+		next  atomic.Int64
+		ran   atomic.Int64
+		steps atomic.Int64
 		// Runs with resources, and their writes applied and rejected.
 		guarded, applied, rejected atomic.Int64
-		mu     sync.Mutex
-		failed error
-		fseed  int64 = -1
+		mu                         sync.Mutex
+		failed                     error
+		fseed                      int64 = -1
 	)
 	next.Store(*flagFirst)
 	var wg sync.WaitGroup
