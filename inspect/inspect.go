@@ -79,12 +79,18 @@ type Group struct {
 	// Domains lists every domain the group knows of, members first.
 	Domains []Member `json:"domains"`
 	// PendingAcks names the survivors whose quiesce acknowledgement the
-	// coordinator still waits for; PendingFenceAcks the resources whose
-	// fence acknowledgement it waits for.
-	PendingAcks      []string            `json:"pending_acks,omitempty"`
-	PendingFenceAcks []string            `json:"pending_fence_acks,omitempty"`
-	Faults           []proto.FaultReport `json:"faults,omitempty"`
-	Resources        []string            `json:"resources,omitempty"`
+	// coordinator still waits for; PendingFenceAcks the resources
+	// (registered or expected by the group's configuration) whose fence
+	// acknowledgement it waits for.
+	PendingAcks      []string `json:"pending_acks,omitempty"`
+	PendingFenceAcks []string `json:"pending_fence_acks,omitempty"`
+	// PendingUnregistered names those of PendingFenceAcks that the
+	// group's configuration expects but that are not registered: not
+	// started yet, or whose registration was deleted while the
+	// configuration still names them.
+	PendingUnregistered []string            `json:"pending_fence_unregistered,omitempty"`
+	Faults              []proto.FaultReport `json:"faults,omitempty"`
+	Resources           []string            `json:"resources,omitempty"`
 }
 
 // ErrNoGroup is returned by Status for a group named explicitly that has no
@@ -193,10 +199,15 @@ func Summarize(v *core.View, rev int64) Group {
 			for _, m := range rec.Departed() {
 				add(m, RoleDeparted)
 			}
-			if rec.Mode.UsesFence() { // every change is fenced
-				for _, r := range v.Resources {
+			// Every change is fenced in fence modes, and waits for every
+			// resource registered or expected.
+			if mode, _ := GroupMode(v); mode.UsesFence() {
+				for _, r := range fenceSet(v) {
 					if !v.FenceAcks[rec.Number][r] {
 						g.PendingFenceAcks = append(g.PendingFenceAcks, r)
+						if !slices.Contains(v.Resources, r) {
+							g.PendingUnregistered = append(g.PendingUnregistered, r)
+						}
 					}
 				}
 			}

@@ -38,6 +38,7 @@ func newRoot() *cobra.Command {
 	pf.DurationVar(&g.timeout, "dial-timeout", 10*time.Second, "how long to keep trying to reach the store")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.validate() }
 	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g), newPingCmd(g))
+	root.AddCommand(newGroupCmd(g), newFenceCmd(g))
 	return root
 }
 

@@ -25,7 +25,11 @@ domain with its incarnation, its role (member; while quiescing: survivor,
 joiner or departed; excluded; registered but not yet in an epoch), the
 lease time it has left as the store reports it and where it accepts
 channels ("-" if nowhere), and the quiesce and fence acknowledgements the
-coordinator still waits for.`,
+coordinator still waits for. In fence and both modes a quiescing epoch
+waits for the fence acknowledgement of every resource registered or
+expected by the group's configuration: those pending are listed, and
+those expected but not registered are named as such ('idc fence list'
+shows more).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			cli, err := g.dial(ctx)
@@ -94,7 +98,11 @@ func writeStatus(w io.Writer, gr inspect.Group) {
 		fmt.Fprintf(w, "  pending quiesce acks: %s\n", strings.Join(gr.PendingAcks, ", "))
 	}
 	if len(gr.PendingFenceAcks) > 0 {
-		fmt.Fprintf(w, "  pending fence acks: %s\n", strings.Join(gr.PendingFenceAcks, ", "))
+		fmt.Fprintf(w, "  pending fence acks: %s", strings.Join(gr.PendingFenceAcks, ", "))
+		if len(gr.PendingUnregistered) > 0 {
+			fmt.Fprintf(w, " (expected, not registered: %s)", strings.Join(gr.PendingUnregistered, ", "))
+		}
+		fmt.Fprintln(w)
 	}
 	for _, f := range gr.Faults {
 		fmt.Fprintf(w, "  fault report: %s lost %s in epoch %d\n", f.Reporter, f.Suspect, f.Epoch)
