@@ -54,8 +54,8 @@ func (w *benchWriter) apply() error {
 // block store) without a guard (baseline) and with one, in the same run,
 // serially and with GOMAXPROCS concurrent appliers (parallel; ns/op is
 // the wall time over all the appliers' requests). The guard variant
-// decodes the request's token with Parse from its encoding, then Admit,
-// Begin, the write, End; guard-apply does Parse, Admit and Apply with a
+// decodes and admits the request's token with AdmitEncoded, then
+// Begin, the write, End; guard-apply does AdmitEncoded and Apply with a
 // func value built once. Each applier is its own member of the epoch and
 // reuses one Ticket.
 // Run: go test -run - -bench . -benchtime 1s ./guard
@@ -89,11 +89,7 @@ func BenchmarkApply(b *testing.B) {
 			return nil
 		}},
 		{"guard", func(w *benchWriter, t *Ticket, enc []byte) error {
-			var err error
-			if t.Token, _, err = g.Parse(enc); err != nil {
-				return err
-			}
-			if err := g.Admit(t); err != nil {
+			if _, err := g.AdmitEncoded(enc, t); err != nil {
 				return err
 			}
 			if err := g.Begin(t); err != nil {
@@ -103,11 +99,7 @@ func BenchmarkApply(b *testing.B) {
 			return g.End(t)
 		}},
 		{"guard-apply", func(w *benchWriter, t *Ticket, enc []byte) error {
-			var err error
-			if t.Token, _, err = g.Parse(enc); err != nil {
-				return err
-			}
-			if err := g.Admit(t); err != nil {
+			if _, err := g.AdmitEncoded(enc, t); err != nil {
 				return err
 			}
 			return g.Apply(t, w.applyFunc)

@@ -195,9 +195,60 @@ func TestHotPathAllocates(t *testing.T) {
 	}); n != 0 {
 		t.Fatalf("the hot path allocates %v times", n)
 	}
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, err := g.AdmitEncoded(b, tk); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Begin(tk); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.End(tk); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("AdmitEncoded, Begin and End allocate %v times", n)
+	}
+	if want := tok(4, 1); tk.Token.String() != want.String() {
+		t.Fatalf("AdmitEncoded decoded %v", tk.Token)
+	}
 	// A token the guard cannot admit still parses (with copies).
 	other, _, err := g.Parse(token.Token{Group: "h", Epoch: 1, Domain: "x", Incarnation: 1}.Append(nil))
 	if err != nil || other.Group != "h" || other.Domain != "x" {
 		t.Fatalf("%v, %v", other, err)
 	}
+}
+
+// FuzzAdmitEncoded: any bytes are either admitted (a token of the floor
+// epoch from a member, which encodes back to the bytes read) or refused
+// with an error wrapping one of token's errors or ErrRefused; never a
+// panic.
+func FuzzAdmitEncoded(f *testing.F) {
+	f.Add(tok(4, 1).Append(nil))
+	f.Add(tok(3, 1).Append(nil))
+	f.Add(token.Token{Group: "g", Epoch: 4, Domain: "d/1", Incarnation: 2}.Append(nil))
+	f.Add(token.Token{Group: "h", Epoch: 4, Domain: "d1", Incarnation: 2}.Append(nil))
+	f.Add([]byte{1, 0, 1, 'g', 0, 0})
+	g := New(Config{Name: "disk"})
+	if err := g.Fence(context.Background(), "g", Fence{Epoch: 4, Members: members(3)}); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tk := &Ticket{}
+		n, err := g.AdmitEncoded(b, tk)
+		if err != nil {
+			for _, e := range []error{token.ErrShort, token.ErrVersion, token.ErrMalformed, token.ErrSigned, ErrRefused} {
+				if errors.Is(err, e) {
+					return
+				}
+			}
+			t.Fatalf("error %v is neither a token error nor a refusal", err)
+		}
+		g.Cancel(tk)
+		if n > len(b) || string(tk.Token.Append(nil)) != string(b[:n]) {
+			t.Fatalf("admitted %v (%d bytes), which does not encode back to %x", tk.Token, n, b[:n])
+		}
+		if _, _, err := token.ParseView(b); err != nil {
+			t.Fatalf("admitted %v, which token.ParseView refuses: %v", tk.Token, err)
+		}
+	})
 }

@@ -34,7 +34,8 @@ func newMetrics(reg prometheus.Registerer, name string) *metrics {
 
 func (m *metrics) refuse(err error) { m.refused[core.Reason(err)].Inc() }
 
-// abortError is the error of a ticket a fence of epoch aborted.
-func abortError(t *Ticket, epoch uint64) error {
-	return fmt.Errorf("%w: %s, fenced at %d", ErrAborted, t.Token, epoch)
+// abortError is the error of the tickets a fence of epoch aborted in
+// group (one error for all of them: a fence may abort many).
+func abortError(group string, epoch uint64) error {
+	return fmt.Errorf("%w: group %s fenced at %d", ErrAborted, group, epoch)
 }

@@ -127,6 +127,17 @@ type View struct {
 // epoch and incarnation (ErrMalformed), no sequence number and no
 // signature (ErrSigned).
 func ParseView(b []byte) (View, int, error) {
+	v, n, err := Split(b)
+	if err == nil && (!ValidName(v.Group) || !ValidName(v.Domain)) {
+		return View{}, 0, ErrMalformed
+	}
+	return v, n, err
+}
+
+// Split is ParseView without the check of the names' characters (their
+// lengths are checked): for a caller that compares the names with names
+// it knows to be valid, as a guard does, and refuses the others.
+func Split(b []byte) (View, int, error) {
 	if len(b) < 3 {
 		return View{}, 0, ErrShort
 	}
@@ -181,7 +192,7 @@ func ParseView(b []byte) (View, int, error) {
 		return View{}, 0, ErrShort
 	}
 	switch {
-	case !validName(v.Group) || !validName(v.Domain) || v.Epoch == 0 || v.Incarnation == 0:
+	case len(v.Group) == 0 || len(v.Domain) == 0 || v.Epoch == 0 || v.Incarnation == 0:
 		return View{}, 0, ErrMalformed
 	case seq != 0 || sig != 0:
 		return View{}, 0, ErrSigned
@@ -189,9 +200,9 @@ func ParseView(b []byte) (View, int, error) {
 	return v, p + sig, nil
 }
 
-// validName reports whether s is a name a token may carry: 1 to MaxName
+// ValidName reports whether s is a name a token may carry: 1 to MaxName
 // bytes of valid UTF-8, with no control character and no '/'.
-func validName(s []byte) bool {
+func ValidName(s []byte) bool {
 	if len(s) == 0 || len(s) > MaxName || !utf8.Valid(s) {
 		return false
 	}

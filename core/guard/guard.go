@@ -108,6 +108,7 @@ type Ticket struct {
 	state      tstate
 	grp        *group
 	epoch      uint64 // the token's epoch when admitted or begun
+	gen        uint64 // the group's fence generation when admitted
 	prev, next *Ticket
 }
 
@@ -117,6 +118,7 @@ type group struct {
 	fence   Fence
 	members map[string]member // the fence's members, by ID
 	pending Ticket            // sentinel of the admitted tickets' ring
+	gen     uint64            // counts the fences applied
 	cur     int               // applies under way of the floor epoch
 	old     int               // applies under way of older epochs
 }
@@ -144,18 +146,27 @@ func (s *State) check(t *Ticket) (*group, error) {
 	switch {
 	case g == nil:
 		return nil, fmt.Errorf("%w: %s", ErrNoFence, t.Token)
-	case t.Token.Epoch < g.fence.Epoch:
-		return nil, fmt.Errorf("%w: %s, fenced at %d", ErrStale, t.Token, g.fence.Epoch)
-	case t.Token.Epoch > g.fence.Epoch:
-		return nil, fmt.Errorf("%w: %s, fenced at %d", ErrAhead, t.Token, g.fence.Epoch)
 	}
-	if m, ok := g.members[t.Token.Domain]; !ok || m.inc != t.Token.Incarnation {
-		return nil, fmt.Errorf("%w: %s", ErrNotMember, t.Token)
-	}
-	if t.Write && g.fence.Writer != "" && t.Token.Domain != g.fence.Writer {
-		return nil, fmt.Errorf("%w: %s (the writer is %s)", ErrNotWriter, t.Token, g.fence.Writer)
+	m, ok := g.members[t.Token.Domain]
+	if err := s.verdict(g, t, ok && m.inc == t.Token.Incarnation); err != nil {
+		return nil, err
 	}
 	return g, nil
+}
+
+// verdict decides on t's token in group g, whose member it is if member.
+func (s *State) verdict(g *group, t *Ticket, member bool) error {
+	switch {
+	case t.Token.Epoch < g.fence.Epoch:
+		return fmt.Errorf("%w: %s, fenced at %d", ErrStale, t.Token, g.fence.Epoch)
+	case t.Token.Epoch > g.fence.Epoch:
+		return fmt.Errorf("%w: %s, fenced at %d", ErrAhead, t.Token, g.fence.Epoch)
+	case !member:
+		return fmt.Errorf("%w: %s", ErrNotMember, t.Token)
+	case t.Write && g.fence.Writer != "" && t.Token.Domain != g.fence.Writer:
+		return fmt.Errorf("%w: %s (the writer is %s)", ErrNotWriter, t.Token, g.fence.Writer)
+	}
+	return nil
 }
 
 // Admit checks a request when it arrives: admitted, it is pending until
@@ -168,10 +179,15 @@ func (s *State) Admit(t *Ticket) error {
 	if err != nil {
 		return err
 	}
-	t.state, t.grp, t.epoch = tPending, g, t.Token.Epoch
+	s.pend(g, t)
+	return nil
+}
+
+// pend makes an admitted ticket pending.
+func (s *State) pend(g *group, t *Ticket) {
+	t.state, t.grp, t.epoch, t.gen = tPending, g, t.Token.Epoch, g.gen
 	t.prev, t.next = g.pending.prev, &g.pending
 	t.prev.next, g.pending.prev = t, t
-	return nil
 }
 
 // unlink takes a pending ticket off its group's ring.
@@ -190,8 +206,9 @@ func (s *State) Begin(t *Ticket) error {
 	case tPending:
 		t.unlink()
 		t.state = tIdle
-		if mutation.On(mutation.GuardChecksAtAdmission) {
-			// The broken variant: the admission stands.
+		if t.grp.gen == t.gen || mutation.On(mutation.GuardChecksAtAdmission) {
+			// No fence since its admission, whose check therefore
+			// stands (or, the broken variant, trusted anyway).
 			t.state = tApplying
 			s.started(t.grp, t.epoch)
 			return nil
@@ -275,6 +292,7 @@ func (s *State) Fence(name string, f Fence, aborted []*Ticket) ([]*Ticket, error
 			t = next
 		}
 	}
+	g.gen++
 	g.fence = Fence{Epoch: f.Epoch, Members: slices.Clone(f.Members), Writer: f.Writer}
 	g.members = make(map[string]member, len(f.Members))
 	for _, m := range f.Members {
@@ -299,6 +317,41 @@ func (s *State) Floor(group string) (Fence, bool) {
 	}
 	return g.fence, true
 }
+
+// AdmitView is Admit for a token decoded with token.ParseView: it looks
+// the group and the member up once, and sets t.Token with the state's own
+// strings, so admitting a request decoded from bytes allocates nothing.
+// A token it refuses is set with copies.
+func (s *State) AdmitView(v token.View, t *Ticket) error {
+	if t.state != tIdle {
+		return ErrState
+	}
+	g := s.groups[string(v.Group)]
+	if g == nil {
+		if !validView(v) {
+			return token.ErrMalformed
+		}
+		t.Token = token.Token{Group: string(v.Group), Epoch: v.Epoch, Domain: string(v.Domain), Incarnation: v.Incarnation}
+		return fmt.Errorf("%w: %s", ErrNoFence, t.Token)
+	}
+	m, ok := g.members[string(v.Domain)]
+	domain := m.id
+	if !ok {
+		if !validView(v) {
+			return token.ErrMalformed
+		}
+		domain = string(v.Domain)
+	}
+	t.Token = token.Token{Group: g.name, Epoch: v.Epoch, Domain: domain, Incarnation: v.Incarnation}
+	if err := s.verdict(g, t, ok && m.inc == v.Incarnation); err != nil {
+		return err
+	}
+	s.pend(g, t)
+	return nil
+}
+
+// validView reports whether v's names are valid (token.ParseView's check).
+func validView(v token.View) bool { return token.ValidName(v.Group) && token.ValidName(v.Domain) }
 
 // Intern returns the state's own strings for the group and domain names
 // given as bytes, or "" for a name it does not know (a group without a

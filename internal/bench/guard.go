@@ -19,11 +19,11 @@ import (
 // The kinds of guard figure.
 const (
 	// GuardApply is a request through the guard: its token decoded with
-	// Guard.Parse from its encoding, Admit, Begin, the write, End. Its
+	// Guard.AdmitEncoded from its encoding, Begin, the write, End. Its
 	// baseline is the write alone.
 	GuardApply = "apply"
 	// GuardApplyFunc is the same with Guard.Apply around the write (a
-	// func value built once): Parse, Admit, Apply.
+	// func value built once): AdmitEncoded, Apply.
 	GuardApplyFunc = "apply-func"
 	// GuardFence is a fence raising the floor by one epoch, timed from
 	// the call of Guard.Fence to its return.
@@ -286,11 +286,7 @@ func (a *applier) run(kind string, n int) error {
 		}
 	case GuardApply:
 		for range n {
-			var err error
-			if a.t.Token, _, err = g.Parse(a.enc); err != nil {
-				return err
-			}
-			if err := g.Admit(&a.t); err != nil {
+			if _, err := g.AdmitEncoded(a.enc, &a.t); err != nil {
 				return err
 			}
 			if err := g.Begin(&a.t); err != nil {
@@ -303,11 +299,7 @@ func (a *applier) run(kind string, n int) error {
 		}
 	case GuardApplyFunc:
 		for range n {
-			var err error
-			if a.t.Token, _, err = g.Parse(a.enc); err != nil {
-				return err
-			}
-			if err := g.Admit(&a.t); err != nil {
+			if _, err := g.AdmitEncoded(a.enc, &a.t); err != nil {
 				return err
 			}
 			if err := g.Apply(&a.t, a.apply); err != nil {
