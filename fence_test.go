@@ -6,30 +6,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/idc-dev/idc/clock"
+	"github.com/idc-dev/idc"
 	"github.com/idc-dev/idc/coordinator"
 	"github.com/idc-dev/idc/guard"
-	"github.com/idc-dev/idc/internal/fencer"
 	"github.com/idc-dev/idc/internal/testenv"
 	"github.com/idc-dev/idc/proto"
-	"github.com/idc-dev/idc/store"
 	"github.com/idc-dev/idc/token"
 )
 
-// resource is a guarded resource: a guard and its fence driver on the
-// test's store.
+// resource is a guarded resource: a guard and its fence driver
+// (idc.Fence) on the test's store.
 type resource struct {
 	g *guard.Guard
-	d *fencer.Driver
+	d *idc.Fencing
 }
 
 func (e *env) resource(name string) *resource {
 	e.t.Helper()
 	g := guard.New(guard.Config{Name: name})
-	d, err := fencer.Start(fencer.Config{
-		Resource: name, Groups: []string{group}, Store: store.NewEtcd(e.cli), Clock: clock.System(),
-		Keys: proto.Keys{Prefix: proto.DefaultPrefix}, Logger: testenv.Logger(e.t), WatchCheck: 200 * time.Millisecond,
-	}, g)
+	d, err := idc.Fence(context.Background(), idc.FencingConfig{Resource: name, Groups: []string{group}, Client: e.cli, Logger: testenv.Logger(e.t)}, g)
 	if err != nil {
 		e.t.Fatal(err)
 	}
