@@ -221,6 +221,29 @@ func startWriter(t *testing.T, e *env, sock string) *exec.Cmd {
 	return cmd
 }
 
+// writerGroup starts a coordinator in mode, a guarded resource "disk"
+// behind a write server, member a in this process and the writer w in a
+// child process, and waits until w has applied writes in the first epoch
+// with both.
+func writerGroup(t *testing.T, mode proto.Mode) (e *env, srv *writeServer, a *idc.Membership, cmd *exec.Cmd, first testenv.Entry) {
+	e = newEnv(t)
+	e.coordinator(coordinator.Config{Mode: mode})
+	r := e.resource("disk")
+	srv, sock := newWriteServer(t, r.g)
+	a = e.join("a", bystander)
+	cmd = startWriter(t, e, sock)
+	first = e.connected(testenv.Mark{}, 20*time.Second, "a", "w")
+	r.floor(t, first.Number, 5*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(srv.appliesOf(first.Number)) < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("w applied %d writes in epoch %d", len(srv.appliesOf(first.Number)), first.Number)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return e, srv, a, cmd, first
+}
+
 // TestG4_FenceMode_StoppedWriterCannotWrite (G4 and G5 in fence mode, real
 // processes): a member's process doing writes to a guarded resource is
 // stopped (SIGSTOP) while some of its writes are held on their way — one
@@ -231,21 +254,7 @@ func startWriter(t *testing.T, e *env, sock string) *exec.Cmd {
 // are refused: no write of its epoch is applied after the next epoch
 // connected.
 func TestG4_FenceMode_StoppedWriterCannotWrite(t *testing.T) {
-	e := newEnv(t)
-	e.coordinator(coordinator.Config{Mode: proto.ModeFence})
-	r := e.resource("disk")
-	srv, sock := newWriteServer(t, r.g)
-	a := e.join("a", bystander)
-	cmd := startWriter(t, e, sock)
-	first := e.connected(testenv.Mark{}, 20*time.Second, "a", "w")
-	r.floor(t, first.Number, 5*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for len(srv.appliesOf(first.Number)) < 20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("w applied %d writes in epoch %d", len(srv.appliesOf(first.Number)), first.Number)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	e, srv, a, cmd, first := writerGroup(t, proto.ModeFence)
 
 	// Hold w's writes on their way, then stop w.
 	srv.mu.Lock()
@@ -298,20 +307,7 @@ func TestG4_FenceMode_StoppedWriterCannotWrite(t *testing.T) {
 // the coordinator connects the next epoch only once the writer's lease has
 // certainly run out.
 func TestG4_LeaseMode_WaitsTheLeaseOut(t *testing.T) {
-	e := newEnv(t)
-	e.coordinator(coordinator.Config{Mode: proto.ModeLease})
-	r := e.resource("disk")
-	srv, sock := newWriteServer(t, r.g)
-	a := e.join("a", bystander)
-	cmd := startWriter(t, e, sock)
-	first := e.connected(testenv.Mark{}, 20*time.Second, "a", "w")
-	deadline := time.Now().Add(10 * time.Second)
-	for len(srv.appliesOf(first.Number)) < 20 {
-		if time.Now().After(deadline) {
-			t.Fatal("w applied no writes")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	e, _, a, cmd, _ := writerGroup(t, proto.ModeLease)
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

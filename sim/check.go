@@ -205,9 +205,22 @@ func (c *G3) Observe(h *History) error {
 // act in e late (G3: their operations of e ended before they
 // acknowledged); a departed member that still acts is caught here.
 type G4 struct {
-	seen        int
+	seen int
+	connected
+}
+
+// connected tracks the highest epoch connected in the store, and when.
+type connected struct {
 	max         uint64
 	connectedAt time.Duration
+}
+
+// see takes a history record: a connected epoch record above the highest
+// raises it.
+func (c *connected) see(rec Rec) {
+	if rec.Kind == HEpoch && rec.Record.State == proto.Connected && rec.Record.Number > c.max {
+		c.max, c.connectedAt = rec.Record.Number, rec.At
+	}
 }
 
 func (*G4) Name() string { return "G4" }
@@ -215,11 +228,8 @@ func (*G4) Name() string { return "G4" }
 func (c *G4) Observe(h *History) error {
 	fenced := h.Mode == proto.ModeFence && h.Resources > 0
 	for _, rec := range h.New(&c.seen) {
+		c.see(rec)
 		switch rec.Kind {
-		case HEpoch:
-			if rec.Record.State == proto.Connected && rec.Record.Number > c.max {
-				c.max, c.connectedAt = rec.Record.Number, rec.At
-			}
 		case HIO:
 			if rec.Epoch < c.max && !fenced {
 				return fmt.Errorf("%v did I/O of epoch %d (op %d) at %v, after epoch %d connected at %v",
@@ -240,20 +250,16 @@ func (c *G4) Observe(h *History) error {
 // restarted resources all test it. (Lease mode makes no such promise: a
 // request already in the network is what a lease cannot stop.)
 type G5 struct {
-	seen        int
-	max         uint64
-	connectedAt time.Duration
+	seen int
+	connected
 }
 
 func (*G5) Name() string { return "G5" }
 
 func (c *G5) Observe(h *History) error {
 	for _, rec := range h.New(&c.seen) {
+		c.see(rec)
 		switch rec.Kind {
-		case HEpoch:
-			if rec.Record.State == proto.Connected && rec.Record.Number > c.max {
-				c.max, c.connectedAt = rec.Record.Number, rec.At
-			}
 		case HApply, HApplied:
 			if rec.Epoch < c.max && h.Mode.UsesFence() {
 				what := "began applying"

@@ -74,20 +74,7 @@ quiescing epoch back (fence and both modes) says so.
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				return writeJSON(out, groups)
-			}
-			if len(groups) == 0 {
-				fmt.Fprintf(out, "no groups under %s\n", g.prefix)
-			}
-			for i, gf := range groups {
-				if i > 0 {
-					fmt.Fprintln(out)
-				}
-				writeFences(out, gf)
-			}
-			return nil
+			return writeGroups(cmd.OutOrStdout(), g, asJSON, groups, writeFences)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -261,6 +248,24 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// writeGroups prints one entry per group: as indented JSON, or each with
+// write, a blank line between them ("no groups under PREFIX" if none).
+func writeGroups[T any](w io.Writer, g *globals, asJSON bool, groups []T, write func(io.Writer, T)) error {
+	if asJSON {
+		return writeJSON(w, groups)
+	}
+	if len(groups) == 0 {
+		fmt.Fprintf(w, "no groups under %s\n", g.prefix)
+	}
+	for i, gr := range groups {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		write(w, gr)
+	}
+	return nil
 }
 
 // modeText describes a group's mode and where it comes from.

@@ -324,20 +324,7 @@ of them.`,
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				return writeJSON(out, views)
-			}
-			if len(views) == 0 {
-				fmt.Fprintf(out, "no groups under %s\n", g.prefix)
-			}
-			for i, v := range views {
-				if i > 0 {
-					fmt.Fprintln(out)
-				}
-				writeGroupConfig(out, v)
-			}
-			return nil
+			return writeGroups(cmd.OutOrStdout(), g, asJSON, views, writeGroupConfig)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -41,21 +40,7 @@ shows more).`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(groups)
-			}
-			if len(groups) == 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "no groups under %s\n", g.prefix)
-			}
-			for i, gr := range groups {
-				if i > 0 {
-					fmt.Fprintln(cmd.OutOrStdout())
-				}
-				writeStatus(cmd.OutOrStdout(), gr)
-			}
-			return nil
+			return writeGroups(cmd.OutOrStdout(), g, asJSON, groups, writeStatus)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
