@@ -40,8 +40,11 @@ type LeaderConfig struct {
 	// that refuses a transaction as too large halves it.
 	MaxTxnOps int
 	// Guard holds extra compares on every epoch write (still elected).
-	Guard  []store.Cmp
-	Logger *slog.Logger
+	Guard []store.Cmp
+	// WallClock stamps each epoch record with when it was written, for
+	// people (proto.EpochRecord.WrittenMillis); default time.Now.
+	WallClock func() time.Time
+	Logger    *slog.Logger
 	// Metrics, if set, receives the leader's measurements.
 	Metrics *Metrics
 }
@@ -91,6 +94,9 @@ func StartLeader(cfg LeaderConfig) *Leader {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = newMetrics(nil)
+	}
+	if cfg.WallClock == nil {
+		cfg.WallClock = time.Now
 	}
 	l := &Leader{cfg: cfg, st: cfg.Store, clk: cfg.Clock, log: cfg.Logger, met: cfg.Metrics,
 		groups: map[string]*group{}, maxOps: cfg.MaxTxnOps}
@@ -341,7 +347,9 @@ func (l *Leader) write(g *group, a core.WriteEpoch, finish func(func(time.Durati
 	if !mutation.On(mutation.NoCAS) {
 		cmps = append([]store.Cmp{{Key: key, Rev: a.ExpectRevision}}, l.cfg.Guard...)
 	}
-	txn := store.Txn{If: cmps, Then: []store.Op{store.Put(key, proto.EncodeEpoch(a.Record), 0)}}
+	rec := a.Record
+	rec.WrittenMillis = l.cfg.WallClock().UnixMilli()
+	txn := store.Txn{If: cmps, Then: []store.Op{store.Put(key, proto.EncodeEpoch(rec), 0)}}
 	if mutation.On(mutation.CleanupInCAS) && a.Record.State == proto.Connected {
 		// As the connect once did: the cleanup in the same transaction.
 		for _, pfx := range []string{keys.Acks(g.name), keys.Faults(g.name), keys.FenceAcks(g.name)} {

@@ -64,10 +64,11 @@ type GroupFences struct {
 	Epoch uint64      `json:"epoch"`
 	State proto.State `json:"state,omitempty"`
 	// EpochRevision is the store revision at which the epoch record was
-	// last written. etcd keeps revisions, not times, so this is how long a
-	// fence has been pending as far as the store can tell: since this
-	// revision. No duration is derived from it.
+	// last written, and WrittenMillis when, by the coordinator's wall
+	// clock (Unix milliseconds; 0 if the record does not say): a fence has
+	// been pending since then.
 	EpochRevision int64 `json:"epoch_revision,omitempty"`
+	WrittenMillis int64 `json:"written_ms,omitempty"`
 	// Mode is the group's mode as far as the store tells (see GroupMode);
 	// ModeConfigured says it is the configuration's.
 	Mode           proto.Mode `json:"mode,omitempty"`
@@ -130,7 +131,7 @@ func SummarizeFences(v *core.View, rev int64) GroupFences {
 	g.Configured = !isZero(v.Config)
 	g.Mode, g.ModeConfigured = GroupMode(v)
 	if v.Epoch != nil {
-		g.Epoch, g.State, g.EpochRevision = v.Epoch.Number, v.Epoch.State, v.EpochRevision
+		g.Epoch, g.State, g.EpochRevision, g.WrittenMillis = v.Epoch.Number, v.Epoch.State, v.EpochRevision, v.Epoch.WrittenMillis
 	}
 	for _, name := range fenceSet(v) {
 		g.Resources = append(g.Resources, resourceFence(v, &g, name))

@@ -88,9 +88,13 @@ type Group struct {
 	// group's configuration expects but that are not registered: not
 	// started yet, or whose registration was deleted while the
 	// configuration still names them.
-	PendingUnregistered []string            `json:"pending_fence_unregistered,omitempty"`
-	Faults              []proto.FaultReport `json:"faults,omitempty"`
-	Resources           []string            `json:"resources,omitempty"`
+	PendingUnregistered []string `json:"pending_fence_unregistered,omitempty"`
+	// WrittenMillis is when the coordinator wrote the epoch record, by its
+	// host's wall clock (Unix milliseconds; 0 if the record does not say):
+	// a quiescing epoch's acknowledgements have been pending since then.
+	WrittenMillis int64               `json:"written_ms,omitempty"`
+	Faults        []proto.FaultReport `json:"faults,omitempty"`
+	Resources     []string            `json:"resources,omitempty"`
 }
 
 // ErrNoGroup is returned by Status for a group named explicitly that has no
@@ -179,7 +183,7 @@ func Summarize(v *core.View, rev int64) Group {
 		})
 	}
 	if rec := v.Epoch; rec != nil {
-		g.Epoch, g.State, g.Mode, g.Reason = rec.Number, rec.State, rec.Mode, rec.Reason
+		g.Epoch, g.State, g.Mode, g.Reason, g.WrittenMillis = rec.Number, rec.State, rec.Mode, rec.Reason, rec.WrittenMillis
 		if rec.State == proto.Quiescing {
 			g.PrevEpoch = rec.PrevNumber
 			prev := proto.Set(rec.Prev)

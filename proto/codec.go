@@ -29,13 +29,14 @@ type epochWire struct {
 	Prev       json.RawMessage `json:"prev,omitempty"`
 	Excluded   json.RawMessage `json:"excluded,omitempty"`
 	Reason     string          `json:"reason,omitempty"`
+	Written    int64           `json:"written_ms,omitempty"`
 }
 
 // EncodeEpoch returns the store form of r.
 func EncodeEpoch(r EpochRecord) []byte {
 	w := epochWire{
 		Group: r.Group, Number: r.Number, State: r.State, Mode: r.Mode,
-		Members: compact(r.Members), PrevNumber: r.PrevNumber, Reason: r.Reason,
+		Members: compact(r.Members), PrevNumber: r.PrevNumber, Reason: r.Reason, Written: r.WrittenMillis,
 	}
 	if len(r.Prev) > 0 {
 		w.Prev = compact(r.Prev)

@@ -45,15 +45,21 @@ func decodeStoreForm(data []byte) (EpochRecord, bool) {
 			case "reason":
 				r.Reason = v
 			}
-		case "number", "prev_number":
+		case "number", "prev_number", "written_ms":
 			n, ok := p.uint()
 			if !ok {
 				return r, false
 			}
-			if key == "number" {
+			switch key {
+			case "number":
 				r.Number = n
-			} else {
+			case "prev_number":
 				r.PrevNumber = n
+			default:
+				if n > 1<<63-1 {
+					return r, false
+				}
+				r.WrittenMillis = int64(n)
 			}
 		case "members", "prev", "excluded":
 			ms, ok := p.members()

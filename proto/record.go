@@ -94,6 +94,11 @@ type EpochRecord struct {
 	Excluded []Member `json:"excluded,omitempty"`
 	// Reason says, for people, what triggered the epoch.
 	Reason string `json:"reason,omitempty"`
+	// WrittenMillis is when the coordinator wrote the record, by its
+	// host's wall clock (Unix milliseconds), for people and tools: how
+	// long a quiescing epoch has waited. The protocol never reads it
+	// (hosts' wall clocks differ).
+	WrittenMillis int64 `json:"written_ms,omitempty"`
 }
 
 // Find returns the member with the given ID, if any.

@@ -27,6 +27,8 @@ func (c *Coord) start() {
 		Store: storeClient{c.w, c.n.id}, Clock: nodeClock{c.w, c.n.id}, Keys: keys,
 		Machine: cfg.coordConfig(), OpTimeout: cfg.OpTimeout, WatchCheck: cfg.WatchCheck,
 		MaxTxnOps: cfg.MaxTxnOps, Logger: quiet,
+		// A wall clock of the simulation's own, so runs stay reproducible.
+		WallClock: func() time.Time { return time.Unix(0, 0).Add(c.w.now) },
 	}
 	if cfg.Election > 0 {
 		c.c = coordinator.StartCandidate(coordinator.CandidateConfig{Leader: lc, Name: c.n.name, TTL: cfg.ElectionTTL, Rho: cfg.Rho})

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/idc-dev/idc/inspect"
 	"github.com/idc-dev/idc/proto"
@@ -21,16 +22,14 @@ import (
 // confirmed.
 var errNotConfirmed = errors.New("idc: not confirmed: nothing removed")
 
-// pendingNote says, in every fence command's help, why a pending fence is
-// shown without a duration.
-const pendingNote = `A pending fence is shown without a duration. etcd records the revision
-of every write, not its time, so how long ago the epoch record was written
-cannot be read from the store; this command's clock only knows when it
-ran, and the fence driver's clock is in the resource's process. What is
-shown instead is the store revision at which the epoch record was last
-written: the fence has been pending since that revision (compare it with
-the store revision the command read at). 'idc watch' shows when an epoch
-and each fence acknowledgement happen.`
+// pendingNote says, in every fence command's help, how long a pending
+// fence has been pending is told.
+const pendingNote = `How long a fence has been pending is told from when the coordinator
+wrote the epoch record, by the coordinator's wall clock (the record
+carries it), against this command's: hosts' clocks may differ, so it is
+for telling seconds from hours. The store revision at which the record was
+written is shown too. 'idc watch' shows when an epoch and each fence
+acknowledgement happen.`
 
 func newFenceCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
@@ -280,13 +279,23 @@ func modeText(gf inspect.GroupFences) string {
 	}
 }
 
+// writtenAgo says how long ago the epoch record was written, by the
+// coordinator's wall clock against this host's, or nothing if the record
+// does not say.
+func writtenAgo(writtenMs int64) string {
+	if writtenMs == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %v ago", max(time.Since(time.UnixMilli(writtenMs)), 0).Round(100*time.Millisecond))
+}
+
 // epochText describes a group's current epoch, its mode, and the
 // revision at which its record was written.
 func epochText(gf inspect.GroupFences) string {
 	if gf.Epoch == 0 {
 		return fmt.Sprintf("no epoch yet, %s", modeText(gf))
 	}
-	return fmt.Sprintf("epoch %d %s, %s; epoch record written at store revision %d", gf.Epoch, gf.State, modeText(gf), gf.EpochRevision)
+	return fmt.Sprintf("epoch %d %s, %s; epoch record written at store revision %d%s", gf.Epoch, gf.State, modeText(gf), gf.EpochRevision, writtenAgo(gf.WrittenMillis))
 }
 
 // fenceText describes a resource's fence of the current epoch.
@@ -355,7 +364,7 @@ func writeFence(w io.Writer, gf inspect.GroupFences) {
 	if gf.Epoch == 0 {
 		fmt.Fprintf(tw, "  epoch\tnone yet, %s\n", modeText(gf))
 	} else {
-		fmt.Fprintf(tw, "  epoch\t%d %s, %s; epoch record written at store revision %d\n", gf.Epoch, gf.State, modeText(gf), gf.EpochRevision)
+		fmt.Fprintf(tw, "  epoch\t%d %s, %s; epoch record written at store revision %d%s\n", gf.Epoch, gf.State, modeText(gf), gf.EpochRevision, writtenAgo(gf.WrittenMillis))
 	}
 	fmt.Fprintf(tw, "  fence\t%s\n", fenceText(gf, r))
 	fmt.Fprintf(tw, "  highest acked\t%s\n", epochNumber(r.Acked))

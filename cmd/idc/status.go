@@ -80,18 +80,31 @@ func writeStatus(w io.Writer, gr inspect.Group) {
 		tw.Flush()
 	}
 	if len(gr.PendingAcks) > 0 {
-		fmt.Fprintf(w, "  pending quiesce acks: %s\n", strings.Join(gr.PendingAcks, ", "))
+		fmt.Fprintf(w, "  pending quiesce acks: %s%s\n", strings.Join(gr.PendingAcks, ", "), pendingFor(gr.WrittenMillis, time.Now()))
 	}
 	if len(gr.PendingFenceAcks) > 0 {
 		fmt.Fprintf(w, "  pending fence acks: %s", strings.Join(gr.PendingFenceAcks, ", "))
 		if len(gr.PendingUnregistered) > 0 {
 			fmt.Fprintf(w, " (expected, not registered: %s)", strings.Join(gr.PendingUnregistered, ", "))
 		}
+		fmt.Fprint(w, pendingFor(gr.WrittenMillis, time.Now()))
 		fmt.Fprintln(w)
 	}
 	for _, f := range gr.Faults {
 		fmt.Fprintf(w, "  fault report: %s lost %s in epoch %d\n", f.Reporter, f.Suspect, f.Epoch)
 	}
+}
+
+// pendingFor says for how long something has been pending since the epoch
+// record was written at writtenMs (the coordinator's wall clock), or
+// nothing if the record does not say. The hosts' clocks may differ: it is
+// for people, to tell seconds from hours.
+func pendingFor(writtenMs int64, now time.Time) string {
+	if writtenMs == 0 {
+		return ""
+	}
+	d := max(now.Sub(time.UnixMilli(writtenMs)), 0)
+	return fmt.Sprintf(", pending for %v (since the record was written)", d.Round(100*time.Millisecond))
 }
 
 // channelAddr renders a channel address as one table cell: "-" when there

@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/idc-dev/idc/inspect"
 	"github.com/idc-dev/idc/proto"
@@ -55,6 +56,23 @@ func TestWriteStatusChannels(t *testing.T) {
 	for _, line := range lines {
 		if f := strings.Fields(line); len(f) > 0 && want[f[0]] != nil && f[0] != "DOMAIN" && (len(line) <= col || line[col-1] != ' ' || line[col] == ' ') {
 			t.Errorf("line %q: channel not in the CHANNEL column (at %d)", line, col)
+		}
+	}
+}
+
+func TestPendingFor(t *testing.T) {
+	now := time.UnixMilli(1_764_131_000_000)
+	for _, tc := range []struct {
+		written int64
+		want    string
+	}{
+		{0, ""},
+		{now.UnixMilli() - 3250, ", pending for 3.3s (since the record was written)"},
+		{now.UnixMilli() + 5000, ", pending for 0s (since the record was written)"}, // a clock ahead
+		{now.UnixMilli() - 2*3600*1000, ", pending for 2h0m0s (since the record was written)"},
+	} {
+		if got := pendingFor(tc.written, now); got != tc.want {
+			t.Errorf("pendingFor(%d): %q, want %q", tc.written, got, tc.want)
 		}
 	}
 }
