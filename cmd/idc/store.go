@@ -133,7 +133,7 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 	f.StringVar(&clientURL, "listen-client", "http://127.0.0.1:2379", "embedded etcd's client URL (loopback by default)")
 	f.StringVar(&peerURL, "listen-peer", "http://127.0.0.1:2380", "embedded etcd's peer URL (loopback by default)")
 	f.BoolVar(&noCoord, "no-coordinator", false, "run only the store, no coordinator candidate")
-	f.StringVar(&mode, "mode", string(proto.ModeLease), "how departed members are handled: lease, fence or both")
+	f.StringVar(&mode, "mode", string(proto.ModeLease), "how departed members are handled in groups whose configuration does not say (idc group set): lease, fence or both")
 	f.DurationVar(&quiesce, "quiesce-timeout", coordinator.DefaultQuiesceTimeout, "time survivors have to quiesce before they are dropped")
 	f.Float64Var(&rho, "rho", coordinator.DefaultRho, "clock-rate drift bound ρ")
 	f.DurationVar(&margin, "lease-margin", coordinator.DefaultLeaseMargin, "safety margin added to the wait for a departed member")
