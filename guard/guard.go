@@ -117,6 +117,25 @@ func (g *Guard) AdmitEncoded(b []byte, t *Ticket) (int, error) {
 	return n, nil
 }
 
+// BeginEncoded decodes the token at the start of b into t.Token and, if
+// the guard admits it, begins the request's apply, in one step: for a
+// resource that applies a request as soon as it arrives (no Admit before,
+// End after). It returns the token's length in b.
+func (g *Guard) BeginEncoded(b []byte, t *Ticket) (int, error) {
+	v, n, err := token.Split(b)
+	if err != nil {
+		return 0, err
+	}
+	g.mu.Lock()
+	err = g.s.BeginView(v, t)
+	g.mu.Unlock()
+	if err != nil {
+		g.met.refuse(err)
+		return n, err
+	}
+	return n, nil
+}
+
 // Begin checks the request again as its apply begins: admitted, its apply
 // is under way until End, and no fence of a later epoch completes
 // before. Refused, the request must not be applied.

@@ -208,6 +208,16 @@ func TestHotPathAllocates(t *testing.T) {
 	}); n != 0 {
 		t.Fatalf("AdmitEncoded, Begin and End allocate %v times", n)
 	}
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, err := g.BeginEncoded(b, tk); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.End(tk); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("BeginEncoded and End allocate %v times", n)
+	}
 	if want := tok(4, 1); tk.Token.String() != want.String() {
 		t.Fatalf("AdmitEncoded decoded %v", tk.Token)
 	}

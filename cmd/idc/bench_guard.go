@@ -28,11 +28,14 @@ turn. For one applier and for GOMAXPROCS concurrent ones it measures, --rounds
 times, the write alone (the baseline) and just after it the write through the
 guard:
 
-  apply       the request's token decoded with Guard.Parse from its
-              encoding, Admit, Begin, the write, End (one reused ticket
-              per applier)
-  apply-func  Parse, Admit and Guard.Apply around the write (a func value
-              built once)
+  apply         Guard.AdmitEncoded (the request's token decoded and
+                admitted), Begin, the write, End (one reused ticket per
+                applier): a resource that queues what it admits
+  apply-func    AdmitEncoded and Guard.Apply around the write (a func
+                value built once)
+  apply-direct  Guard.BeginEncoded (decoded, checked and begun in one
+                step), the write, End: a resource that applies a request
+                as soon as it arrives
 
 and prints the medians: ns per request (with several appliers, the wall time
 over all their requests), the time the guard adds (the median over the rounds

@@ -323,31 +323,55 @@ func (s *State) Floor(group string) (Fence, bool) {
 // strings, so admitting a request decoded from bytes allocates nothing.
 // A token it refuses is set with copies.
 func (s *State) AdmitView(v token.View, t *Ticket) error {
+	g, err := s.checkView(v, t)
+	if err != nil {
+		return err
+	}
+	s.pend(g, t)
+	return nil
+}
+
+// BeginView is Begin for a request decoded with token.ParseView and not
+// admitted before: it checks the token as AdmitView does and, admitted,
+// begins its apply in the same step (for a resource that applies a
+// request as soon as it arrives).
+func (s *State) BeginView(v token.View, t *Ticket) error {
+	g, err := s.checkView(v, t)
+	if err != nil {
+		return err
+	}
+	t.state, t.grp, t.epoch = tApplying, g, t.Token.Epoch
+	s.started(g, t.epoch)
+	return nil
+}
+
+// checkView sets t.Token from v, with the state's own strings for the
+// names it knows, and decides on it.
+func (s *State) checkView(v token.View, t *Ticket) (*group, error) {
 	if t.state != tIdle {
-		return ErrState
+		return nil, ErrState
 	}
 	g := s.groups[string(v.Group)]
 	if g == nil {
 		if !validView(v) {
-			return token.ErrMalformed
+			return nil, token.ErrMalformed
 		}
 		t.Token = token.Token{Group: string(v.Group), Epoch: v.Epoch, Domain: string(v.Domain), Incarnation: v.Incarnation}
-		return fmt.Errorf("%w: %s", ErrNoFence, t.Token)
+		return nil, fmt.Errorf("%w: %s", ErrNoFence, t.Token)
 	}
 	m, ok := g.members[string(v.Domain)]
 	domain := m.id
 	if !ok {
 		if !validView(v) {
-			return token.ErrMalformed
+			return nil, token.ErrMalformed
 		}
 		domain = string(v.Domain)
 	}
 	t.Token = token.Token{Group: g.name, Epoch: v.Epoch, Domain: domain, Incarnation: v.Incarnation}
 	if err := s.verdict(g, t, ok && m.inc == v.Incarnation); err != nil {
-		return err
+		return nil, err
 	}
-	s.pend(g, t)
-	return nil
+	return g, nil
 }
 
 // validView reports whether v's names are valid (token.ParseView's check).

@@ -25,6 +25,10 @@ const (
 	// GuardApplyFunc is the same with Guard.Apply around the write (a
 	// func value built once): AdmitEncoded, Apply.
 	GuardApplyFunc = "apply-func"
+	// GuardApplyDirect is a request applied as soon as it arrives:
+	// Guard.BeginEncoded (decoded, checked and begun in one step), the
+	// write, End.
+	GuardApplyDirect = "apply-direct"
 	// GuardFence is a fence raising the floor by one epoch, timed from
 	// the call of Guard.Fence to its return.
 	GuardFence = "fence"
@@ -172,27 +176,29 @@ func Guard(ctx context.Context, o GuardOptions) ([]GuardResult, error) {
 	// Every result first: the figures below point into out.
 	var out []GuardResult
 	for _, c := range concs {
-		out = append(out, GuardResult{Kind: GuardApply, Concurrency: c}, GuardResult{Kind: GuardApplyFunc, Concurrency: c})
+		out = append(out, GuardResult{Kind: GuardApply, Concurrency: c}, GuardResult{Kind: GuardApplyFunc, Concurrency: c},
+			GuardResult{Kind: GuardApplyDirect, Concurrency: c})
 	}
 	fenceAt := len(out)
 	for _, fb := range fences {
 		out = append(out, GuardResult{Kind: GuardFence, InFlight: fb.n, Applying: fb.applying})
 	}
 	type applyFigure struct {
-		base, guard, fn *guardRunner
-		r, rf           *GuardResult
+		base, guard, fn, direct *guardRunner
+		r, rf, rd               *GuardResult
 	}
 	var figs []applyFigure
 	for i, c := range concs {
 		figs = append(figs, applyFigure{
 			base: ab.runner("baseline", c), guard: ab.runner(GuardApply, c), fn: ab.runner(GuardApplyFunc, c),
-			r: &out[2*i], rf: &out[2*i+1],
+			direct: ab.runner(GuardApplyDirect, c),
+			r:      &out[3*i], rf: &out[3*i+1], rd: &out[3*i+2],
 		})
 	}
 	for round := range o.Rounds {
 		o.say("guard: round %d of %d", round+1, o.Rounds)
 		for _, f := range figs {
-			ss, err := interleave(ctx, o.Duration, f.base, f.guard, f.fn)
+			ss, err := interleave(ctx, o.Duration, f.base, f.guard, f.fn, f.direct)
 			if err != nil {
 				return nil, err
 			}
@@ -201,6 +207,8 @@ func Guard(ctx context.Context, o GuardOptions) ([]GuardResult, error) {
 			f.r.Allocs = append(f.r.Allocs, ss[1].allocsPerOp())
 			f.rf.Baseline, f.rf.Guard = append(f.rf.Baseline, base), append(f.rf.Guard, ss[2].nsPerOp())
 			f.rf.Allocs = append(f.rf.Allocs, ss[2].allocsPerOp())
+			f.rd.Baseline, f.rd.Guard = append(f.rd.Baseline, base), append(f.rd.Guard, ss[3].nsPerOp())
+			f.rd.Allocs = append(f.rd.Allocs, ss[3].allocsPerOp())
 		}
 		for i, fb := range fences {
 			r := &out[fenceAt+i]
@@ -276,7 +284,8 @@ func (a *applier) write() {
 }
 
 // run applies n requests of kind: "baseline" (the write alone),
-// GuardApply or GuardApplyFunc. The loops allocate nothing.
+// GuardApply, GuardApplyFunc or GuardApplyDirect. The loops allocate
+// nothing.
 func (a *applier) run(kind string, n int) error {
 	g := a.ab.g
 	switch kind {
@@ -303,6 +312,16 @@ func (a *applier) run(kind string, n int) error {
 				return err
 			}
 			if err := g.Apply(&a.t, a.apply); err != nil {
+				return err
+			}
+		}
+	case GuardApplyDirect:
+		for range n {
+			if _, err := g.BeginEncoded(a.enc, &a.t); err != nil {
+				return err
+			}
+			a.write()
+			if err := g.End(&a.t); err != nil {
 				return err
 			}
 		}

@@ -28,7 +28,7 @@ func TestGuardMeasure(t *testing.T) {
 			t.Fatalf("%+v: %d rounds of allocations, want 2", r, len(r.Allocs))
 		}
 		switch r.Kind {
-		case GuardApply, GuardApplyFunc:
+		case GuardApply, GuardApplyFunc, GuardApplyDirect:
 			applies++
 			if r.Concurrency < 1 || len(r.Baseline) != 2 || len(r.Guard) != 2 {
 				t.Fatalf("%+v: want a concurrency and 2 rounds", r)
