@@ -178,45 +178,38 @@ func TestHotPathAllocates(t *testing.T) {
 	}
 	b := tok(4, 1).Append(nil)
 	tk := &Ticket{Write: true}
-	if n := testing.AllocsPerRun(1000, func() {
-		var err error
-		if tk.Token, _, err = g.Parse(b); err != nil {
+	check := func(err error) {
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := g.Admit(tk); err != nil {
-			t.Fatal(err)
-		}
-		if err := g.Begin(tk); err != nil {
-			t.Fatal(err)
-		}
-		if err := g.End(tk); err != nil {
-			t.Fatal(err)
-		}
-	}); n != 0 {
-		t.Fatalf("the hot path allocates %v times", n)
 	}
-	if n := testing.AllocsPerRun(1000, func() {
-		if _, err := g.AdmitEncoded(b, tk); err != nil {
-			t.Fatal(err)
+	for _, path := range []struct {
+		name string
+		run  func()
+	}{
+		{"Parse, Admit, Begin, End", func() {
+			var err error
+			tk.Token, _, err = g.Parse(b)
+			check(err)
+			check(g.Admit(tk))
+			check(g.Begin(tk))
+			check(g.End(tk))
+		}},
+		{"AdmitEncoded, Begin, End", func() {
+			_, err := g.AdmitEncoded(b, tk)
+			check(err)
+			check(g.Begin(tk))
+			check(g.End(tk))
+		}},
+		{"BeginEncoded, End", func() {
+			_, err := g.BeginEncoded(b, tk)
+			check(err)
+			check(g.End(tk))
+		}},
+	} {
+		if n := testing.AllocsPerRun(1000, path.run); n != 0 {
+			t.Fatalf("%s: %v allocations", path.name, n)
 		}
-		if err := g.Begin(tk); err != nil {
-			t.Fatal(err)
-		}
-		if err := g.End(tk); err != nil {
-			t.Fatal(err)
-		}
-	}); n != 0 {
-		t.Fatalf("AdmitEncoded, Begin and End allocate %v times", n)
-	}
-	if n := testing.AllocsPerRun(1000, func() {
-		if _, err := g.BeginEncoded(b, tk); err != nil {
-			t.Fatal(err)
-		}
-		if err := g.End(tk); err != nil {
-			t.Fatal(err)
-		}
-	}); n != 0 {
-		t.Fatalf("BeginEncoded and End allocate %v times", n)
 	}
 	if want := tok(4, 1); tk.Token.String() != want.String() {
 		t.Fatalf("AdmitEncoded decoded %v", tk.Token)

@@ -16,6 +16,31 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// checkRounds checks the --rounds and --duration of a benchmark measured
+// in rounds.
+func checkRounds(rounds int, d time.Duration) error {
+	if rounds < 1 {
+		return fmt.Errorf("--rounds %d: want at least 1", rounds)
+	}
+	if d <= 0 {
+		return fmt.Errorf("--duration %v: want a positive duration", d)
+	}
+	return nil
+}
+
+// printResults prints a benchmark's results, as indented JSON or with
+// table, unless the benchmark failed (err).
+func printResults[T any](w io.Writer, asJSON bool, res T, err error, table func(io.Writer, T)) error {
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return writeJSON(w, res)
+	}
+	table(w, res)
+	return nil
+}
+
 // benchCommands are further `idc bench` subcommands, each added by the
 // file that defines it (in an init function), so that benchmarks stay in
 // files of their own.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -54,24 +53,12 @@ most 1 allocation per message).`,
 				o.Sizes = append(o.Sizes, n)
 			}
 			o.Transports, o.Kinds, o.Levels = splitList(transports), splitList(kinds), splitList(levels)
-			if o.Rounds < 1 {
-				return fmt.Errorf("--rounds %d: want at least 1", o.Rounds)
-			}
-			if o.Duration <= 0 {
-				return fmt.Errorf("--duration %v: want a positive duration", o.Duration)
+			if err := checkRounds(o.Rounds, o.Duration); err != nil {
+				return err
 			}
 			o.Progress = cmd.ErrOrStderr()
 			res, err := bench.Channels(cmd.Context(), o)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			writeChannelTable(cmd.OutOrStdout(), res)
-			return nil
+			return printResults(cmd.OutOrStdout(), asJSON, res, err, writeChannelTable)
 		},
 	}
 	f := cmd.Flags()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -51,24 +50,12 @@ risen; the fence waits for them). It prints the median and 99th percentile
 over every fence of every round, and allocations per fence.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.Rounds < 1 {
-				return fmt.Errorf("--rounds %d: want at least 1", o.Rounds)
-			}
-			if o.Duration <= 0 {
-				return fmt.Errorf("--duration %v: want a positive duration", o.Duration)
+			if err := checkRounds(o.Rounds, o.Duration); err != nil {
+				return err
 			}
 			o.Progress = cmd.ErrOrStderr()
 			res, err := bench.Guard(cmd.Context(), o)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			writeGuardTable(cmd.OutOrStdout(), res)
-			return nil
+			return printResults(cmd.OutOrStdout(), asJSON, res, err, writeGuardTable)
 		},
 	}
 	f := cmd.Flags()
