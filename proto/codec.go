@@ -118,7 +118,7 @@ func (r *EpochRecord) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &w); err != nil {
 		return err
 	}
-	out := EpochRecord{Group: w.Group, Number: w.Number, State: w.State, Mode: w.Mode, PrevNumber: w.PrevNumber, Reason: w.Reason}
+	out := EpochRecord{Group: w.Group, Number: w.Number, State: w.State, Mode: w.Mode, PrevNumber: w.PrevNumber, Reason: w.Reason, WrittenMillis: w.Written}
 	var err error
 	if out.Members, err = members(w.Members); err != nil {
 		return fmt.Errorf("members: %w", err)
