@@ -26,8 +26,8 @@ type conn struct {
 	mu           sync.Mutex
 	transmitting bool          // handshake done; guarded by mu
 	draining     bool          // beginShutdown ran in transmission; guarded by mu
-	slots        chan struct{} // one token per request running (set before transmitting)
-	stop         chan struct{} // closed when a drain has taken every slot
+	slots        chan struct{} // one token per request running
+	drainCh      chan struct{} // closed when draining begins
 
 	wmu sync.Mutex // serialises replies
 
@@ -43,14 +43,14 @@ type conn struct {
 func newConn(ctx context.Context, s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(ctx)
 	return &conn{
-		s:      s,
-		nc:     nc,
-		log:    s.log.With("remote", nc.RemoteAddr().String()),
-		ctx:    ctx,
-		cancel: cancel,
-		br:     bufio.NewReaderSize(nc, 64<<10),
-		slots:  make(chan struct{}, s.cfg.MaxInFlight),
-		stop:   make(chan struct{}),
+		s:       s,
+		nc:      nc,
+		log:     s.log.With("remote", nc.RemoteAddr().String()),
+		ctx:     ctx,
+		cancel:  cancel,
+		br:      bufio.NewReaderSize(nc, 64<<10),
+		slots:   make(chan struct{}, s.cfg.MaxInFlight),
+		drainCh: make(chan struct{}),
 	}
 }
 
@@ -99,6 +99,7 @@ func (c *conn) beginShutdown() {
 		return
 	}
 	c.draining = true
+	close(c.drainCh)
 	go func() {
 		for range cap(c.slots) {
 			select {
@@ -107,7 +108,6 @@ func (c *conn) beginShutdown() {
 				return
 			}
 		}
-		close(c.stop)
 		c.nc.Close()
 	}()
 }
@@ -347,24 +347,36 @@ func (c *conn) transmit() {
 			clean = true
 			return
 		}
-		if req.typ == cmdWrite && req.length > maxReq {
-			if req.length > dosWriteLen {
-				c.log.Warn("nbd: hard disconnect: write payload too large", "length", req.length, "max", maxReq)
-				return
-			}
-			if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
-				return
-			}
+		if req.typ == cmdWrite && req.length > dosWriteLen {
+			c.log.Warn("nbd: hard disconnect: write payload too large", "length", req.length, "max", maxReq)
+			return
+		}
+		// Requests answered at once, without a slot: an oversized write,
+		// and every request once the connection is shutting down.
+		var code uint32
+		switch {
+		case c.fenced.Load() || c.isDraining():
+			code = errnoShutdown
+		case req.typ == cmdWrite && req.length > maxReq:
 			c.log.Debug("nbd: request rejected", "cmd", commandName(req.typ), "length", req.length, "err", "longer than MaxRequestSize")
-			if c.reply(req.cookie, errnoInval, nil) != nil {
+			code = errnoInval
+		default:
+			select {
+			case c.slots <- struct{}{}:
+			case <-c.drainCh:
+				code = errnoShutdown
+			}
+		}
+		if code != 0 {
+			if req.typ == cmdWrite {
+				if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
+					return
+				}
+			}
+			if c.reply(req.cookie, code, nil) != nil {
 				return
 			}
 			continue
-		}
-		select {
-		case c.slots <- struct{}{}:
-		case <-c.stop:
-			return
 		}
 		var payload []byte
 		if req.typ == cmdWrite {
