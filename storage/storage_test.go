@@ -1,0 +1,134 @@
+package storage
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/idc-dev/idc/block"
+	"github.com/idc-dev/idc/guard"
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/token"
+)
+
+func tokenOf(e uint64) []byte {
+	return token.Token{Group: "disk1", Epoch: e, Domain: "ft", Incarnation: 3}.Append(nil)
+}
+
+func open(t *testing.T, size int64) (*Storage, *guard.Guard, *bytes.Buffer) {
+	t.Helper()
+	g := guard.New(guard.Config{Name: "storage"})
+	if err := g.Fence(context.Background(), "disk1", guard.Fence{Epoch: 2, Members: []proto.Ref{{ID: "ft", Incarnation: 3}, {ID: "drv-a", Incarnation: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "disk.img"), Size: size, Guard: g, Log: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, g, &log
+}
+
+func serve(t *testing.T, s *Storage, r block.Request) block.Answer {
+	t.Helper()
+	a, err := block.ParseAnswer(s.Serve(context.Background(), block.AppendRequest(nil, r)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ID != r.ID {
+		t.Fatalf("answer to %d for request %d", a.ID, r.ID)
+	}
+	return a
+}
+
+// TestServe: writes and reads of the epoch the guard is fenced at are
+// applied; a token of an ended epoch is refused and nothing applied; out
+// of bounds and malformed requests are refused as invalid; every write
+// applied is in the apply log, with its epoch, domain and ID.
+func TestServe(t *testing.T) {
+	s, g, log := open(t, 1<<20)
+	data := bytes.Repeat([]byte("w1"), 2048)
+	for _, tc := range []struct {
+		name string
+		r    block.Request
+		want block.Status
+	}{
+		{"write", block.Request{Op: block.OpWrite, Flags: block.FlagFUA, Length: 4096, Offset: 8192, ID: 1, Token: tokenOf(2), Data: data}, block.StatusOK},
+		{"flush", block.Request{Op: block.OpFlush, ID: 2, Token: tokenOf(2)}, block.StatusOK},
+		{"zero", block.Request{Op: block.OpZero, Length: 512, Offset: 8192, ID: 3, Token: tokenOf(2)}, block.StatusOK},
+		{"stale write", block.Request{Op: block.OpWrite, Length: 4, Offset: 0, ID: 4, Token: tokenOf(1), Data: []byte("old!")}, block.StatusFenced},
+		{"ahead", block.Request{Op: block.OpRead, Length: 4, ID: 5, Token: tokenOf(3)}, block.StatusFenced},
+		{"past the end", block.Request{Op: block.OpWrite, Length: 4, Offset: 1<<20 - 2, ID: 6, Token: tokenOf(2), Data: []byte("abcd")}, block.StatusInvalid},
+		{"offset past the end", block.Request{Op: block.OpRead, Length: 0, Offset: 1<<20 + 1, ID: 7, Token: tokenOf(2)}, block.StatusInvalid},
+		{"bad token", block.Request{Op: block.OpRead, Length: 4, ID: 8, Token: []byte{1, 2, 3}}, block.StatusInvalid},
+	} {
+		if a := serve(t, s, tc.r); a.Status != tc.want {
+			t.Errorf("%s: %s (%s), want %s", tc.name, a.Status, a.Data, tc.want)
+		}
+	}
+	a := serve(t, s, block.Request{Op: block.OpRead, Length: 4096, Offset: 8192, ID: 9, Token: tokenOf(2)})
+	if want := append(make([]byte, 512), data[512:]...); a.Status != block.StatusOK || !bytes.Equal(a.Data, want) {
+		t.Fatalf("read back: %s, %d bytes, equal %v", a.Status, len(a.Data), bytes.Equal(a.Data, want))
+	}
+	a = serve(t, s, block.Request{Op: block.OpRead, Length: 4, Offset: 0, ID: 10, Token: tokenOf(2)})
+	if !bytes.Equal(a.Data, make([]byte, 4)) {
+		t.Fatalf("the stale write landed: %q", a.Data)
+	}
+	if a, err := block.ParseAnswer(s.Serve(context.Background(), []byte("garbage"))); err != nil || a.Status != block.StatusInvalid {
+		t.Fatalf("garbage: %+v, %v", a, err)
+	}
+	// A fence of epoch 3: epoch 2's requests are now refused.
+	if err := g.Fence(context.Background(), "disk1", guard.Fence{Epoch: 3, Members: []proto.Ref{{ID: "ft", Incarnation: 3}}}); err != nil {
+		t.Fatal(err)
+	}
+	if a := serve(t, s, block.Request{Op: block.OpWrite, Length: 4, ID: 11, Token: tokenOf(2), Data: []byte("late")}); a.Status != block.StatusFenced || !errors.Is(a.Err(), block.ErrFenced) {
+		t.Fatalf("a write of epoch 2 after the fence of 3: %s", a.Status)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var lines []Applied
+	sc := bufio.NewScanner(log)
+	for sc.Scan() {
+		var l Applied
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	if len(lines) != 2 || lines[0].ID != 1 || lines[0].Op != "write" || lines[0].Epoch != 2 || lines[0].Domain != "ft" || lines[1].ID != 3 || lines[1].Op != "zero" {
+		t.Fatalf("apply log %+v, want writes 1 and 3 of epoch 2 by ft", lines)
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	dir := t.TempDir()
+	small := filepath.Join(dir, "small.img")
+	if err := os.WriteFile(small, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := guard.New(guard.Config{})
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no path", Config{Size: 4096, Guard: g}},
+		{"no guard", Config{Path: filepath.Join(dir, "a.img"), Size: 4096}},
+		{"size not whole blocks", Config{Path: filepath.Join(dir, "b.img"), Size: 5000, Guard: g}},
+		{"bad block size", Config{Path: filepath.Join(dir, "c.img"), Size: 4096, BlockSize: 1000, Guard: g}},
+		{"file too small", Config{Path: small, Size: 8192, Guard: g}},
+	} {
+		if _, err := Open(tc.cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: %v, want ErrConfig", tc.name, err)
+		}
+	}
+	if b, _ := os.ReadFile(small); len(b) != 4096 {
+		t.Fatalf("the small file changed: %d bytes", len(b))
+	}
+}
