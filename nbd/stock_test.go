@@ -186,9 +186,15 @@ func TestStockClients(t *testing.T) {
 			}
 			images[srv.name] = want
 
-			fioOut := run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
+			fio := toolCmd("fio", "--name=verify", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite",
 				"--bs=4k", "--offset=2M", "--size=1M", "--iodepth=16", "--verify=crc32c",
-				"--do_verify=1", "--verify_fatal=1")
+				"--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
+			fio.Dir = dir
+			out2, err := fio.CombinedOutput()
+			fioOut := string(out2)
+			if err != nil {
+				t.Fatalf("fio: %v\n%s", err, fioOut)
+			}
 			if !strings.Contains(fioOut, "verify: (groupid=0") {
 				t.Fatalf("fio:\n%s", fioOut)
 			}
