@@ -164,9 +164,11 @@ func (s *Server) Config() Config { return s.cfg }
 
 // Serve accepts connections on l (a unix or TCP listener) and serves each
 // in its own goroutines. It closes l when it returns. It returns
-// ErrServerClosed after Shutdown; when ctx is cancelled it closes l and
-// every connection it accepted (a hard disconnect), waits for them, and
-// returns ctx.Err(); otherwise it returns the listener's error.
+// ErrServerClosed after Shutdown (which goes on draining the connections);
+// when ctx is cancelled it closes l and every connection it accepted (a
+// hard disconnect), waits for them to end, and returns ctx.Err();
+// otherwise it returns the listener's error, leaving the connections
+// running.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.mu.Lock()
 	if s.shutting {
@@ -185,13 +187,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 
-	var mine sync.WaitGroup
-	defer mine.Wait()
+	var mine sync.WaitGroup // connections accepted here
 	var delay time.Duration
 	for {
 		nc, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
+				mine.Wait()
 				return ctx.Err()
 			}
 			if s.isShutting() {

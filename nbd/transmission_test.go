@@ -1,10 +1,12 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -462,4 +464,43 @@ func TestConfigValidation(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestServeTCPAndCancel serves on a TCP listener, then cancels Serve's
+// context: Serve closes the connection and returns the context's error.
+func TestServeTCPAndCancel(t *testing.T) {
+	b := NewMemBackend(1 << 20)
+	b.data[100] = 9
+	s, err := NewServer(Config{Exports: []Export{{Name: "disk", Backend: b}}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
+	var hello [18]byte
+	rc.read(hello[:])
+	if size, _ := rc.goExport(""); size != 1<<20 {
+		t.Fatalf("size %d", size)
+	}
+	rc.request(cmdRead, 0, 1, 0, 512, nil)
+	if _, code, data := rc.reply(map[uint64]int{1: 512}); code != 0 || data[100] != 9 {
+		t.Fatalf("read over TCP: errno %d", code)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Serve returned %v", err)
+	}
+	rc.expectEOF()
 }
