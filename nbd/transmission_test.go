@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -149,6 +152,17 @@ func TestCommands(t *testing.T) {
 	}
 }
 
+// releaser returns a channel that holds requests until the returned
+// function closes it; the test's cleanup closes it too, before the server
+// shuts down, so a failing test does not leave requests held.
+func releaser(t *testing.T) (chan struct{}, func()) {
+	ch := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	return ch, release
+}
+
 func btoi(b bool) int {
 	if b {
 		return 1
@@ -177,14 +191,16 @@ func TestOutOfOrder(t *testing.T) {
 	for i := range b.data {
 		b.data[i] = byte(i / 4096)
 	}
-	release := make(chan struct{})
+	_, rc := connected(t, Config{}, b)
+	held, release := releaser(t)
+	b.mu.Lock()
 	b.hook = func(op string, off uint64) error {
 		if off == 0 {
-			<-release
+			<-held
 		}
 		return nil
 	}
-	_, rc := connected(t, Config{}, b)
+	b.mu.Unlock()
 	lens := map[uint64]int{}
 	for i := range uint64(4) {
 		rc.request(cmdRead, 0, 100+i, i*4096, 4096, nil)
@@ -206,7 +222,7 @@ func TestOutOfOrder(t *testing.T) {
 		check(cookie, code, data)
 		seen[cookie] = true
 	}
-	close(release)
+	release()
 	cookie, code, data := rc.reply(lens)
 	if cookie != 100 || len(seen) != 3 {
 		t.Fatalf("last reply cookie %d, earlier %v", cookie, seen)
@@ -220,7 +236,9 @@ func TestInFlightBound(t *testing.T) {
 	const limit = 3
 	b := newHookBackend(1 << 20)
 	var running, peak atomic.Int32
-	release := make(chan struct{})
+	_, rc := connected(t, Config{MaxInFlight: limit}, b)
+	held, release := releaser(t)
+	b.mu.Lock()
 	b.hook = func(string, uint64) error {
 		n := running.Add(1)
 		for {
@@ -229,11 +247,11 @@ func TestInFlightBound(t *testing.T) {
 				break
 			}
 		}
-		<-release
+		<-held
 		running.Add(-1)
 		return nil
 	}
-	_, rc := connected(t, Config{MaxInFlight: limit}, b)
+	b.mu.Unlock()
 	lens := map[uint64]int{}
 	for i := range uint64(10) {
 		rc.request(cmdRead, 0, i, i*4096, 4096, nil)
@@ -247,7 +265,7 @@ func TestInFlightBound(t *testing.T) {
 	if p := peak.Load(); p != limit {
 		t.Fatalf("peak in flight %d, want %d", p, limit)
 	}
-	close(release)
+	release()
 	got := map[uint64]bool{}
 	for range 10 {
 		cookie, code, _ := rc.reply(lens)
@@ -266,20 +284,22 @@ func TestInFlightBound(t *testing.T) {
 func TestDiscWaitsForInFlight(t *testing.T) {
 	b := newHookBackend(1 << 20)
 	entered := make(chan struct{})
-	release := make(chan struct{})
+	_, rc := connected(t, Config{}, b)
+	held, release := releaser(t)
+	b.mu.Lock()
 	b.hook = func(op string, _ uint64) error {
 		if op == "write" {
 			close(entered)
-			<-release
+			<-held
 		}
 		return nil
 	}
-	_, rc := connected(t, Config{}, b)
+	b.mu.Unlock()
 	rc.request(cmdWrite, 0, 9, 0, 512, bytes.Repeat([]byte{7}, 512))
 	<-entered
 	rc.request(cmdDisc, 0, 10, 0, 0, nil)
 	time.Sleep(50 * time.Millisecond)
-	close(release)
+	release()
 	if cookie, code, _ := rc.reply(nil); cookie != 9 || code != 0 {
 		t.Fatalf("write reply cookie %d errno %d", cookie, code)
 	}
@@ -296,15 +316,17 @@ func TestShutdown(t *testing.T) {
 	b := newHookBackend(1 << 20)
 	b.data[0] = 0x5a
 	entered := make(chan struct{})
-	release := make(chan struct{})
+	s, rc := connected(t, Config{}, b)
+	held, release := releaser(t)
+	b.mu.Lock()
 	b.hook = func(op string, off uint64) error {
 		if off == 0 {
 			close(entered)
-			<-release
+			<-held
 		}
 		return nil
 	}
-	s, rc := connected(t, Config{}, b)
+	b.mu.Unlock()
 	rc.request(cmdRead, 0, 1, 0, 512, nil)
 	<-entered
 	shut := make(chan error, 1)
@@ -319,7 +341,7 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("Shutdown returned %v with a request in flight", err)
 	default:
 	}
-	close(release)
+	release()
 	cookie, code, data := rc.reply(map[uint64]int{1: 512})
 	if cookie != 1 || code != 0 || data[0] != 0x5a {
 		t.Fatalf("held read: cookie %d errno %d", cookie, code)
@@ -361,6 +383,16 @@ func TestShutdownTimeout(t *testing.T) {
 	defer cancel()
 	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown: %v", err)
+	}
+	// The cancelled read may still be answered (NBD_ESHUTDOWN) before
+	// the connection closes.
+	var h [16]byte
+	if n, _ := io.ReadFull(rc.r, h[:]); n == 16 {
+		if code := binary.BigEndian.Uint32(h[4:]); code != errnoShutdown {
+			t.Fatalf("cancelled read answered with errno %d", code)
+		}
+	} else if n != 0 {
+		t.Fatalf("partial reply of %d bytes", n)
 	}
 	rc.expectEOF()
 }
