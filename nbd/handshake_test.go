@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+	"time"
 )
 
 func twoExports() Config {
@@ -180,5 +181,17 @@ func TestParseInfoRequest(t *testing.T) {
 		if tt.ok && (got.name != tt.want.name || len(got.infos) != len(tt.want.infos)) {
 			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
 		}
+	}
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	cfg := twoExports()
+	cfg.HandshakeTimeout = 100 * time.Millisecond
+	_, sock := startServer(t, cfg)
+	rc := dial(t, sock)
+	start := time.Now()
+	rc.expectEOF() // the client never sends its flags
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("closed after %v", d)
 	}
 }
