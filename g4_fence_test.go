@@ -20,6 +20,7 @@ import (
 	"github.com/idc-dev/idc/guard"
 	"github.com/idc-dev/idc/internal/testenv"
 	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/token"
 )
 
 func init() { children["IDC_WRITER_CHILD"] = writerChild }
@@ -134,7 +135,7 @@ func (s *writeServer) serve(c net.Conn) {
 
 // handle checks and applies one request, or holds it until release.
 func (s *writeServer) handle(b []byte) byte {
-	tok, _, err := s.g.Parse(b)
+	tok, _, err := token.Parse(b)
 	if err != nil {
 		return 0
 	}

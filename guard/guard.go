@@ -95,7 +95,7 @@ func (g *Guard) Admit(t *Ticket) error {
 }
 
 // AdmitEncoded decodes the token at the start of b into t.Token and
-// admits the request, as Parse then Admit but in one step: the group and
+// admits the request, as token.Parse then Admit but in one step: the group and
 // the member are looked up once, and t.Token takes the guard's own
 // strings, so it allocates nothing for a request it admits. It returns
 // the token's length in b; a token that does not decode is refused with
@@ -255,27 +255,4 @@ func (g *Guard) Groups() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.s.Groups()
-}
-
-// Parse decodes the token at the start of b, as token.Parse, but without
-// allocating for a token the guard may admit: its names are the guard's
-// own strings for the group and the member. A token naming a group or a
-// member the guard does not know is parsed with copies (it will be
-// refused anyway).
-func (g *Guard) Parse(b []byte) (token.Token, int, error) {
-	v, n, err := token.ParseView(b)
-	if err != nil {
-		return token.Token{}, 0, err
-	}
-	tok := token.Token{Epoch: v.Epoch, Incarnation: v.Incarnation}
-	g.mu.Lock()
-	tok.Group, tok.Domain = g.s.Intern(v.Group, v.Domain)
-	g.mu.Unlock()
-	if tok.Group == "" {
-		tok.Group = string(v.Group)
-	}
-	if tok.Domain == "" {
-		tok.Domain = string(v.Domain)
-	}
-	return tok, n, nil
 }

@@ -377,18 +377,6 @@ func (s *State) checkView(v token.View, t *Ticket) (*group, error) {
 // validView reports whether v's names are valid (token.ParseView's check).
 func validView(v token.View) bool { return token.ValidName(v.Group) && token.ValidName(v.Domain) }
 
-// Intern returns the state's own strings for the group and domain names
-// given as bytes, or "" for a name it does not know (a group without a
-// fence; a domain not a member of the group's fence). It does not
-// allocate, so a token decoded with it costs nothing.
-func (s *State) Intern(group, domain []byte) (string, string) {
-	g := s.groups[string(group)]
-	if g == nil {
-		return "", ""
-	}
-	return g.name, g.members[string(domain)].id
-}
-
 // Groups lists the groups with a fence, sorted.
 func (s *State) Groups() []string {
 	out := make([]string, 0, len(s.groups))
