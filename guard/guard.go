@@ -65,6 +65,18 @@ type Config struct {
 	// Metrics, if not nil, registers the guard's metrics: requests
 	// refused by reason, fences applied.
 	Metrics prometheus.Registerer
+	// OnFence, if not nil, is called once for every fence that holds
+	// (Fence or Raise): its floor is raised, the requests it aborted were
+	// aborted, and every apply of an older epoch under way has ended. It
+	// is called with the group and the fence as given to Fence or Raise
+	// (a fence not above the floor, which changes nothing, holds too),
+	// without the guard's lock, from the goroutine that made the fence
+	// hold (the one calling Fence or Raise, or the End of the last older
+	// apply), and before the fence's completion runs: so what OnFence
+	// records (a resource's apply log) precedes the fence's
+	// acknowledgement. A fence the guard refuses (epoch 0) is not
+	// reported. It must not block.
+	OnFence func(group string, f Fence)
 }
 
 // Guard is a resource's guard. Its methods are safe for concurrent use.
@@ -73,12 +85,13 @@ type Guard struct {
 	s       *core.State
 	waiters map[string][]func() // per group: fences waiting for older applies to end
 	met     *metrics
+	onFence func(string, Fence)
 }
 
 // New returns a guard that knows no fence: it refuses every request until
 // the fence driver applied a fence of its group.
 func New(cfg Config) *Guard {
-	return &Guard{s: core.New(), waiters: map[string][]func(){}, met: newMetrics(cfg.Metrics, cfg.Name)}
+	return &Guard{s: core.New(), waiters: map[string][]func(){}, met: newMetrics(cfg.Metrics, cfg.Name), onFence: cfg.OnFence}
 }
 
 // Admit checks a request as it arrives; admitted, it is pending until
@@ -189,7 +202,8 @@ func (g *Guard) Apply(t *Ticket, apply func() error) error {
 // ended. Then, and only then, may the fence be acknowledged. A fence not
 // above the group's floor holds as soon as the applies of epochs below the
 // floor have ended (fences only rise). If ctx ends first, Fence returns
-// its error; the floor is raised all the same.
+// its error; the floor is raised all the same, and Config.OnFence still
+// runs once the fence holds.
 func (g *Guard) Fence(ctx context.Context, group string, f Fence) error {
 	done := make(chan error, 1)
 	g.Raise(group, f, func(err error) { done <- err })
@@ -205,7 +219,8 @@ func (g *Guard) Fence(ctx context.Context, group string, f Fence) error {
 // and calls done once the fence holds — before it returns if no apply of
 // an older epoch is under way, else from the End that ends the last of
 // them. done runs without the guard's lock and must not block; the fence
-// driver, which must never block, uses Raise.
+// driver, which must never block, uses Raise. Config.OnFence, if set,
+// runs just before done(nil).
 func (g *Guard) Raise(group string, f Fence, done func(error)) {
 	g.mu.Lock()
 	aborted, err := g.s.Fence(group, f, nil)
@@ -220,6 +235,9 @@ func (g *Guard) Raise(group string, f Fence, done func(error)) {
 	steps.Store(2)
 	step := func() {
 		if steps.Add(-1) == 0 {
+			if g.onFence != nil {
+				g.onFence(group, f)
+			}
 			done(nil)
 		}
 	}

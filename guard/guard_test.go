@@ -90,6 +90,106 @@ func TestFenceWaitsForApplies(t *testing.T) {
 	}
 }
 
+// TestOnFence: Config.OnFence reports every fence once it holds — at once
+// with nothing under way, else only once the last older apply ended —
+// without the guard's lock (it may call the guard) and before the fence's
+// completion; a refused fence is not reported, and a fence whose Fence
+// call gave up on its context is reported once it holds.
+func TestOnFence(t *testing.T) {
+	type report struct {
+		group string
+		epoch uint64
+		// floor is the group's floor as OnFence saw it (read from within
+		// OnFence: it deadlocks if the guard's lock is held).
+		floor uint64
+		// completed: the fence's completion had run before OnFence.
+		completed bool
+	}
+	var (
+		mu        sync.Mutex
+		reports   []report
+		completed atomic.Bool
+		g         *Guard
+	)
+	g = New(Config{Name: "disk", OnFence: func(group string, f Fence) {
+		floor, _ := g.Floor(group)
+		mu.Lock()
+		reports = append(reports, report{group, f.Epoch, floor.Epoch, completed.Load()})
+		mu.Unlock()
+	}})
+	got := func() []report {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]report(nil), reports...)
+	}
+	raise := func(group string, e uint64) <-chan error {
+		done := make(chan error, 1)
+		completed.Store(false)
+		g.Raise(group, Fence{Epoch: e, Members: members(2)}, func(err error) { completed.Store(true); done <- err })
+		return done
+	}
+
+	// Nothing under way: reported before Raise returns.
+	if err := <-raise("g", 1); err != nil {
+		t.Fatal(err)
+	}
+	if r := got(); len(r) != 1 || r[0] != (report{"g", 1, 1, false}) {
+		t.Fatalf("after the fence of 1: %+v", r)
+	}
+	// An apply of epoch 1 under way: the fence of 2 is reported only once
+	// it ended.
+	tk := &Ticket{Token: tok(1, 0), Write: true}
+	if err := g.Begin(tk); err != nil {
+		t.Fatal(err)
+	}
+	done := raise("g", 2)
+	if r := got(); len(r) != 1 {
+		t.Fatalf("the fence of 2 reported while an apply of 1 was under way: %+v", r)
+	}
+	if err := g.End(tk); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if r := got(); len(r) != 2 || r[1] != (report{"g", 2, 2, false}) {
+		t.Fatalf("after the apply of 1 ended: %+v", r)
+	}
+	// A refused fence (epoch 0) is not reported; a fence below the floor
+	// holds and is reported as given; another group's is its own.
+	if err := <-raise("g", 0); err == nil {
+		t.Fatal("a fence of epoch 0 was accepted")
+	}
+	if err := <-raise("g", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-raise("h", 5); err != nil {
+		t.Fatal(err)
+	}
+	if r := got(); len(r) != 4 || r[2] != (report{"g", 1, 2, false}) || r[3] != (report{"h", 5, 5, false}) {
+		t.Fatalf("after the fences of 0 and 1 in g and 5 in h: %+v", r)
+	}
+	// Fence gives up on its context; the fence is reported once it holds.
+	tk = &Ticket{Token: tok(2, 0)}
+	if err := g.Begin(tk); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.Fence(ctx, "g", Fence{Epoch: 3, Members: members(2)}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Fence with an ended context and an older apply under way: %v", err)
+	}
+	if r := got(); len(r) != 4 {
+		t.Fatalf("the fence of 3 reported before it held: %+v", r)
+	}
+	if err := g.End(tk); err != nil {
+		t.Fatal(err)
+	}
+	if r := got(); len(r) != 5 || r[4].group != "g" || r[4].epoch != 3 {
+		t.Fatalf("the fence of 3 not reported once it held: %+v", r)
+	}
+}
+
 // TestConcurrentAppliers (run with -race): appliers apply requests of the
 // epoch they last saw while fences rise. G5 is checked from a log ordered
 // by one counter: no apply of epoch e starts after a fence above e
