@@ -20,6 +20,11 @@ type FencingConfig struct {
 	Resource string
 	// Groups are the groups whose members use the resource.
 	Groups []string
+	// Writer, if not empty, is the ID of the one domain whose writes the
+	// resource admits (a reservation, as SCSI-3's): every fence carries
+	// it, so the guard refuses writes from any other member
+	// (guard.ErrNotWriter) and admits reads from all.
+	Writer string
 	// Endpoints are the store's client URLs (default DefaultEndpoints);
 	// Client, if set, is used instead (Fence does not close it).
 	Endpoints []string
@@ -69,7 +74,7 @@ func Fence(ctx context.Context, cfg FencingConfig, g *guard.Guard) (*Fencing, er
 		cli, closeCli = c, func() { c.Close() }
 	}
 	d, err := fencer.Start(fencer.Config{
-		Resource: cfg.Resource, Groups: cfg.Groups, Store: store.NewEtcd(cli), Clock: clock.System(),
+		Resource: cfg.Resource, Groups: cfg.Groups, Writer: cfg.Writer, Store: store.NewEtcd(cli), Clock: clock.System(),
 		Keys: proto.Keys{Prefix: cfg.Prefix}, Logger: cfg.Logger,
 	}, g)
 	if err != nil {

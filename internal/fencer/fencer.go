@@ -42,6 +42,12 @@ type Config struct {
 	Resource string
 	// Groups are the groups the resource serves.
 	Groups []string
+	// Writer, if not empty, is the ID of the one domain whose writes the
+	// guard admits (a reservation, DESIGN §6): every fence the driver
+	// raises carries it (guard.Fence.Writer), in every group. Reads are
+	// admitted from every member; a writer that is not a member of an
+	// epoch writes nothing in it.
+	Writer string
 	Store  store.Store
 	Clock  clock.Clock
 	Keys   proto.Keys
@@ -74,6 +80,11 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: fencer: Store and Clock are required", proto.ErrConfig)
 	case c.OpTimeout < 0 || c.RetryDelay < 0 || c.WatchCheck < 0:
 		return fmt.Errorf("%w: fencer: negative durations", proto.ErrConfig)
+	}
+	if c.Writer != "" {
+		if err := proto.CheckName("writer", c.Writer); err != nil {
+			return fmt.Errorf("%w: fencer: %w", proto.ErrConfig, err)
+		}
 	}
 	for _, g := range c.Groups {
 		if err := proto.CheckName("group", g); err != nil {
@@ -349,11 +360,11 @@ func (d *Driver) observe(gr *group, val []byte) {
 		return
 	}
 	gr.raised = rec.Number
-	f := guard.Fence{Epoch: rec.Number, Members: make([]proto.Ref, 0, len(rec.Members))}
+	f := guard.Fence{Epoch: rec.Number, Members: make([]proto.Ref, 0, len(rec.Members)), Writer: d.cfg.Writer}
 	for _, m := range rec.Members {
 		f.Members = append(f.Members, m.Ref())
 	}
-	d.log.Debug("fencing", "group", gr.name, "epoch", f.Epoch, "state", rec.State, "members", len(f.Members))
+	d.log.Debug("fencing", "group", gr.name, "epoch", f.Epoch, "state", rec.State, "members", len(f.Members), "writer", f.Writer)
 	// Raise may call done before it returns: outside the lock.
 	d.later(func() {
 		d.g.Raise(gr.name, f, func(err error) {
