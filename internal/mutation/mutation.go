@@ -58,6 +58,15 @@ const (
 	// model's finding F1: a survivor's request of the old epoch may still
 	// be in the network; breaks G5).
 	FenceOnlyDepartures
+	// ResendAtOnce: the multipath disk sends a request whose path failed
+	// through the other path at once, in the same epoch, while the first
+	// copy may still be in the failed path (a stale write lands after a
+	// newer one).
+	ResendAtOnce
+	// NoReplayBarrier: requests of a client that reconnected do not wait
+	// for the abandoned ones of its earlier connection, which may then
+	// overtake them.
+	NoReplayBarrier
 )
 
 var names = map[Kind]string{
@@ -66,6 +75,7 @@ var names = map[Kind]string{
 	ContextNotGate: "context-not-gate", FenceNothing: "fence-nothing", KeepLeaveMarkers: "keep-leave-markers",
 	MonotonicClock: "monotonic-clock", NoFrameEpochCheck: "no-frame-epoch-check",
 	GuardChecksAtAdmission: "guard-checks-at-admission", FenceOnlyDepartures: "fence-only-departures",
+	ResendAtOnce: "resend-at-once", NoReplayBarrier: "no-replay-barrier",
 }
 
 func (k Kind) String() string {
