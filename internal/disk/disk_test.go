@@ -1,0 +1,325 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idc-dev/idc/block"
+	"github.com/idc-dev/idc/clock"
+	"github.com/idc-dev/idc/core/multipath"
+	"github.com/idc-dev/idc/nbd"
+	"github.com/idc-dev/idc/token"
+)
+
+// manualClock is a clock.Clock the test moves.
+type manualClock struct {
+	mu     sync.Mutex
+	now    time.Duration
+	timers []*manualTimer
+}
+
+type manualTimer struct {
+	c    *manualClock
+	at   time.Duration
+	f    func()
+	done bool
+}
+
+func (c *manualClock) Now() time.Duration { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *manualClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &manualTimer{c: c, at: c.now + d, f: f}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+func (t *manualTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	was := !t.done
+	t.done = true
+	return was
+}
+
+// advance moves the clock and fires the timers due, in their goroutine
+// (the test's).
+func (c *manualClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now += d
+	var due []*manualTimer
+	for _, t := range c.timers {
+		if !t.done && t.at <= c.now {
+			t.done = true
+			due = append(due, t)
+		}
+	}
+	c.mu.Unlock()
+	for _, t := range due {
+		t.f()
+	}
+}
+
+// call is a call the fake transport received.
+type call struct {
+	epoch uint64
+	peer  string
+	req   block.Request
+	tok   token.Token
+	done  func([]byte, error)
+}
+
+// fakeTransport records calls; the test answers them.
+type fakeTransport struct {
+	mu      sync.Mutex
+	calls   []*call
+	reports []string
+}
+
+var errEnded = errors.New("epoch ended")
+
+func (f *fakeTransport) Call(e uint64, peer string, req []byte, done func([]byte, error)) {
+	r, err := block.Parse(req)
+	if err != nil {
+		panic(err)
+	}
+	tok, _, err := token.Parse(r.Token)
+	if err != nil {
+		panic(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, &call{epoch: e, peer: peer, req: r, tok: tok, done: done})
+}
+
+func (f *fakeTransport) Report(e uint64, peer string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reports = append(f.reports, peer)
+}
+
+// take returns the calls received so far and forgets them.
+func (f *fakeTransport) take() []*call {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.calls
+	f.calls = nil
+	return c
+}
+
+func answer(c *call, st block.Status, data []byte) {
+	c.done(block.AppendAnswer(nil, block.Answer{Status: st, ID: c.req.ID, Data: data}), nil)
+}
+
+func newTestDisk(t *testing.T) (*Disk, *fakeTransport, *manualClock) {
+	t.Helper()
+	tr, clk := &fakeTransport{}, &manualClock{}
+	d, err := New(Config{
+		Size: 1 << 20, Transport: tr, Clock: clk, FirstID: 100,
+		Multipath:  multipath.Config{Timeout: 500 * time.Millisecond, RetryDelay: 10 * time.Millisecond},
+		EpochEnded: func(err error) bool { return errors.Is(err, errEnded) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, tr, clk
+}
+
+func tok(e uint64) token.Token {
+	return token.Token{Group: "g", Epoch: e, Domain: "disk", Incarnation: 7}
+}
+
+// TestFailover follows a write through a path that fails: the disk sends
+// it with the epoch's token, reports the path, sends nothing more in
+// that epoch, and in the next sends the same bytes with the new token
+// through the other path; the client learns the outcome only from the
+// storage's answer.
+func TestFailover(t *testing.T) {
+	d, tr, _ := newTestDisk(t)
+	d.Connected(3, tok(3), []string{"b", "a"})
+	data := []byte("hello, world")
+	res := make(chan Result, 1)
+	d.Submit(block.Request{Op: block.OpWrite, Offset: 4096, Length: uint32(len(data)), Data: data, Flags: block.FlagFUA}, func(r Result) { res <- r })
+	copy(data, "XXXXX") // the disk copied the payload
+	calls := tr.take()
+	if len(calls) != 1 {
+		t.Fatalf("%d calls", len(calls))
+	}
+	c := calls[0]
+	if c.epoch != 3 || c.peer != "a" || c.tok.String() != tok(3).String() || c.req.ID != 100 || string(c.req.Data) != "hello, world" || c.req.Flags != block.FlagFUA || c.req.Offset != 4096 {
+		t.Fatalf("call %+v token %v", c, c.tok)
+	}
+	c.done(nil, errors.New("peer lost"))
+	if !slices.Equal(tr.reports, []string{"a"}) {
+		t.Fatalf("reports %v", tr.reports)
+	}
+	if len(tr.take()) != 0 {
+		t.Fatal("sent again in the epoch whose path failed")
+	}
+	select {
+	case r := <-res:
+		t.Fatalf("outcome %+v before the storage answered", r)
+	default:
+	}
+	d.Disconnected(3)
+	d.Connected(4, tok(4), []string{"b"})
+	calls = tr.take()
+	if len(calls) != 1 || calls[0].peer != "b" || calls[0].tok.String() != tok(4).String() || calls[0].req.ID != 100 || string(calls[0].req.Data) != "hello, world" {
+		t.Fatalf("re-sent %+v", calls)
+	}
+	answer(calls[0], block.StatusOK, nil)
+	if r := <-res; r.Status != block.StatusOK {
+		t.Fatalf("outcome %+v", r)
+	}
+	if s := d.Stats(); s.Failovers != 1 || s.Resent != 1 || s.Reports != 1 || s.Pending != 0 || s.Path != "b" {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestTimeout: a path silent for the timeout is reported by the disk's
+// timer.
+func TestTimeout(t *testing.T) {
+	d, tr, clk := newTestDisk(t)
+	d.Connected(1, tok(1), []string{"a", "b"})
+	d.Submit(block.Request{Op: block.OpRead, Length: 512}, func(Result) {})
+	clk.advance(499 * time.Millisecond)
+	if len(tr.reports) != 0 {
+		t.Fatalf("reported early: %v", tr.reports)
+	}
+	clk.advance(time.Millisecond)
+	if !slices.Equal(tr.reports, []string{"a"}) {
+		t.Fatalf("reports %v", tr.reports)
+	}
+}
+
+// TestReadAndRefused: a read refused by the storage's guard is sent again
+// after the retry delay; its data comes from the answer that counted.
+func TestReadAndRefused(t *testing.T) {
+	d, tr, clk := newTestDisk(t)
+	d.Connected(1, tok(1), []string{"a"})
+	res := make(chan Result, 1)
+	d.Submit(block.Request{Op: block.OpRead, Offset: 512, Length: 4}, func(r Result) { res <- r })
+	answer(tr.take()[0], block.StatusFenced, []byte("not fenced yet"))
+	if len(tr.take()) != 0 {
+		t.Fatal("sent again before the retry delay")
+	}
+	clk.advance(10 * time.Millisecond)
+	calls := tr.take()
+	if len(calls) != 1 {
+		t.Fatalf("%d calls after the retry delay", len(calls))
+	}
+	answer(calls[0], block.StatusOK, []byte("data"))
+	if r := <-res; r.Status != block.StatusOK || string(r.Data) != "data" {
+		t.Fatalf("outcome %+v", r)
+	}
+}
+
+// TestBackend drives the disk through its NBD backend: errors map to NBD
+// errors, a cancelled request is abandoned and holds back the next one
+// until its outcome is known, and Close ends everything with ESHUTDOWN.
+func TestBackend(t *testing.T) {
+	d, tr, _ := newTestDisk(t)
+	be := Backend(d)
+	if f := be.Features(); !f.Flush || !f.FUA || !f.MultiConn || be.Size() != 1<<20 {
+		t.Fatalf("features %+v size %d", f, be.Size())
+	}
+	d.Connected(1, tok(1), []string{"a"})
+	ctx := context.Background()
+
+	// A read through the backend.
+	got := make(chan error, 1)
+	p := make([]byte, 4)
+	go func() { got <- be.ReadAt(ctx, p, 0) }()
+	c := waitCall(t, tr)
+	answer(c, block.StatusOK, []byte("abcd"))
+	if err := <-got; err != nil || string(p) != "abcd" {
+		t.Fatalf("read %q, %v", p, err)
+	}
+
+	// An I/O error at the storage is EIO; an invalid request EINVAL.
+	go func() { got <- be.Flush(ctx) }()
+	answer(waitCall(t, tr), block.StatusIO, []byte("disk on fire"))
+	if err := <-got; !errors.Is(err, nbd.ErrIO) {
+		t.Fatalf("flush: %v", err)
+	}
+	go func() { got <- be.Trim(ctx, 0, 512) }()
+	answer(waitCall(t, tr), block.StatusInvalid, nil)
+	if err := <-got; !errors.Is(err, nbd.ErrInvalid) {
+		t.Fatalf("trim: %v", err)
+	}
+
+	// A write whose connection goes away holds back the next request.
+	cctx, cancel := context.WithCancel(ctx)
+	go func() { got <- be.WriteAt(cctx, []byte("old!"), 0, false) }()
+	old := waitCall(t, tr)
+	cancel()
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled write: %v", err)
+	}
+	go func() { got <- be.WriteAt(ctx, []byte("new!"), 0, false) }()
+	time.Sleep(10 * time.Millisecond) // the replay must not be sent
+	if calls := tr.take(); len(calls) != 0 {
+		t.Fatalf("the replay was sent while the abandoned write is in flight: %+v", calls[0].req)
+	}
+	answer(old, block.StatusOK, nil)
+	c = waitCall(t, tr)
+	if !bytes.Equal(c.req.Data, []byte("new!")) {
+		t.Fatalf("sent %+v", c.req)
+	}
+	answer(c, block.StatusOK, nil)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+
+	go func() { got <- be.Zero(ctx, 0, 4096, true) }()
+	waitCall(t, tr)
+	d.Close()
+	if err := <-got; !errors.Is(err, nbd.ErrShutdown) {
+		t.Fatalf("after close: %v", err)
+	}
+}
+
+// waitCall waits for the next call (the backend submits from another
+// goroutine).
+func waitCall(t *testing.T, tr *fakeTransport) *call {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := tr.take(); len(c) > 0 {
+			if len(c) != 1 {
+				t.Fatalf("%d calls at once", len(c))
+			}
+			return c[0]
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("no call")
+	return nil
+}
+
+func TestConfig(t *testing.T) {
+	ok := Config{Size: 1, Transport: &fakeTransport{}, Clock: &manualClock{}, EpochEnded: func(error) bool { return false }}
+	for _, bad := range []func(*Config){
+		func(c *Config) { c.Size = 0 },
+		func(c *Config) { c.Transport = nil },
+		func(c *Config) { c.Clock = nil },
+		func(c *Config) { c.EpochEnded = nil },
+		func(c *Config) { c.Multipath.Timeout = -1 },
+		func(c *Config) { c.Multipath.Paths = []string{"a", "a"} },
+	} {
+		c := ok
+		bad(&c)
+		if _, err := New(c); !errors.Is(err, ErrConfig) {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+	if _, err := New(ok); err != nil {
+		t.Fatal(err)
+	}
+}
