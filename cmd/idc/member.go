@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/idc-dev/idc"
+	"github.com/idc-dev/idc/proto"
+	"github.com/spf13/pflag"
+)
+
+// memberOptions are the flags of a command that runs a domain as a member
+// of a group (idc disk, idc driver).
+type memberOptions struct {
+	group           string
+	id              string
+	listen          string
+	heartbeat       time.Duration
+	heartbeatMisses int
+	leaseTTL        time.Duration
+	priority        int
+}
+
+// register adds the flags; defID is the default of --id ("" makes it
+// required).
+func (o *memberOptions) register(f *pflag.FlagSet, defID string) {
+	def := idc.DefaultConfig()
+	f.StringVar(&o.group, "group", "", "the group to join; required")
+	idHelp := "the domain's ID in the group"
+	if defID == "" {
+		idHelp += "; required"
+	}
+	f.StringVar(&o.id, "id", defID, idHelp)
+	f.StringVar(&o.listen, "listen", def.Listen, "where the domain accepts channels from the other members: tcp://HOST:PORT or unix:///PATH; every member must reach it")
+	f.DurationVar(&o.heartbeat, "heartbeat", def.Heartbeat, "heartbeat interval of each channel")
+	f.IntVar(&o.heartbeatMisses, "heartbeat-misses", def.HeartbeatMisses, "heartbeats missed before a silent peer is reported")
+	f.DurationVar(&o.leaseTTL, "lease-ttl", def.LeaseTTL, "the membership's lease TTL")
+	f.IntVar(&o.priority, "priority", 0, "the member's priority when it and another report each other (the higher stays)")
+}
+
+func (o *memberOptions) validate() error {
+	switch {
+	case o.group == "":
+		return fmt.Errorf("%w: --group is required", proto.ErrConfig)
+	case o.id == "":
+		return fmt.Errorf("%w: --id is required", proto.ErrConfig)
+	}
+	if err := proto.CheckName("group", o.group); err != nil {
+		return fmt.Errorf("%w: --group: %w", proto.ErrConfig, err)
+	}
+	if err := proto.CheckName("id", o.id); err != nil {
+		return fmt.Errorf("%w: --id: %w", proto.ErrConfig, err)
+	}
+	cfg := o.config(&globals{prefix: "/idc"})
+	cfg.Endpoints = []string{"http://127.0.0.1:2379"}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// config returns the membership's configuration; the caller sets its
+// store client and logger.
+func (o *memberOptions) config(g *globals) idc.Config {
+	cfg := idc.DefaultConfig()
+	cfg.Group, cfg.ID, cfg.Prefix = o.group, o.id, g.prefix
+	cfg.Listen, cfg.Heartbeat, cfg.HeartbeatMisses = o.listen, o.heartbeat, o.heartbeatMisses
+	cfg.LeaseTTL, cfg.Priority = o.leaseTTL, o.priority
+	return cfg
+}
