@@ -1,15 +1,24 @@
 // Package storage is the shared block store of the multipath disk
-// (DESIGN §8): a file of fixed size that serves block requests (package
-// block) arriving over idc channels, each checked by the store's guard
-// (package guard) in one step with the start of its apply, so that no
-// request of an ended epoch is applied after the fence of the next (G5).
-// Every write it applies is recorded in an apply log — epoch, domain,
-// request ID, offset, length, time — from which a checker proves that.
+// (DESIGN §8): a store of fixed size (a file, or memory for the
+// simulator) that serves block requests (package block), each checked by
+// the store's guard (package guard) in one step with the start of its
+// apply, so that no request of an ended epoch is applied after the fence
+// of the next (G5). Every write it applies is recorded in an apply log —
+// group, epoch, domain, request ID, offset, length, time — and so is every
+// fence once it holds, from which a checker proves that.
+//
+// Requests reach it over resource connections (Server): plain framed
+// connections over network.Network, one encoded request a frame, one
+// encoded answer a frame back. They are not idc channels: the store is a
+// guarded resource of its groups, not a member domain, so a request held
+// in the network and released late does reach it, and only the guard
+// stops it (DESIGN §4, §6).
 package storage
 
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,35 +31,79 @@ import (
 	"github.com/idc-dev/idc/guard"
 )
 
+// Backing is what holds the store's bytes: a file (the default) or
+// memory (NewMemory). Its methods must be safe for concurrent use (as
+// *os.File's ReadAt and WriteAt are).
+type Backing interface {
+	io.ReaderAt
+	io.WriterAt
+	// Sync makes every write done so far durable.
+	Sync() error
+	// Close releases the backing.
+	Close() error
+}
+
+// Sizer is a Backing that knows its size: Open then checks that it holds
+// at least Config.Size bytes.
+type Sizer interface {
+	Size() int64
+}
+
 // Config configures a Storage.
 type Config struct {
-	// Path is the backing file. Open creates it with Size bytes if it does
-	// not exist; an existing one must hold at least Size bytes.
+	// Path is the backing file, used when Backing is nil. Open creates it
+	// with Size bytes if it does not exist or is empty; an existing one
+	// must hold at least Size bytes. Nothing in it is truncated.
 	Path string
+	// Backing, if not nil, holds the store's bytes instead of the file at
+	// Path (ignored then): it must hold at least Size bytes (checked if
+	// it is a Sizer). The store owns it: Close closes it.
+	Backing Backing
 	// Size is the store's size in bytes: a positive multiple of BlockSize.
 	Size int64
 	// BlockSize is the size of a block (default 4096): requests need not
 	// be aligned to it, but the size is a whole number of blocks.
 	BlockSize int
-	// Guard checks every request; required.
+	// Guard checks every request; required. To record fences in the
+	// apply log, create it with guard.Config.OnFence calling the store's
+	// Fenced.
 	Guard *guard.Guard
 	// Log, if not nil, receives the apply log: one JSON object (Applied)
 	// a line, for every write, trim and zero applied, in the order of
-	// their applies.
+	// their applies, and for every fence that holds (Fenced). Lines are
+	// buffered: Close flushes them.
 	Log io.Writer
+	// Now is the apply log's clock, in Unix nanoseconds (default the wall
+	// clock): the simulator passes its own.
+	Now func() int64
 }
 
-// Applied is one line of the apply log.
+// Applied is one line of the apply log: a write, trim or zero applied
+// (Op "write", "trim", "zero"), or a fence that holds (Op "fence", with
+// Group, Epoch and At only: {"op":"fence","group":"g","epoch":3,"at":…}).
+// Every apply of an epoch below a fence's is logged before the fence's
+// line, and none after it: the fence holds only once those applies ended.
 type Applied struct {
-	Op     string `json:"op"`
+	Op string `json:"op"`
+	// Group is the token's group (the fence's, for a fence).
+	Group  string `json:"group,omitempty"`
 	Epoch  uint64 `json:"epoch"`
 	Domain string `json:"domain"`
 	Inc    uint64 `json:"incarnation"`
 	ID     uint64 `json:"id"`
 	Offset uint64 `json:"offset"`
 	Length uint32 `json:"length"`
-	// At is when the apply began (Unix nanoseconds).
+	// At is when the apply began, or when the fence held (Unix
+	// nanoseconds, by Config.Now).
 	At int64 `json:"at"`
+}
+
+// fenceLine is a fence's line of the apply log.
+type fenceLine struct {
+	Op    string `json:"op"`
+	Group string `json:"group"`
+	Epoch uint64 `json:"epoch"`
+	At    int64  `json:"at"`
 }
 
 // ErrConfig is wrapped by every configuration error of Open.
@@ -58,23 +111,30 @@ var ErrConfig = errors.New("idc: storage: invalid config")
 
 // Storage is an open block store. Its methods are safe for concurrent use.
 type Storage struct {
-	f    *os.File
-	size uint64
-	g    *guard.Guard
+	f     Backing
+	size  uint64
+	block int
+	g     *guard.Guard
+	now   func() int64
 
-	logMu sync.Mutex
-	log   *bufio.Writer
-	enc   *json.Encoder
+	logMu  sync.Mutex
+	log    *bufio.Writer
+	enc    *json.Encoder
+	closed bool
 }
 
-// Open opens (or creates) the store's backing file.
+// Open opens the store: its Backing, or the file at Path (created if it
+// does not exist).
 func Open(cfg Config) (*Storage, error) {
 	if cfg.BlockSize == 0 {
 		cfg.BlockSize = 4096
 	}
+	if cfg.Now == nil {
+		cfg.Now = func() int64 { return time.Now().UnixNano() }
+	}
 	switch {
-	case cfg.Path == "":
-		return nil, fmt.Errorf("%w: no path", ErrConfig)
+	case cfg.Path == "" && cfg.Backing == nil:
+		return nil, fmt.Errorf("%w: no path and no backing", ErrConfig)
 	case cfg.Guard == nil:
 		return nil, fmt.Errorf("%w: no guard", ErrConfig)
 	case cfg.BlockSize < 512 || cfg.BlockSize&(cfg.BlockSize-1) != 0:
@@ -82,7 +142,27 @@ func Open(cfg Config) (*Storage, error) {
 	case cfg.Size <= 0 || cfg.Size%int64(cfg.BlockSize) != 0:
 		return nil, fmt.Errorf("%w: size %d (want a positive multiple of the block size %d)", ErrConfig, cfg.Size, cfg.BlockSize)
 	}
-	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o644)
+	f := cfg.Backing
+	if f == nil {
+		var err error
+		if f, err = openFile(cfg.Path, cfg.Size); err != nil {
+			return nil, err
+		}
+	} else if sz, ok := f.(Sizer); ok && sz.Size() < cfg.Size {
+		return nil, fmt.Errorf("%w: the backing holds %d bytes, fewer than the size %d", ErrConfig, sz.Size(), cfg.Size)
+	}
+	s := &Storage{f: f, size: uint64(cfg.Size), block: cfg.BlockSize, g: cfg.Guard, now: cfg.Now}
+	if cfg.Log != nil {
+		s.log = bufio.NewWriter(cfg.Log)
+		s.enc = json.NewEncoder(s.log)
+	}
+	return s, nil
+}
+
+// openFile opens (or creates) the backing file at path, of at least size
+// bytes.
+func openFile(path string, size int64) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
@@ -93,53 +173,69 @@ func Open(cfg Config) (*Storage, error) {
 	}
 	switch {
 	case st.Size() == 0:
-		if err := f.Truncate(cfg.Size); err != nil {
+		if err := f.Truncate(size); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("storage: %w", err)
 		}
-	case st.Size() < cfg.Size:
+	case st.Size() < size:
 		f.Close()
-		return nil, fmt.Errorf("%w: %s holds %d bytes, fewer than the size %d", ErrConfig, cfg.Path, st.Size(), cfg.Size)
+		return nil, fmt.Errorf("%w: %s holds %d bytes, fewer than the size %d", ErrConfig, path, st.Size(), size)
 	}
-	s := &Storage{f: f, size: uint64(cfg.Size), g: cfg.Guard}
-	if cfg.Log != nil {
-		s.log = bufio.NewWriter(cfg.Log)
-		s.enc = json.NewEncoder(s.log)
-	}
-	return s, nil
+	return f, nil
 }
 
 // Size is the store's size in bytes.
 func (s *Storage) Size() uint64 { return s.size }
 
+// BlockSize is the store's block size in bytes.
+func (s *Storage) BlockSize() int { return s.block }
+
 // Serve applies one encoded request and returns the encoded answer. A
 // request the guard refuses is answered block.StatusFenced and not
-// applied; a malformed or out-of-bounds one block.StatusInvalid.
+// applied; a malformed or out-of-bounds one block.StatusInvalid (with the
+// ID in the request's header if the header is there, else ID 0).
 func (s *Storage) Serve(ctx context.Context, req []byte) []byte {
 	r, err := block.Parse(req)
 	if err != nil {
-		return answer(block.StatusInvalid, 0, err.Error())
+		return answer(block.StatusInvalid, headerID(req), err.Error())
 	}
+	a, _ := s.serve(r)
+	return a
+}
+
+// headerID returns the request ID of an encoded request that does not
+// parse, if its fixed header is there in the known version (so that the
+// sender can tell which request was refused), else 0.
+func headerID(req []byte) uint64 {
+	if len(req) < 24 || req[0] != block.Version {
+		return 0
+	}
+	return binary.BigEndian.Uint64(req[16:24])
+}
+
+// serve applies a parsed request and returns the encoded answer and its
+// status.
+func (s *Storage) serve(r block.Request) ([]byte, block.Status) {
 	if r.Op != block.OpFlush && (r.Offset > s.size || uint64(r.Length) > s.size-r.Offset) {
-		return answer(block.StatusInvalid, r.ID, fmt.Sprintf("%s of %d bytes at %d beyond the size %d", r.Op, r.Length, r.Offset, s.size))
+		return answer(block.StatusInvalid, r.ID, fmt.Sprintf("%s of %d bytes at %d beyond the size %d", r.Op, r.Length, r.Offset, s.size)), block.StatusInvalid
 	}
 	t := &guard.Ticket{Write: r.Op.Writes()}
 	n, err := s.g.BeginEncoded(r.Token, t)
 	switch {
 	case errors.Is(err, guard.ErrRefused):
-		return answer(block.StatusFenced, r.ID, err.Error())
+		return answer(block.StatusFenced, r.ID, err.Error()), block.StatusFenced
 	case err != nil:
-		return answer(block.StatusInvalid, r.ID, "token: "+err.Error())
+		return answer(block.StatusInvalid, r.ID, "token: "+err.Error()), block.StatusInvalid
 	case n != len(r.Token):
 		s.g.End(t)
-		return answer(block.StatusInvalid, r.ID, "bytes after the token")
+		return answer(block.StatusInvalid, r.ID, "bytes after the token"), block.StatusInvalid
 	}
 	data, err := s.apply(r, t)
 	s.g.End(t)
 	if err != nil {
-		return answer(block.StatusIO, r.ID, err.Error())
+		return answer(block.StatusIO, r.ID, err.Error()), block.StatusIO
 	}
-	return block.AppendAnswer(nil, block.Answer{Status: block.StatusOK, ID: r.ID, Data: data})
+	return block.AppendAnswer(nil, block.Answer{Status: block.StatusOK, ID: r.ID, Data: data}), block.StatusOK
 }
 
 // apply applies r, admitted by the guard (its apply under way).
@@ -176,20 +272,47 @@ func (s *Storage) record(r block.Request, t *guard.Ticket) {
 	}
 	s.logMu.Lock()
 	defer s.logMu.Unlock()
+	if s.closed {
+		return
+	}
 	s.enc.Encode(Applied{
-		Op: r.Op.String(), Epoch: t.Token.Epoch, Domain: t.Token.Domain, Inc: t.Token.Incarnation,
-		ID: r.ID, Offset: r.Offset, Length: r.Length, At: time.Now().UnixNano(),
+		Op: r.Op.String(), Group: t.Token.Group, Epoch: t.Token.Epoch, Domain: t.Token.Domain, Inc: t.Token.Incarnation,
+		ID: r.ID, Offset: r.Offset, Length: r.Length, At: s.now(),
 	})
 }
 
-// Close flushes the apply log and closes the backing file.
+// Fenced records in the apply log that the fence f holds in group. Pass
+// it as the guard's Config.OnFence, through a closure since the guard is
+// made first:
+//
+//	var st *storage.Storage
+//	g := guard.New(guard.Config{OnFence: func(group string, f guard.Fence) { st.Fenced(group, f) }})
+//	st, err := storage.Open(storage.Config{Guard: g, ...})
+//	// only now start the fencing (idc.Fence)
+//
+// On a nil Storage, or after Close, it records nothing.
+func (s *Storage) Fenced(group string, f guard.Fence) {
+	if s == nil || s.enc == nil {
+		return
+	}
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	if s.closed {
+		return
+	}
+	s.enc.Encode(fenceLine{Op: "fence", Group: group, Epoch: f.Epoch, At: s.now()})
+}
+
+// Close flushes the apply log and closes the backing; nothing is
+// recorded after it.
 func (s *Storage) Close() error {
 	var err error
+	s.logMu.Lock()
+	s.closed = true
 	if s.log != nil {
-		s.logMu.Lock()
 		err = s.log.Flush()
-		s.logMu.Unlock()
 	}
+	s.logMu.Unlock()
 	return errors.Join(err, s.f.Close())
 }
 
