@@ -39,6 +39,7 @@ func newRoot() *cobra.Command {
 	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.validate() }
 	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g), newPingCmd(g))
 	root.AddCommand(newGroupCmd(g), newFenceCmd(g))
+	root.AddCommand(newStorageCmd(g), newDriverCmd(g), newDiskCmd(g))
 	return root
 }
 

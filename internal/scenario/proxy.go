@@ -1,0 +1,152 @@
+package scenario
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// Proxy forwards TCP connections to a target and can hold their bytes:
+// the nemesis's way to cut a process off (a blackhole: connections stay
+// open, nothing gets through) and to release what it held later, after a
+// failover — the design's own example of a stale write.
+type Proxy struct {
+	l      net.Listener
+	target string
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	held   bool
+	conns  map[net.Conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewProxy listens on a free loopback port and forwards to target
+// (host:port).
+func NewProxy(target string) (*Proxy, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{l: l, target: target, conns: map[net.Conn]struct{}{}}
+	p.cond = sync.NewCond(&p.mu)
+	p.wg.Add(1)
+	go p.accept()
+	return p, nil
+}
+
+// Addr is where to connect (host:port).
+func (p *Proxy) Addr() string { return p.l.Addr().String() }
+
+// Hold stops forwarding: bytes read wait in the proxy (and, once its
+// buffers are full, in the kernel's), and new connections are accepted
+// but carry nothing.
+func (p *Proxy) Hold() {
+	p.mu.Lock()
+	p.held = true
+	p.mu.Unlock()
+}
+
+// Release forwards what waited, and everything after.
+func (p *Proxy) Release() {
+	p.mu.Lock()
+	p.held = false
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// Cut closes every connection (both sides see a reset or EOF); later
+// connections are forwarded as before.
+func (p *Proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Close stops the proxy and closes its connections.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	p.held = false
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	p.l.Close()
+	p.Cut()
+	p.wg.Wait()
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		t, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		if !p.track(c, t) {
+			return
+		}
+		p.wg.Add(2)
+		go p.pipe(t, c)
+		go p.pipe(c, t)
+	}
+}
+
+// track records a connection pair, unless the proxy is closed.
+func (p *Proxy) track(c ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		for _, x := range c {
+			x.Close()
+		}
+		return false
+	}
+	for _, x := range c {
+		p.conns[x] = struct{}{}
+	}
+	return true
+}
+
+// pipe copies from src to dst, waiting while the proxy holds.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, src)
+		delete(p.conns, dst)
+		p.mu.Unlock()
+		src.Close()
+		dst.Close()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for p.held {
+				p.cond.Wait()
+			}
+			p.mu.Unlock()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if tc, ok := dst.(*net.TCPConn); ok {
+					_ = tc.CloseWrite()
+				}
+			}
+			return
+		}
+	}
+}

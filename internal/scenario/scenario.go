@@ -1,0 +1,391 @@
+// Package scenario runs the storage scenario of DESIGN §8 as real
+// processes of the idc binary: the store (idc store, embedded etcd and a
+// coordinator), the shared storage (idc storage), driver domains (idc
+// driver) and the multipath disk (idc disk), each its own OS process with
+// its own output, so that tests and the demo can kill (SIGKILL), stop
+// (SIGSTOP) and resume them, and stock NBD clients can use the disk.
+package scenario
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Config describes a scenario. Zero fields take the defaults documented.
+type Config struct {
+	// Binary is the idc binary to run; required (tests build it with
+	// Build).
+	Binary string
+	// Dir holds the store's data, the storage file, sockets, address files
+	// and the apply log; required.
+	Dir string
+	// Group is the group's name; default "disk1".
+	Group string
+	// Mode is the group's mode: fence (default), lease or both.
+	Mode string
+	// Size is the disk's and the storage's size; default "64M".
+	Size string
+	// Drivers names the driver domains; default driver-a, driver-b.
+	Drivers []string
+	// Heartbeat and HeartbeatMisses are every member's channel heartbeat
+	// settings; defaults 10ms and 5.
+	Heartbeat       time.Duration
+	HeartbeatMisses int
+	// LeaseTTL is every member's lease; default 2s.
+	LeaseTTL time.Duration
+	// Timeout is the disk's request timeout; default 1s.
+	Timeout time.Duration
+	// Output receives every process's output, each line prefixed with the
+	// process's name; default discards.
+	Output io.Writer
+	// StartTimeout bounds the start; default 60s.
+	StartTimeout time.Duration
+	// Extra adds flags to a process's command line, by process name
+	// ("store", "storage", "disk" or a driver's name).
+	Extra map[string][]string
+}
+
+func (c *Config) defaults() error {
+	if c.Binary == "" || c.Dir == "" {
+		return errors.New("scenario: Binary and Dir are required")
+	}
+	if c.Group == "" {
+		c.Group = "disk1"
+	}
+	if c.Mode == "" {
+		c.Mode = "fence"
+	}
+	if c.Size == "" {
+		c.Size = "64M"
+	}
+	if len(c.Drivers) == 0 {
+		c.Drivers = []string{"driver-a", "driver-b"}
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 10 * time.Millisecond
+	}
+	if c.HeartbeatMisses == 0 {
+		c.HeartbeatMisses = 5
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 2 * time.Second
+	}
+	if c.Timeout == 0 {
+		c.Timeout = time.Second
+	}
+	if c.Output == nil {
+		c.Output = io.Discard
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 60 * time.Second
+	}
+	return nil
+}
+
+// Scenario is a running scenario.
+type Scenario struct {
+	cfg      Config
+	Endpoint string // the store's client URL
+	NBD      string // the disk's NBD URI
+	ApplyLog string // the storage's apply log
+	File     string // the storage's backing file
+
+	mu    sync.Mutex
+	procs map[string]*Proc
+	out   *syncWriter
+}
+
+// Build builds the idc binary into dir and returns its path.
+func Build(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "idc")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/idc-dev/idc/cmd/idc")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("scenario: go build: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Start starts the store, configures the group, then starts the storage,
+// the drivers and the disk, and returns once the disk serves NBD through
+// a path. On error it stops whatever it started.
+func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	s = &Scenario{cfg: cfg, procs: map[string]*Proc{}, out: &syncWriter{w: cfg.Output},
+		ApplyLog: filepath.Join(cfg.Dir, "apply.log"), File: filepath.Join(cfg.Dir, "storage.img")}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	if _, err := s.start(ctx, "store", []string{"store", "--data-dir", filepath.Join(cfg.Dir, "store"),
+		"--listen-client", s.Endpoint, "--listen-peer", fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		"--mode", cfg.Mode}, "store: embedded etcd serving"); err != nil {
+		return nil, err
+	}
+	if err := s.run(ctx, "group", "set", cfg.Group, "--mode", cfg.Mode, "--resources", "storage"); err != nil {
+		return nil, err
+	}
+	storageAddr := filepath.Join(cfg.Dir, "storage.addr")
+	if _, err := s.start(ctx, "storage", []string{"storage", "--file", s.File, "--size", cfg.Size,
+		"--group", cfg.Group, "--resource", "storage", "--writer", "disk",
+		"--listen", "unix://" + filepath.Join(cfg.Dir, "storage.sock"),
+		"--apply-log", s.ApplyLog, "--address-file", storageAddr}, "storage: serving"); err != nil {
+		return nil, err
+	}
+	for _, d := range cfg.Drivers {
+		if err := s.StartDriver(ctx, d); err != nil {
+			return nil, err
+		}
+	}
+	diskAddr := filepath.Join(cfg.Dir, "disk.addr")
+	if _, err := s.start(ctx, "disk", append([]string{"disk", "--group", cfg.Group, "--id", "disk", "--size", cfg.Size,
+		"--nbd-listen", "unix://" + filepath.Join(cfg.Dir, "disk.sock"), "--address-file", diskAddr,
+		"--timeout", cfg.Timeout.String()}, s.memberFlags()...), "path driver-"); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(diskAddr)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	s.NBD = strings.TrimSpace(string(b))
+	return s, nil
+}
+
+// memberFlags are the flags every member shares.
+func (s *Scenario) memberFlags() []string {
+	return []string{"--heartbeat", s.cfg.Heartbeat.String(), "--heartbeat-misses", strconv.Itoa(s.cfg.HeartbeatMisses),
+		"--lease-ttl", s.cfg.LeaseTTL.String(), "--listen", "tcp://127.0.0.1:0"}
+}
+
+// StartDriver starts (or restarts) the driver domain name.
+func (s *Scenario) StartDriver(ctx context.Context, name string) error {
+	_, err := s.start(ctx, name, append([]string{"driver", "--group", s.cfg.Group, "--id", name,
+		"--storage-file", filepath.Join(s.cfg.Dir, "storage.addr")}, s.memberFlags()...), "epoch")
+	return err
+}
+
+// Proc returns the process called name (nil if none).
+func (s *Scenario) Proc(name string) *Proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[name]
+}
+
+// Close kills every process (the disk first, the store last) and waits
+// for them.
+func (s *Scenario) Close() {
+	order := []string{"disk"}
+	order = append(order, s.cfg.Drivers...)
+	order = append(order, "storage", "store")
+	for _, n := range order {
+		if p := s.Proc(n); p != nil {
+			p.Stop(5 * time.Second)
+		}
+	}
+}
+
+// run runs a one-shot idc command against the store.
+func (s *Scenario) run(ctx context.Context, args ...string) error {
+	args = append(args, "--etcd-endpoints", s.Endpoint)
+	cmd := exec.CommandContext(ctx, s.cfg.Binary, args...)
+	out, err := cmd.CombinedOutput()
+	fmt.Fprintf(s.out, "[idc %s] %s", strings.Join(args, " "), out)
+	if err != nil {
+		return fmt.Errorf("scenario: idc %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// start starts a long-running process and waits until a line of its
+// output contains ready.
+func (s *Scenario) start(ctx context.Context, name string, args []string, ready string) (*Proc, error) {
+	if extra := s.cfg.Extra[name]; len(extra) > 0 {
+		args = append(args, extra...)
+	}
+	if name != "store" {
+		args = append(args, "--etcd-endpoints", s.Endpoint)
+	}
+	p := &Proc{Name: name, lines: make(chan string, 1024), exited: make(chan struct{})}
+	p.cmd = exec.Command(s.cfg.Binary, args...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p.cmd.Stderr = &prefixWriter{name: name, w: s.out}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("scenario: start %s: %w", name, err)
+	}
+	s.mu.Lock()
+	s.procs[name] = p
+	s.mu.Unlock()
+	go p.read(stdout, s.out)
+	if err := p.WaitLine(ctx, ready); err != nil {
+		return nil, fmt.Errorf("scenario: %s did not get ready: %w", name, err)
+	}
+	return p, nil
+}
+
+// Proc is a process of the scenario.
+type Proc struct {
+	Name string
+	cmd  *exec.Cmd
+
+	mu      sync.Mutex
+	history []string
+	lines   chan string // every stdout line, for WaitLine (dropped when full)
+	exited  chan struct{}
+	err     error
+}
+
+func (p *Proc) read(r io.Reader, out io.Writer) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintf(out, "[%s] %s\n", p.Name, line)
+		p.mu.Lock()
+		p.history = append(p.history, line)
+		p.mu.Unlock()
+		select {
+		case p.lines <- line:
+		default:
+		}
+	}
+	p.err = p.cmd.Wait()
+	close(p.exited)
+}
+
+// Lines returns every line the process printed on stdout so far.
+func (p *Proc) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.history...)
+}
+
+// WaitLine waits for a line, printed after the lines seen by earlier
+// WaitLine calls, that contains s.
+func (p *Proc) WaitLine(ctx context.Context, s string) error {
+	for {
+		select {
+		case l := <-p.lines:
+			if strings.Contains(l, s) {
+				return nil
+			}
+		case <-p.exited:
+			return fmt.Errorf("%s exited (%v) before printing %q", p.Name, p.err, s)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %q from %s: %w", s, p.Name, ctx.Err())
+		}
+	}
+}
+
+// Pid is the process's ID.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Kill kills the process (SIGKILL) and waits for it to end.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// Exited is closed once the process has ended.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
+
+// Err is how the process ended (after Exited).
+func (p *Proc) Err() error { return p.err }
+
+// Stop asks the process to stop (SIGCONT, in case it was stopped, then
+// SIGTERM), and kills it if it has not ended within grace.
+func (p *Proc) Stop(grace time.Duration) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(grace):
+		p.Kill()
+	}
+}
+
+// freePorts returns n free TCP ports on loopback.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// syncWriter serialises writes from several goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (w *syncWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(b)
+}
+
+// prefixWriter prefixes each line with a process's name.
+type prefixWriter struct {
+	name string
+	w    io.Writer
+	buf  []byte
+	mu   sync.Mutex
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := strings.IndexByte(string(p.buf), '\n')
+		if i < 0 {
+			break
+		}
+		fmt.Fprintf(p.w, "[%s] %s\n", p.name, p.buf[:i])
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}
