@@ -39,6 +39,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Reason names why err refused a request, for metrics and logs: no-fence,
+// stale, aborted, ahead, not-member, not-writer, or other.
+func Reason(err error) string { return core.Reason(err) }
+
 // Fence is what a guard admits in a group from its epoch on.
 type Fence = core.Fence
 

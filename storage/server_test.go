@@ -384,7 +384,17 @@ func TestServerFenced(t *testing.T) {
 	if got := string(b[:16]); got != "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00new!" {
 		t.Fatalf("the file holds %q: a fenced write landed", got)
 	}
-	log := r.applyLog()
+	var log, refused []Applied
+	for _, l := range r.applyLog() {
+		if l.Op == "refused" {
+			refused = append(refused, l)
+		} else {
+			log = append(log, l)
+		}
+	}
+	if len(refused) != 3 || refused[0].Reason != "stale" || refused[0].Epoch != 2 || refused[0].Request != "write" {
+		t.Fatalf("refusals in the apply log %+v, want the 3 stale writes", refused)
+	}
 	if len(log) != 3 || log[0].Op != "fence" || log[0].Epoch != 2 || log[1].Op != "fence" || log[1].Epoch != 3 ||
 		log[2].Op != "write" || log[2].ID != 4 || log[2].Epoch != 3 || log[2].Group != "disk1" {
 		t.Fatalf("apply log %+v, want the fences of 2 and 3, then write 4 of epoch 3", log)

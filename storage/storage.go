@@ -29,6 +29,7 @@ import (
 
 	"github.com/idc-dev/idc/block"
 	"github.com/idc-dev/idc/guard"
+	"github.com/idc-dev/idc/token"
 )
 
 // Backing is what holds the store's bytes: a file (the default) or
@@ -93,9 +94,14 @@ type Applied struct {
 	ID     uint64 `json:"id"`
 	Offset uint64 `json:"offset"`
 	Length uint32 `json:"length"`
-	// At is when the apply began, or when the fence held (Unix
-	// nanoseconds, by Config.Now).
+	// At is when the apply began, or when the fence held, or when the
+	// request was refused (Unix nanoseconds, by Config.Now).
 	At int64 `json:"at"`
+	// Request and Reason, on a line with Op "refused": the operation the
+	// guard refused and why (core/guard's Reason: stale, aborted, ...).
+	// Every refused request is recorded, reads and flushes too.
+	Request string `json:"request,omitempty"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 // fenceLine is a fence's line of the apply log.
@@ -223,6 +229,7 @@ func (s *Storage) serve(r block.Request) ([]byte, block.Status) {
 	n, err := s.g.BeginEncoded(r.Token, t)
 	switch {
 	case errors.Is(err, guard.ErrRefused):
+		s.refused(r, err)
 		return answer(block.StatusFenced, r.ID, err.Error()), block.StatusFenced
 	case err != nil:
 		return answer(block.StatusInvalid, r.ID, "token: "+err.Error()), block.StatusInvalid
@@ -279,6 +286,37 @@ func (s *Storage) record(r block.Request, t *guard.Ticket) {
 		Op: r.Op.String(), Group: t.Token.Group, Epoch: t.Token.Epoch, Domain: t.Token.Domain, Inc: t.Token.Incarnation,
 		ID: r.ID, Offset: r.Offset, Length: r.Length, At: s.now(),
 	})
+}
+
+// refused records a request the guard refused.
+func (s *Storage) refused(r block.Request, err error) {
+	if s.enc == nil {
+		return
+	}
+	tok, _, _ := token.Parse(r.Token) // what of it parses: the guard decoded it
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	if s.closed {
+		return
+	}
+	s.enc.Encode(Applied{
+		Op: "refused", Group: tok.Group, Epoch: tok.Epoch, Domain: tok.Domain, Inc: tok.Incarnation,
+		ID: r.ID, Offset: r.Offset, Length: r.Length, At: s.now(), Request: r.Op.String(), Reason: guard.Reason(err),
+	})
+}
+
+// FlushLog writes out the apply log's buffered lines (a process that may
+// be killed calls it now and then, so that little of the log is lost).
+func (s *Storage) FlushLog() error {
+	if s.log == nil {
+		return nil
+	}
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	return s.log.Flush()
 }
 
 // Fenced records in the apply log that the fence f holds in group. Pass

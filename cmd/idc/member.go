@@ -15,6 +15,7 @@ type memberOptions struct {
 	group           string
 	id              string
 	listen          string
+	advertise       string
 	heartbeat       time.Duration
 	heartbeatMisses int
 	leaseTTL        time.Duration
@@ -32,6 +33,7 @@ func (o *memberOptions) register(f *pflag.FlagSet, defID string) {
 	}
 	f.StringVar(&o.id, "id", defID, idHelp)
 	f.StringVar(&o.listen, "listen", def.Listen, "where the domain accepts channels from the other members: tcp://HOST:PORT or unix:///PATH; every member must reach it")
+	f.StringVar(&o.advertise, "advertise", "", "the channel address the other members dial, if not --listen's (a listener on 0.0.0.0, a proxy)")
 	f.DurationVar(&o.heartbeat, "heartbeat", def.Heartbeat, "heartbeat interval of each channel")
 	f.IntVar(&o.heartbeatMisses, "heartbeat-misses", def.HeartbeatMisses, "heartbeats missed before a silent peer is reported")
 	f.DurationVar(&o.leaseTTL, "lease-ttl", def.LeaseTTL, "the membership's lease TTL")
@@ -64,7 +66,8 @@ func (o *memberOptions) validate() error {
 func (o *memberOptions) config(g *globals) idc.Config {
 	cfg := idc.DefaultConfig()
 	cfg.Group, cfg.ID, cfg.Prefix = o.group, o.id, g.prefix
-	cfg.Listen, cfg.Heartbeat, cfg.HeartbeatMisses = o.listen, o.heartbeat, o.heartbeatMisses
+	cfg.Listen, cfg.Advertise = o.listen, o.advertise
+	cfg.Heartbeat, cfg.HeartbeatMisses = o.heartbeat, o.heartbeatMisses
 	cfg.LeaseTTL, cfg.Priority = o.leaseTTL, o.priority
 	return cfg
 }

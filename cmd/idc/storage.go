@@ -255,7 +255,20 @@ func runStorage(ctx context.Context, g *globals, o *storageOptions, out io.Write
 		o.file, formatBytes(uint64(p.size)), o.blockSize, addr, groupsText(o.groups), o.resource, writerText(o.writer))
 	log.Info("serving", "file", o.file, "size", p.size, "created", p.create, "addr", addr, "groups", o.groups, "writer", o.writer)
 
-	<-ctx.Done()
+	// The apply log is written out every 100 ms, so that a storage killed
+	// (kill -9) loses at most that much of it.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-tick.C:
+			if err := st.FlushLog(); err != nil {
+				log.Warn("apply log", "err", err)
+			}
+		}
+	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.shutdownTimeout)
 	defer cancel()

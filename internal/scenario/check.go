@@ -16,6 +16,8 @@ type ApplyLog struct {
 	// Stale lists the writes applied with an epoch older than a fence of
 	// their group that held before them: each one is a violation of G5.
 	Stale []storage.Applied
+	// Refused lists the requests the guard refused.
+	Refused []storage.Applied
 	// Epochs counts the writes applied per epoch.
 	Epochs map[uint64]int
 	// Fenced maps each fenced epoch to when its fence held (Unix ns).
@@ -39,6 +41,10 @@ func ReadApplyLog(path string) (ApplyLog, error) {
 		var a storage.Applied
 		if err := json.Unmarshal(sc.Bytes(), &a); err != nil {
 			return out, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		if a.Op == "refused" {
+			out.Refused = append(out.Refused, a)
+			continue
 		}
 		if a.Op == "fence" {
 			out.Fences++

@@ -15,12 +15,20 @@ type Proxy struct {
 	l      net.Listener
 	target string
 
-	mu     sync.Mutex
-	cond   *sync.Cond
-	held   bool
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu        sync.Mutex
+	cond      *sync.Cond
+	held      bool
+	conns     map[net.Conn]struct{}
+	closed    bool
+	wg        sync.WaitGroup
+	heldBytes int // bytes read and waiting for Release
+}
+
+// HeldBytes returns how many bytes the proxy holds.
+func (p *Proxy) HeldBytes() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.heldBytes
 }
 
 // NewProxy listens on a free loopback port and forwards to target
@@ -132,8 +140,12 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			for p.held {
-				p.cond.Wait()
+			if p.held {
+				p.heldBytes += n
+				for p.held {
+					p.cond.Wait()
+				}
+				p.heldBytes -= n
 			}
 			p.mu.Unlock()
 			if _, werr := dst.Write(buf[:n]); werr != nil {

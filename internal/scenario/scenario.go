@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,10 @@ type Config struct {
 	Output io.Writer
 	// StartTimeout bounds the start; default 60s.
 	StartTimeout time.Duration
+	// Proxied names the drivers whose connections — channels, store and
+	// storage — go through a Proxy each, for the nemesis to hold, release
+	// or cut (Scenario.Proxies). The storage then listens on TCP.
+	Proxied []string
 	// Extra adds flags to a process's command line, by process name
 	// ("store", "storage", "disk" or a driver's name).
 	Extra map[string][]string
@@ -102,9 +107,35 @@ type Scenario struct {
 	ApplyLog string // the storage's apply log
 	File     string // the storage's backing file
 
-	mu    sync.Mutex
-	procs map[string]*Proc
-	out   *syncWriter
+	mu      sync.Mutex
+	procs   map[string]*Proc
+	proxies map[string]*Proxies
+	closers []func()
+	out     *syncWriter
+}
+
+// Proxies are the proxies of a driver's connections.
+type Proxies struct {
+	Channel *Proxy // the disk's channel to the driver
+	Store   *Proxy // the driver's store connection
+	Storage *Proxy // the driver's connections to the storage
+}
+
+// All returns the three proxies.
+func (p *Proxies) All() []*Proxy { return []*Proxy{p.Channel, p.Store, p.Storage} }
+
+// Hold holds every connection of the driver: it is cut off, a blackhole.
+func (p *Proxies) Hold() {
+	for _, x := range p.All() {
+		x.Hold()
+	}
+}
+
+// Release releases every connection of the driver, and what they held.
+func (p *Proxies) Release() {
+	for _, x := range p.All() {
+		x.Release()
+	}
 }
 
 // Build builds the idc binary into dir and returns its path.
@@ -126,7 +157,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
-	s = &Scenario{cfg: cfg, procs: map[string]*Proc{}, out: &syncWriter{w: cfg.Output},
+	s = &Scenario{cfg: cfg, procs: map[string]*Proc{}, proxies: map[string]*Proxies{}, out: &syncWriter{w: cfg.Output},
 		ApplyLog: filepath.Join(cfg.Dir, "apply.log"), File: filepath.Join(cfg.Dir, "storage.img")}
 	defer func() {
 		if err != nil {
@@ -147,9 +178,13 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		return nil, err
 	}
 	storageAddr := filepath.Join(cfg.Dir, "storage.addr")
+	storageListen := "unix://" + filepath.Join(cfg.Dir, "storage.sock")
+	if len(cfg.Proxied) > 0 {
+		storageListen = "tcp://127.0.0.1:0"
+	}
 	if _, err := s.start(ctx, "storage", []string{"storage", "--file", s.File, "--size", cfg.Size,
 		"--group", cfg.Group, "--resource", "storage", "--writer", "disk",
-		"--listen", "unix://" + filepath.Join(cfg.Dir, "storage.sock"),
+		"--listen", storageListen,
 		"--apply-log", s.ApplyLog, "--address-file", storageAddr}, "storage: serving"); err != nil {
 		return nil, err
 	}
@@ -180,9 +215,60 @@ func (s *Scenario) memberFlags() []string {
 
 // StartDriver starts (or restarts) the driver domain name.
 func (s *Scenario) StartDriver(ctx context.Context, name string) error {
-	_, err := s.start(ctx, name, append([]string{"driver", "--group", s.cfg.Group, "--id", name,
-		"--storage-file", filepath.Join(s.cfg.Dir, "storage.addr")}, s.memberFlags()...), "epoch")
+	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name}, s.memberFlags()...)
+	if slices.Contains(s.cfg.Proxied, name) {
+		px, flags, err := s.proxy(name)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.proxies[name] = px
+		s.mu.Unlock()
+		args = append(args, flags...)
+	} else {
+		args = append(args, "--storage-file", filepath.Join(s.cfg.Dir, "storage.addr"))
+	}
+	_, err := s.start(ctx, name, args, "epoch")
 	return err
+}
+
+// proxy sets up the proxies of a driver and returns the flags that send
+// its connections through them (later flags override memberFlags').
+func (s *Scenario) proxy(name string) (*Proxies, []string, error) {
+	if old := s.Proxies(name); old != nil {
+		for _, p := range old.All() {
+			p.Close()
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(s.cfg.Dir, "storage.addr"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("scenario: %w", err)
+	}
+	storage := strings.TrimPrefix(strings.TrimSpace(string(b)), "tcp://")
+	ports, err := freePorts(1)
+	if err != nil {
+		return nil, nil, err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	px := &Proxies{}
+	for _, t := range []struct {
+		p      **Proxy
+		target string
+	}{{&px.Channel, listen}, {&px.Store, strings.TrimPrefix(s.Endpoint, "http://")}, {&px.Storage, storage}} {
+		if *t.p, err = NewProxy(t.target); err != nil {
+			return nil, nil, err
+		}
+		s.closers = append(s.closers, (*t.p).Close)
+	}
+	return px, []string{"--listen", "tcp://" + listen, "--advertise", "tcp://" + px.Channel.Addr(),
+		"--storage", "tcp://" + px.Storage.Addr(), "--etcd-endpoints", "http://" + px.Store.Addr()}, nil
+}
+
+// Proxies returns the proxies of driver name (nil if it is not proxied).
+func (s *Scenario) Proxies(name string) *Proxies {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proxies[name]
 }
 
 // Proc returns the process called name (nil if none).
@@ -202,6 +288,9 @@ func (s *Scenario) Close() {
 		if p := s.Proc(n); p != nil {
 			p.Stop(5 * time.Second)
 		}
+	}
+	for _, c := range s.closers {
+		c()
 	}
 }
 
@@ -223,7 +312,7 @@ func (s *Scenario) start(ctx context.Context, name string, args []string, ready 
 	if extra := s.cfg.Extra[name]; len(extra) > 0 {
 		args = append(args, extra...)
 	}
-	if name != "store" {
+	if name != "store" && !slices.Contains(args, "--etcd-endpoints") {
 		args = append(args, "--etcd-endpoints", s.Endpoint)
 	}
 	p := &Proc{Name: name, lines: make(chan string, 1024), exited: make(chan struct{})}

@@ -9,8 +9,8 @@ import (
 	"testing"
 )
 
-// binary is the idc binary the tests run, built once by TestMain.
-var binary string
+// idcBinary is the idc binary the tests run, built once by TestMain.
+var idcBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "idc-scenario-")
@@ -18,7 +18,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary, err = Build(context.Background(), dir)
+	idcBinary, err = Build(context.Background(), dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -39,7 +39,7 @@ func (w testWriter) Write(b []byte) (int, error) {
 // start starts a scenario for the test and stops it at the end.
 func start(t *testing.T, cfg Config) *Scenario {
 	t.Helper()
-	cfg.Binary, cfg.Dir = binary, t.TempDir()
+	cfg.Binary, cfg.Dir = idcBinary, t.TempDir()
 	if cfg.Output == nil {
 		cfg.Output = testWriter{t}
 	}
