@@ -557,27 +557,30 @@ func (f *Forwarder) pump(cn *conn) {
 	}
 }
 
-// onSent is the send callback of r: its frame was written, or not.
+// onSent is the send callback of r: its frame was written, or not. What
+// it says of the connection counts even if r finished meanwhile (the
+// storage may answer before the callback runs).
 func (f *Forwarder) onSent(r *request, err error) {
 	f.mu.Lock()
 	cn := r.cn
 	r.sending = false
 	cn.inflight--
 	switch {
-	case r.finished:
-		f.recycle(r)
 	case cn.state != open:
 	case errors.Is(err, network.ErrBusy):
 		// The connection's window is full after all: r waits at the head
-		// of the queue until a send completes (or, if none is in flight,
-		// a moment).
-		r.wired = false
-		f.stats.Queued++
-		f.met.queued.Inc()
-		cn.queue = append(cn.queue, nil)
-		copy(cn.queue[1:], cn.queue)
-		cn.queue[0] = r
+		// of the queue, and nothing is sent until a send completes (or, if
+		// none is in flight, for a moment). So busy holds only while a
+		// send is in flight or the retry timer is set.
 		cn.busy = true
+		if !r.finished {
+			r.wired = false
+			f.stats.Queued++
+			f.met.queued.Inc()
+			cn.queue = append(cn.queue, nil)
+			copy(cn.queue[1:], cn.queue)
+			cn.queue[0] = r
+		}
 		if cn.inflight == 0 && cn.retry == nil {
 			cn.retry = f.cfg.Clock.AfterFunc(retryBusy, func() {
 				f.mu.Lock()
@@ -587,12 +590,13 @@ func (f *Forwarder) onSent(r *request, err error) {
 				f.unlock()
 			})
 		}
-		f.unlock()
-		return
 	case err != nil:
 		f.lose(cn, fmt.Errorf("%w: %s: sending: %w", ErrStorageLost, f.cfg.Storage, err))
 	default:
 		cn.busy = false // a frame was written: there is room again
+	}
+	if r.finished {
+		f.recycle(r)
 	}
 	f.pump(cn)
 	f.unlock()

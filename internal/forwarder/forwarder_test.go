@@ -457,6 +457,28 @@ func TestBusy(t *testing.T) {
 	}
 }
 
+// TestBusyAnsweredBeforeSent: a send callback that comes after the
+// storage answered its request still tells the forwarder that the
+// connection has room again: a request refused busy meanwhile is sent.
+func TestBusyAnsweredBeforeSent(t *testing.T) {
+	s := newFakeStorage(t, true)
+	g := &gatedNet{Network: network.OS{}}
+	f := newForwarder(t, s.addr, g)
+	first := forward(f, 1, read(1, 1, 8))
+	answerOf(t, get(t, first)) // answered; its send callback is held
+	g.mu.Lock()
+	g.busy = 1
+	g.mu.Unlock()
+	second := forward(f, 1, read(1, 2, 8)) // refused busy while the first's callback is held
+	for f.Stats().Queued == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	g.release() // the first's callback: room again
+	if a := answerOf(t, get(t, second)); a.ID != 2 {
+		t.Errorf("the second got the answer to %d", a.ID)
+	}
+}
+
 // TestClose: Close fails what is pending and refuses what comes after.
 func TestClose(t *testing.T) {
 	s := newFakeStorage(t, false)
