@@ -105,6 +105,13 @@ func (w *Workload) Run(ctx context.Context) error {
 	return errors.Join(w.errors...)
 }
 
+// Count returns how many writes have been acknowledged.
+func (w *Workload) Count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acks)
+}
+
 // Acks returns the acknowledged writes in the order of their
 // acknowledgements.
 func (w *Workload) Acks() []Ack {
