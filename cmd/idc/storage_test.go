@@ -257,9 +257,10 @@ func TestStorageServes(t *testing.T) {
 				}
 				lines = append(lines, a)
 			}
-			if len(lines) != 2 || lines[0] != (storage.Applied{Op: "fence", Group: "g", Epoch: 1, At: lines[0].At}) ||
-				lines[1].Op != "write" || lines[1].ID != 1 || lines[1].Domain != "disk" || lines[1].Group != "g" {
-				t.Errorf("apply log %+v, want the fence of 1 and write 1", lines)
+			if len(lines) != 3 || lines[0] != (storage.Applied{Op: "fence", Group: "g", Epoch: 1, At: lines[0].At}) ||
+				lines[1].Op != "write" || lines[1].ID != 1 || lines[1].Domain != "disk" || lines[1].Group != "g" ||
+				lines[2].Op != "refused" || lines[2].Domain != "drv-a" || lines[2].Reason != "not-writer" {
+				t.Errorf("apply log %+v, want the fence of 1, write 1, and drv-a's write refused", lines)
 			}
 		})
 	}
