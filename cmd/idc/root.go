@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -20,6 +21,7 @@ type globals struct {
 	prefix    string
 	logLevel  string
 	timeout   time.Duration
+	cpuProf   string
 }
 
 func newRoot() *cobra.Command {
@@ -36,11 +38,42 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.prefix, "prefix", "/idc", "key prefix of idc's records in the store")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	pf.DurationVar(&g.timeout, "dial-timeout", 10*time.Second, "how long to keep trying to reach the store")
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return g.validate() }
+	pf.StringVar(&g.cpuProf, "cpu-profile", "", "write a CPU profile (pprof) of the command to this file")
+	var stopProf func()
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if err := g.validate(); err != nil {
+			return err
+		}
+		var err error
+		stopProf, err = startCPUProfile(g.cpuProf)
+		return err
+	}
+	root.PersistentPostRun = func(*cobra.Command, []string) {
+		if stopProf != nil {
+			stopProf()
+		}
+	}
 	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g), newPingCmd(g))
 	root.AddCommand(newGroupCmd(g), newFenceCmd(g))
 	root.AddCommand(newStorageCmd(g), newDriverCmd(g), newDiskCmd(g))
 	return root
+}
+
+// startCPUProfile starts a CPU profile into path ("" for none) and
+// returns what stops it.
+func startCPUProfile(path string) (func(), error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // validate refuses flag values that would mean something else than they
