@@ -74,17 +74,12 @@ func (o *driverOptions) validate() error {
 		return err
 	}
 	switch {
-	case o.member.listen == "":
-		return fmt.Errorf("%w: --listen is empty: a driver domain serves calls over channels", proto.ErrConfig)
 	case o.storage == "" && o.storageFile == "":
 		return fmt.Errorf("%w: --storage or --storage-file is required", proto.ErrConfig)
 	case o.storage != "" && o.storageFile != "":
 		return fmt.Errorf("%w: give --storage or --storage-file, not both", proto.ErrConfig)
 	case o.storageDialTimeout <= 0:
 		return fmt.Errorf("%w: --storage-dial-timeout %v must be positive", proto.ErrConfig, o.storageDialTimeout)
-	}
-	if _, _, err := splitListen(o.member.listen); err != nil {
-		return fmt.Errorf("%w: --listen: %w", proto.ErrConfig, err)
 	}
 	if o.storage != "" {
 		if err := forwarder.CheckAddress(o.storage); err != nil {

@@ -46,6 +46,16 @@ func (o *memberOptions) validate() error {
 		return fmt.Errorf("%w: --group is required", proto.ErrConfig)
 	case o.id == "":
 		return fmt.Errorf("%w: --id is required", proto.ErrConfig)
+	case o.listen == "":
+		return fmt.Errorf("%w: --listen is empty: the domains of the storage scenario talk over channels", proto.ErrConfig)
+	}
+	if _, _, err := splitListen(o.listen); err != nil {
+		return fmt.Errorf("%w: --listen: %w", proto.ErrConfig, err)
+	}
+	if o.advertise != "" {
+		if _, _, err := splitListen(o.advertise); err != nil {
+			return fmt.Errorf("%w: --advertise: %w", proto.ErrConfig, err)
+		}
 	}
 	if err := proto.CheckName("group", o.group); err != nil {
 		return fmt.Errorf("%w: --group: %w", proto.ErrConfig, err)
