@@ -164,6 +164,23 @@ func (e *Epoch) run(ctx context.Context, peer string, data []byte, call bool) ([
 	return resp, err
 }
 
+// Go starts a call of req to peer, like Call, and returns at once: done
+// is called once with the response or the error, possibly before Go
+// returns, on a goroutine of the channel driver — it must not block. The
+// call ends with the epoch (ErrEpochEnded) if it has not ended before; it
+// cannot be cancelled otherwise. It spares a goroutine per call for
+// callers that are themselves event-driven (the multipath disk). req must
+// not be modified until done has run.
+func (e *Epoch) Go(peer string, req []byte, done func(resp []byte, err error)) {
+	m, err := e.mesh()
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	op := &channel.Op{Done: func(op *channel.Op) { done(op.Resp, op.Err) }}
+	m.Call(e.Number(), peer, req, op)
+}
+
 // Ping sends a ping to peer over the epoch's channel and returns the round
 // trip: the time from sending it to its answer, on the monotonic clock.
 // The peer's channel driver answers by itself, at once: not its Handler,

@@ -330,22 +330,17 @@ func (t *diskTransport) disconnect(e uint64) {
 	delete(t.mem, e)
 }
 
-// Call implements disk.Transport.
+// Call implements disk.Transport: an asynchronous call of the epoch
+// (Epoch.Go), which ends with the epoch.
 func (t *diskTransport) Call(e uint64, peer string, req []byte, done func([]byte, error)) {
 	t.mu.Lock()
 	ep := t.eps[e]
 	t.mu.Unlock()
-	go func() {
-		if ep == nil {
-			done(nil, fmt.Errorf("%w: epoch %d", idc.ErrEpochEnded, e))
-			return
-		}
-		resp, err := ep.Call(ep.Context(), peer, req)
-		if err != nil && ep.Context().Err() != nil {
-			err = fmt.Errorf("%w: %w", idc.ErrEpochEnded, err)
-		}
-		done(resp, err)
-	}()
+	if ep == nil {
+		done(nil, fmt.Errorf("%w: epoch %d", idc.ErrEpochEnded, e))
+		return
+	}
+	ep.Go(peer, req, done)
 }
 
 // Report implements disk.Transport.

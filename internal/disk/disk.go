@@ -30,8 +30,8 @@ import (
 // idc channels (Epoch.Call), the simulator's over its mesh.
 type Transport interface {
 	// Call sends req to peer as a call of epoch e and calls done once, with
-	// the response or an error; done never runs within Call. req is not
-	// used after done.
+	// the response or an error; done may run within Call (the disk calls
+	// Call without its lock). req is not used after done.
 	Call(e uint64, peer string, req []byte, done func(resp []byte, err error))
 	// Report reports peer as a faulty path in epoch e (a fault report: the
 	// coordinator drops it in the next epoch).
@@ -284,10 +284,11 @@ func (d *Disk) tick(gen uint64) {
 	d.unlock()
 }
 
-// unlock carries out what the machine decided, arms the timer, releases
-// the lock and then gives the outcomes to their clients.
+// unlock takes what the machine decided, arms the timer, releases the
+// lock, and then carries it out: reports and sendings through the
+// transport, outcomes to their clients.
 func (d *Disk) unlock() {
-	var done []func()
+	var calls, done []func()
 	for {
 		rd := d.m.Ready()
 		if rd.Empty() {
@@ -296,7 +297,7 @@ func (d *Disk) unlock() {
 		for _, r := range rd.Reports {
 			d.stats.Reports++
 			d.log.Warn("disk: reporting a faulty path", "path", r.Path, "epoch", r.Epoch)
-			d.cfg.Transport.Report(r.Epoch, r.Path)
+			calls = append(calls, func() { d.cfg.Transport.Report(r.Epoch, r.Path) })
 		}
 		for _, s := range rd.Sends {
 			p := d.reqs[s.ID]
@@ -308,7 +309,9 @@ func (d *Disk) unlock() {
 			r := p.req
 			r.Token = d.tok
 			frame := block.AppendRequest(make([]byte, 0, 64+len(d.tok)+len(r.Data)), r)
-			d.cfg.Transport.Call(s.Epoch, s.Path, frame, func(resp []byte, err error) { d.answered(s, resp, err) })
+			calls = append(calls, func() {
+				d.cfg.Transport.Call(s.Epoch, s.Path, frame, func(resp []byte, err error) { d.answered(s, resp, err) })
+			})
 		}
 		for _, dn := range rd.Done {
 			p := d.reqs[dn.ID]
@@ -327,6 +330,9 @@ func (d *Disk) unlock() {
 	}
 	d.arm()
 	d.mu.Unlock()
+	for _, f := range calls {
+		f()
+	}
 	for _, f := range done {
 		f()
 	}

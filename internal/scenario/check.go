@@ -60,3 +60,14 @@ func ReadApplyLog(path string) (ApplyLog, error) {
 	}
 	return out, sc.Err()
 }
+
+// staleWrites counts the disk's writes refused for an ended epoch.
+func (l ApplyLog) staleWrites() int {
+	n := 0
+	for _, r := range l.Refused {
+		if r.Request == "write" && r.Domain == "disk" && (r.Reason == "stale" || r.Reason == "aborted") {
+			n++
+		}
+	}
+	return n
+}

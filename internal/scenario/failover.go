@@ -150,6 +150,14 @@ func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Fa
 			return res, err
 		}
 	}
+	if fault.Proxied() {
+		// The released writes reach the storage: wait until its apply log
+		// (written out every 100 ms) shows it refusing them.
+		deadline := time.Now().Add(10 * time.Second)
+		for refusedWrites(s.ApplyLog) == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	c.Close()
 	s.Close()
 	if err := checkStorage(ctx, s, w, at, &res); err != nil {
@@ -196,12 +204,15 @@ func checkStorage(ctx context.Context, s *Scenario, w *Workload, at time.Time, r
 			res.ToFence = d
 		}
 	}
-	for _, r := range log.Refused {
-		if r.Request == "write" && r.Domain == "disk" && (r.Reason == "stale" || r.Reason == "aborted") {
-			res.Refused++
-		}
-	}
+	res.Refused = log.staleWrites()
 	return nil
+}
+
+// refusedWrites reads the apply log so far and counts the refused writes
+// of ended epochs.
+func refusedWrites(path string) int {
+	log, _ := ReadApplyLog(path)
+	return log.staleWrites()
 }
 
 // holdForwarded holds the proxy of a driver's connections to the storage

@@ -1,8 +1,6 @@
 package scenario
 
 import (
-	"errors"
-	"io"
 	"net"
 	"sync"
 )
@@ -103,8 +101,11 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.wg.Add(2)
-		go p.pipe(t, c)
-		go p.pipe(c, t)
+		var left sync.WaitGroup // both directions: then both connections close
+		left.Add(2)
+		go func() { left.Wait(); p.untrack(c, t) }()
+		go p.pipe(t, c, &left)
+		go p.pipe(c, t, &left)
 	}
 }
 
@@ -124,17 +125,25 @@ func (p *Proxy) track(c ...net.Conn) bool {
 	return true
 }
 
-// pipe copies from src to dst, waiting while the proxy holds.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// untrack closes and forgets a connection pair.
+func (p *Proxy) untrack(c ...net.Conn) {
+	p.mu.Lock()
+	for _, x := range c {
+		delete(p.conns, x)
+	}
+	p.mu.Unlock()
+	for _, x := range c {
+		x.Close()
+	}
+}
+
+// pipe copies from src to dst, waiting while the proxy holds. When src
+// ends it closes dst for writing only, after what it held: a peer that
+// closes its connection while the proxy holds its bytes still has them
+// delivered on Release, as the network would.
+func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
 	defer p.wg.Done()
-	defer func() {
-		p.mu.Lock()
-		delete(p.conns, src)
-		delete(p.conns, dst)
-		p.mu.Unlock()
-		src.Close()
-		dst.Close()
-	}()
+	defer left.Done()
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
@@ -153,10 +162,8 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				if tc, ok := dst.(*net.TCPConn); ok {
-					_ = tc.CloseWrite()
-				}
+			if tc, ok := dst.(*net.TCPConn); ok {
+				_ = tc.CloseWrite()
 			}
 			return
 		}
