@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/idc-dev/idc/nbd"
 )
 
-// Fault is a fault injected into the active driver (driver-a, the disk's
-// first choice).
+// Fault is a fault injected into the driver the disk is using.
 type Fault string
 
 // The faults.
@@ -31,16 +31,18 @@ const (
 // Faults lists the faults.
 func Faults() []Fault { return []Fault{Kill, Stop, CutOff} }
 
-// Proxied reports whether the fault needs driver-a's connections behind
+// Proxied reports whether the fault needs the drivers' connections behind
 // proxies (Config.Proxied).
 func (f Fault) Proxied() bool { return f == Stop || f == CutOff }
 
 // Failover is what one failover showed.
 type Failover struct {
 	Fault Fault `json:"fault"`
+	// Driver is the driver the fault hit: the one the disk was using.
+	Driver string `json:"driver"`
 	// Gap is the service gap: the longest time without an acknowledged
 	// write that ends after the fault (from the last write acknowledged
-	// through driver-a to the first through driver-b).
+	// through the failed driver to the first through the other).
 	Gap time.Duration `json:"gap_ns"`
 	// ToFence is the time from the fault to the first fence that held at
 	// the storage after it.
@@ -57,10 +59,11 @@ type Failover struct {
 // ErrCheck wraps every failed check of RunFailover.
 var ErrCheck = errors.New("scenario: check failed")
 
-// RunFailover starts a scenario (cfg, with driver-a proxied if the fault
-// needs it), writes through its disk with a Workload, injects the fault
-// into driver-a once warm writes have been acknowledged, waits for the
-// disk to fail over to driver-b and write warm more, then checks: the
+// RunFailover starts a scenario (cfg, with the drivers proxied if the
+// fault needs it), writes through its disk with a Workload, injects the
+// fault into the driver the disk uses once warm writes have been
+// acknowledged, waits for the disk to fail over to the other driver and
+// write warm more, then checks: the
 // client saw no error; every block holds its last acknowledged write,
 // read through the disk and in the storage's file; the apply log shows no
 // write of an ended epoch applied after the fence of the next (G5); and,
@@ -68,8 +71,11 @@ var ErrCheck = errors.New("scenario: check failed")
 // the figures, or an error wrapping ErrCheck if a check failed.
 func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Failover, err error) {
 	res.Fault = fault
+	if err := cfg.defaults(); err != nil {
+		return res, err
+	}
 	if fault.Proxied() {
-		cfg.Proxied = append(cfg.Proxied, "driver-a")
+		cfg.Proxied = cfg.Drivers
 	}
 	s, err := Start(ctx, cfg)
 	if err != nil {
@@ -90,19 +96,27 @@ func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Fa
 	if err := waitAcks(ctx, w, warm); err != nil {
 		return res, err
 	}
-	a := s.Proc("driver-a")
+	// The driver the disk uses now: a false suspicion on a loaded machine
+	// may already have moved it from its first choice.
+	disk := s.Proc("disk")
+	res.Driver, err = s.Path(ctx)
+	if err != nil {
+		return res, err
+	}
+	a := s.Proc(res.Driver)
+	seen := disk.Count()
 	at := time.Now()
 	switch fault {
 	case Kill:
 		a.Kill()
 	case Stop, CutOff:
-		if err := holdForwarded(ctx, s.Proxies("driver-a").Storage); err != nil {
+		if err := holdForwarded(ctx, s.Proxies(res.Driver).Storage); err != nil {
 			return res, err
 		}
 		if fault == Stop {
 			err = a.Signal(syscall.SIGSTOP)
 		} else {
-			s.Proxies("driver-a").Hold()
+			s.Proxies(res.Driver).Hold()
 		}
 	default:
 		return res, fmt.Errorf("scenario: unknown fault %q", fault)
@@ -110,8 +124,11 @@ func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Fa
 	if err != nil {
 		return res, err
 	}
-	if err := s.Proc("disk").WaitLine(ctx, "path driver-b"); err != nil {
-		return res, err
+	if _, _, err := disk.WaitFor(ctx, seen, func(l string) bool {
+		p, ok := pathOf(l)
+		return ok && p != res.Driver && p != ""
+	}); err != nil {
+		return res, fmt.Errorf("scenario: the disk did not fail over from %s: %w", res.Driver, err)
 	}
 	if err := waitAcks(ctx, w, w.Count()+warm); err != nil {
 		return res, err
@@ -143,9 +160,9 @@ func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Fa
 		if err := a.WaitLine(ctx, "membership ended"); err != nil {
 			return res, err
 		}
-		s.Proxies("driver-a").Release()
+		s.Proxies(res.Driver).Release()
 	case CutOff:
-		s.Proxies("driver-a").Release()
+		s.Proxies(res.Driver).Release()
 		if err := a.WaitLine(ctx, "membership ended"); err != nil {
 			return res, err
 		}
@@ -167,6 +184,42 @@ func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Fa
 		return res, fmt.Errorf("%w: no held write refused by the guard", ErrCheck)
 	}
 	return res, nil
+}
+
+// Path returns the driver the disk uses now, waiting for one if it has
+// none.
+func (s *Scenario) Path(ctx context.Context) (string, error) {
+	disk := s.Proc("disk")
+	lines := disk.Lines()
+	for i := len(lines) - 1; i >= 0; i-- {
+		if p, ok := pathOf(lines[i]); ok {
+			if p != "" {
+				return p, nil
+			}
+			break
+		}
+	}
+	_, l, err := disk.WaitFor(ctx, len(lines), func(l string) bool { p, ok := pathOf(l); return ok && p != "" })
+	if err != nil {
+		return "", err
+	}
+	p, _ := pathOf(l)
+	return p, nil
+}
+
+// pathOf reads the path of a line the disk prints when an epoch connects
+// ("disk: epoch 4 connected: disk, driver-b; path driver-b"): "" if it
+// has none; ok is false for other lines.
+func pathOf(line string) (path string, ok bool) {
+	i := strings.LastIndex(line, "; path ")
+	if !strings.HasPrefix(line, "disk: epoch ") || i < 0 {
+		return "", false
+	}
+	p := line[i+len("; path "):]
+	if strings.HasPrefix(p, "none") {
+		return "", true
+	}
+	return p, true
 }
 
 // lease is the members' lease TTL.

@@ -25,8 +25,8 @@ func TestFailover(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s: service gap %v, time to fence %v, %d writes acknowledged, %d applied, %d held writes refused",
-				f, res.Gap, res.ToFence, res.Acks, res.Writes, res.Refused)
+			t.Logf("%s %s: service gap %v, time to fence %v, %d writes acknowledged, %d applied, %d held writes refused",
+				res.Driver, f, res.Gap, res.ToFence, res.Acks, res.Writes, res.Refused)
 		})
 	}
 }

@@ -315,7 +315,7 @@ func (s *Scenario) start(ctx context.Context, name string, args []string, ready 
 	if name != "store" && !slices.Contains(args, "--etcd-endpoints") {
 		args = append(args, "--etcd-endpoints", s.Endpoint)
 	}
-	p := &Proc{Name: name, lines: make(chan string, 1024), exited: make(chan struct{})}
+	p := &Proc{Name: name, changed: make(chan struct{}), exited: make(chan struct{})}
 	p.cmd = exec.Command(s.cfg.Binary, args...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdout, err := p.cmd.StdoutPipe()
@@ -342,8 +342,9 @@ type Proc struct {
 	cmd  *exec.Cmd
 
 	mu      sync.Mutex
-	history []string
-	lines   chan string // every stdout line, for WaitLine (dropped when full)
+	history []string      // every stdout line
+	changed chan struct{} // closed and replaced when a line comes
+	seen    int           // lines WaitLine has looked at
 	exited  chan struct{}
 	err     error
 }
@@ -355,11 +356,9 @@ func (p *Proc) read(r io.Reader, out io.Writer) {
 		fmt.Fprintf(out, "[%s] %s\n", p.Name, line)
 		p.mu.Lock()
 		p.history = append(p.history, line)
+		close(p.changed)
+		p.changed = make(chan struct{})
 		p.mu.Unlock()
-		select {
-		case p.lines <- line:
-		default:
-		}
 	}
 	p.err = p.cmd.Wait()
 	close(p.exited)
@@ -375,18 +374,55 @@ func (p *Proc) Lines() []string {
 // WaitLine waits for a line, printed after the lines seen by earlier
 // WaitLine calls, that contains s.
 func (p *Proc) WaitLine(ctx context.Context, s string) error {
+	p.mu.Lock()
+	from := p.seen
+	p.mu.Unlock()
+	i, _, err := p.WaitFor(ctx, from, func(l string) bool { return strings.Contains(l, s) })
+	if err != nil {
+		return fmt.Errorf("waiting for %q: %w", s, err)
+	}
+	p.mu.Lock()
+	p.seen = max(p.seen, i+1)
+	p.mu.Unlock()
+	return nil
+}
+
+// WaitFor waits for the first line from the from-th on (counting from 0)
+// that match accepts, and returns its index and text.
+func (p *Proc) WaitFor(ctx context.Context, from int, match func(string) bool) (int, string, error) {
 	for {
-		select {
-		case l := <-p.lines:
-			if strings.Contains(l, s) {
-				return nil
+		p.mu.Lock()
+		for i := from; i < len(p.history); i++ {
+			if match(p.history[i]) {
+				l := p.history[i]
+				p.mu.Unlock()
+				return i, l, nil
 			}
+		}
+		from = len(p.history)
+		changed := p.changed
+		p.mu.Unlock()
+		select {
+		case <-changed:
 		case <-p.exited:
-			return fmt.Errorf("%s exited (%v) before printing %q", p.Name, p.err, s)
+			p.mu.Lock()
+			n := len(p.history)
+			p.mu.Unlock()
+			if n > from {
+				continue
+			}
+			return 0, "", fmt.Errorf("%s exited (%v)", p.Name, p.err)
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %q from %s: %w", s, p.Name, ctx.Err())
+			return 0, "", fmt.Errorf("%s: %w", p.Name, ctx.Err())
 		}
 	}
+}
+
+// Count returns how many lines the process printed so far.
+func (p *Proc) Count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.history)
 }
 
 // Pid is the process's ID.
