@@ -39,4 +39,10 @@
 // (NBD_OPT_STRUCTURED_REPLY), metadata querying (NBD_CMD_BLOCK_STATUS),
 // extended headers, TLS (NBD_OPT_STARTTLS), NBD_CMD_CACHE, NBD_CMD_RESIZE,
 // fast zeroes, and the oldstyle handshake.
+//
+// The package also has a client, for tests, workloads and measurements:
+// Dial, DialURI (nbd:// and nbd+unix:// URIs, see ParseURI) and NewClient
+// open an export with NBD_OPT_GO, and a Client pipelines READ, WRITE
+// (with FUA), FLUSH, TRIM and WRITE_ZEROES requests from many goroutines
+// over one connection, with simple replies only.
 package nbd
