@@ -269,13 +269,14 @@ func refusedWrites(path string) int {
 }
 
 // holdForwarded holds the proxy of a driver's connections to the storage
-// until writes it forwarded are held there.
+// until a write it forwarded is held there (the proxy reads on while it
+// holds, so the rest of a request whose first bytes it holds follows).
 func holdForwarded(ctx context.Context, p *Proxy) error {
 	p.Hold()
-	for p.HeldBytes() == 0 {
+	for p.HeldBytes() < 4096+64 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("scenario: no write held on its way to the storage: %w", ctx.Err())
+			return fmt.Errorf("scenario: no write held on its way to the storage (%d bytes held): %w", p.HeldBytes(), ctx.Err())
 		case <-time.After(time.Millisecond):
 		}
 	}

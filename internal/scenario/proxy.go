@@ -19,10 +19,11 @@ type Proxy struct {
 	conns     map[net.Conn]struct{}
 	closed    bool
 	wg        sync.WaitGroup
-	heldBytes int // bytes read and waiting for Release
+	heldBytes int // bytes read and not yet written on
 }
 
-// HeldBytes returns how many bytes the proxy holds.
+// HeldBytes returns how many bytes the proxy has read and not yet
+// written on (all it holds, while it holds).
 func (p *Proxy) HeldBytes() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -137,35 +138,66 @@ func (p *Proxy) untrack(c ...net.Conn) {
 	}
 }
 
-// pipe copies from src to dst, waiting while the proxy holds. When src
-// ends it closes dst for writing only, after what it held: a peer that
-// closes its connection while the proxy holds its bytes still has them
-// delivered on Release, as the network would.
+// pipe copies from src to dst. It reads all the time, into a queue that
+// a writer drains while the proxy does not hold: what the proxy holds is
+// in its memory, as in a network, so a peer that closes (even with a
+// reset, which drops what its kernel had not sent yet) has every byte it
+// sent delivered on Release. When src ends, dst is closed for writing
+// after the queue drained.
 func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
 	defer p.wg.Done()
 	defer left.Done()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
+	var (
+		queue  [][]byte
+		eof    bool
+		broken bool // the writer's own
+		wrote  = make(chan struct{})
+	)
+	go func() { // the writer
+		defer close(wrote)
+		for {
 			p.mu.Lock()
-			if p.held {
-				p.heldBytes += n
-				for p.held {
-					p.cond.Wait()
-				}
-				p.heldBytes -= n
+			for !(!p.held && len(queue) > 0) && !(eof && len(queue) == 0) {
+				p.cond.Wait()
 			}
-			p.mu.Unlock()
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if len(queue) == 0 { // src ended and everything is written
+				p.mu.Unlock()
+				if tc, ok := dst.(*net.TCPConn); ok {
+					_ = tc.CloseWrite()
+				}
 				return
 			}
+			b := queue[0]
+			queue = queue[1:]
+			p.heldBytes -= len(b)
+			p.mu.Unlock()
+			if broken {
+				continue // dst is gone: what comes for it is dropped
+			}
+			if _, err := dst.Write(b); err != nil {
+				// Only this direction is lost: the other may still
+				// deliver what it holds (a peer that closed).
+				broken = true
+			}
+		}
+	}()
+	for {
+		buf := make([]byte, 64<<10)
+		n, err := src.Read(buf)
+		p.mu.Lock()
+		if n > 0 {
+			queue = append(queue, buf[:n])
+			p.heldBytes += n
 		}
 		if err != nil {
-			if tc, ok := dst.(*net.TCPConn); ok {
-				_ = tc.CloseWrite()
-			}
+			eof = true
+		}
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		if err != nil {
+			<-wrote
 			return
 		}
 	}
 }
+
