@@ -44,7 +44,9 @@ no stale write applied, held writes refused) and prints, per fault, the
 median and maximum of the service gap (from the last write acknowledged
 through the failed driver to the first through the other; goals: 50 ms
 killed, 150 ms silent) and of the time from the fault to the fence at the
-storage.
+storage. Then, --lease-failovers times, a killed driver in lease mode: the
+coordinator waits the departed driver's lease out, so the goal is the
+bound detection + TTL·(1+ρ) + margin + a few store rounds.
 
 It needs fio and qemu-nbd (Debian: fio, qemu-utils).`,
 		Args: cobra.NoArgs,
@@ -76,7 +78,8 @@ It needs fio and qemu-nbd (Debian: fio, qemu-utils).`,
 	f.DurationVar(&o.Runtime, "runtime", 5*time.Second, "how long each fio job runs (whole seconds)")
 	f.IntVar(&o.IODepth, "iodepth", 16, "fio's requests in flight")
 	f.StringVar(&o.Size, "size", "256M", "the disk's and the baseline file's size")
-	f.IntVar(&o.Failovers, "failovers", 5, "failovers measured per fault (0: none)")
+	f.IntVar(&o.Failovers, "failovers", 5, "failovers measured per fault in fence mode (0: no failovers at all)")
+	f.IntVar(&o.LeaseFailovers, "lease-failovers", 3, "failovers of a killed driver measured in lease mode")
 	f.BoolVar(&asJSON, "json", false, "print every round's figures as JSON")
 	return cmd
 }
@@ -116,8 +119,11 @@ func writeDiskTable(w io.Writer, res []bench.DiskResult) {
 			refused += f.Refused
 		}
 		goalGap := 150 * time.Millisecond
-		if r.Kind == "failover-killed" {
+		switch r.Kind {
+		case "failover-killed":
 			goalGap = 50 * time.Millisecond
+		case "failover-killed-lease":
+			goalGap = bench.LeaseBound().Round(time.Millisecond)
 		}
 		goal := "met"
 		if bench.Percentile(gaps, 100) > goalGap {

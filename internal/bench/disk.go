@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/idc-dev/idc/coordinator"
 	"github.com/idc-dev/idc/internal/scenario"
 )
 
@@ -36,6 +37,9 @@ type DiskOptions struct {
 	// 0 with NoFailover).
 	Failovers  int
 	NoFailover bool
+	// LeaseFailovers is how many failovers of a killed driver to measure
+	// in lease mode (default 3, 0 with NoFailover).
+	LeaseFailovers int
 	// Progress receives a line per measurement (may be nil).
 	Progress io.Writer
 }
@@ -55,6 +59,9 @@ func (o *DiskOptions) defaults() {
 	}
 	if o.Failovers <= 0 {
 		o.Failovers = 5
+	}
+	if o.LeaseFailovers < 0 {
+		o.LeaseFailovers = 0
 	}
 }
 
@@ -117,25 +124,51 @@ func Disk(ctx context.Context, o DiskOptions) ([]DiskResult, error) {
 	if err != nil || o.NoFailover {
 		return out, err
 	}
+	type run struct {
+		fault scenario.Fault
+		mode  string
+		n     int
+	}
+	runs := []run{}
 	for _, f := range scenario.Faults() {
-		r := DiskResult{Kind: "failover-" + string(f)}
-		for i := range o.Failovers {
-			dir := filepath.Join(o.Dir, fmt.Sprintf("failover-%s-%d", f, i))
+		runs = append(runs, run{f, "fence", o.Failovers})
+	}
+	runs = append(runs, run{scenario.Kill, "lease", o.LeaseFailovers})
+	for _, ru := range runs {
+		kind := "failover-" + string(ru.fault)
+		if ru.mode != "fence" {
+			kind += "-" + ru.mode
+		}
+		r := DiskResult{Kind: kind}
+		for i := range ru.n {
+			dir := filepath.Join(o.Dir, fmt.Sprintf("%s-%d", kind, i))
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return out, err
 			}
-			fo, err := scenario.RunFailover(ctx, scenario.Config{Binary: o.Binary, Dir: dir, Size: "64M"}, f, 200)
+			fo, err := scenario.RunFailover(ctx, scenario.Config{Binary: o.Binary, Dir: dir, Size: "64M", Mode: ru.mode}, ru.fault, 200)
 			if err != nil {
-				return append(out, r), fmt.Errorf("failover %s %d: %w", f, i, err)
+				return append(out, r), fmt.Errorf("%s %d: %w", kind, i, err)
 			}
-			o.say("failover %s %d/%d: service gap %v, time to fence %v, %d held writes refused", f, i+1, o.Failovers,
+			o.say("%s %d/%d: service gap %v, time to fence %v, %d held writes refused", kind, i+1, ru.n,
 				fo.Gap.Round(time.Microsecond), fo.ToFence.Round(time.Microsecond), fo.Refused)
 			r.Failovers = append(r.Failovers, fo)
 			os.RemoveAll(dir)
 		}
-		out = append(out, r)
+		if len(r.Failovers) > 0 {
+			out = append(out, r)
+		}
 	}
 	return out, nil
+}
+
+// LeaseBound is what a failover of a killed driver may take in lease mode
+// with the scenario's defaults: detection (heartbeat 10 ms × 5 misses)
+// plus the coordinator's wait for the departed member's lease, TTL·(1+ρ)
+// plus its margin (coordinator.DefaultRho, DefaultLeaseMargin), plus a
+// few store rounds (50 ms).
+func LeaseBound() time.Duration {
+	const ttl = 2 * time.Second
+	return 50*time.Millisecond + time.Duration(float64(ttl)*(1+coordinator.DefaultRho)) + coordinator.DefaultLeaseMargin + 50*time.Millisecond
 }
 
 // diskThroughput runs the fio jobs on both servers.
