@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/idc-dev/idc/block"
+	"github.com/idc-dev/idc/guard"
 	"github.com/idc-dev/idc/network"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -79,6 +80,8 @@ type Server struct {
 	max  int
 	met  *serverMetrics
 
+	bufs answerBufs // answers' buffers, once written
+
 	mu      sync.Mutex
 	after   []func()
 	lns     []network.Listener
@@ -92,6 +95,7 @@ type Server struct {
 // conn is one connection's state, guarded by the server's lock.
 type conn struct {
 	c       network.Conn
+	now     nowSender        // nil if the connection has no SendNow
 	rel     network.Releaser // nil if the connection has none
 	queue   [][]byte         // requests received, not yet served, in order
 	running int              // requests being served
@@ -164,6 +168,7 @@ func (s *Server) ServeConn(c network.Conn) {
 		return
 	}
 	sc := &conn{c: c}
+	sc.now, _ = c.(nowSender)
 	sc.rel, _ = c.(network.Releaser)
 	s.conns[sc] = struct{}{}
 	s.met.conns.Inc()
@@ -266,7 +271,8 @@ func (s *Server) start(c *conn, frame []byte) {
 
 // serve serves one request of c and sends its answer; it runs in Exec.
 func (s *Server) serve(c *conn, frame []byte) {
-	ans, op, st := s.handle(frame)
+	var t guard.Ticket
+	ans, op, st := s.handle(frame, &t)
 	c.release(frame)
 	s.met.count(op, st)
 	s.mu.Lock()
@@ -285,17 +291,18 @@ func (s *Server) serve(c *conn, frame []byte) {
 	s.checkIdle()
 }
 
-// handle applies one frame and returns the encoded answer, the request's
-// operation (0 if the frame is not a request) and the answer's status.
-func (s *Server) handle(frame []byte) ([]byte, block.Op, block.Status) {
+// handle applies one frame and returns the encoded answer (in a buffer of
+// s.bufs), the request's operation (0 if the frame is not a request) and
+// the answer's status. t is the request's ticket, idle.
+func (s *Server) handle(frame []byte, t *guard.Ticket) ([]byte, block.Op, block.Status) {
 	r, err := block.Parse(frame)
 	switch {
 	case err != nil:
-		return answer(block.StatusInvalid, headerID(frame), err.Error()), 0, block.StatusInvalid
+		return answer(&s.bufs, block.StatusInvalid, headerID(frame), err.Error()), 0, block.StatusInvalid
 	case r.Op == block.OpRead && uint64(r.Length) > maxRead:
-		return answer(block.StatusInvalid, r.ID, fmt.Sprintf("read of %d bytes: its answer would exceed a connection's largest frame; read at most %d", r.Length, maxRead)), r.Op, block.StatusInvalid
+		return answer(&s.bufs, block.StatusInvalid, r.ID, fmt.Sprintf("read of %d bytes: its answer would exceed a connection's largest frame; read at most %d", r.Length, maxRead)), r.Op, block.StatusInvalid
 	}
-	a, st := s.st.serve(r)
+	a, st := s.st.serve(r, t, &s.bufs)
 	return a, r.Op, st
 }
 
@@ -309,7 +316,7 @@ func (s *Server) refuse(c *conn, frame []byte) {
 	}
 	c.release(frame)
 	s.met.count(op, block.StatusShutdown)
-	s.send(c, answer(block.StatusShutdown, id, "the storage is shutting down"))
+	s.send(c, answer(&s.bufs, block.StatusShutdown, id, "the storage is shutting down"))
 }
 
 // send queues an answer on c. Called with s.mu held.
@@ -328,8 +335,26 @@ func (s *Server) pump(c *conn) {
 		c.out[0] = nil
 		c.out = c.out[1:]
 		c.sending++
-		cc := c.c
-		s.later(func() { cc.Send(a, func(err error) { s.sent(c, a, err) }) })
+		s.later(func() { s.transmit(c, a) })
+	}
+}
+
+// transmit hands the answer a to c's connection; once it was written,
+// its buffer is kept for a later answer. Called without the lock.
+func (s *Server) transmit(c *conn, a []byte) {
+	done := func(err error) { s.sent(c, a, err) }
+	if c.now == nil {
+		c.c.Send(a, done)
+		return
+	}
+	if c.now.SendNow(a, done) {
+		// Written at once: no callback follows.
+		s.bufs.put(a)
+		s.mu.Lock()
+		c.sending--
+		s.pump(c)
+		s.checkIdle()
+		s.unlock()
 	}
 }
 
@@ -340,13 +365,22 @@ func (s *Server) sent(c *conn, a []byte, err error) {
 	c.sending--
 	switch {
 	case err == nil || c.ended:
+		s.bufs.put(a)
 	case errors.Is(err, network.ErrBusy):
 		c.out = append(c.out, a)
 	default:
+		s.bufs.put(a)
 		s.end(c, err)
 	}
 	s.pump(c)
 	s.checkIdle()
+}
+
+// nowSender is a connection that can write a frame at once: SendNow is
+// Send, except that it returns true, and calls no callback, when the frame
+// was written before it returned (network.OS's connections have it).
+type nowSender interface {
+	SendNow(frame []byte, done func(error)) bool
 }
 
 // end ends c: it failed, its peer closed it, or the server stops. Its
@@ -360,6 +394,9 @@ func (s *Server) end(c *conn, err error) {
 	c.ended = true
 	for _, f := range c.queue {
 		c.release(f)
+	}
+	for _, a := range c.out {
+		s.bufs.put(a)
 	}
 	dropped := len(c.queue) + len(c.out)
 	c.queue, c.out = nil, nil

@@ -406,7 +406,7 @@ func TestServerFenced(t *testing.T) {
 
 // shortDir is a temporary directory of a short path: a unix socket's is
 // at most 107 bytes.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	dir, err := os.MkdirTemp("", "idc-storage")
 	if err != nil {
 		t.Fatal(err)

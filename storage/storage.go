@@ -19,7 +19,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,14 +103,6 @@ type Applied struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
-// fenceLine is a fence's line of the apply log.
-type fenceLine struct {
-	Op    string `json:"op"`
-	Group string `json:"group"`
-	Epoch uint64 `json:"epoch"`
-	At    int64  `json:"at"`
-}
-
 // ErrConfig is wrapped by every configuration error of Open.
 var ErrConfig = errors.New("idc: storage: invalid config")
 
@@ -125,7 +116,7 @@ type Storage struct {
 
 	logMu  sync.Mutex
 	log    *bufio.Writer
-	enc    *json.Encoder
+	line   []byte // the line being written
 	closed bool
 }
 
@@ -160,7 +151,6 @@ func Open(cfg Config) (*Storage, error) {
 	s := &Storage{f: f, size: uint64(cfg.Size), block: cfg.BlockSize, g: cfg.Guard, now: cfg.Now}
 	if cfg.Log != nil {
 		s.log = bufio.NewWriter(cfg.Log)
-		s.enc = json.NewEncoder(s.log)
 	}
 	return s, nil
 }
@@ -203,9 +193,10 @@ func (s *Storage) BlockSize() int { return s.block }
 func (s *Storage) Serve(ctx context.Context, req []byte) []byte {
 	r, err := block.Parse(req)
 	if err != nil {
-		return answer(block.StatusInvalid, headerID(req), err.Error())
+		return answer(nil, block.StatusInvalid, headerID(req), err.Error())
 	}
-	a, _ := s.serve(r)
+	var t guard.Ticket
+	a, _ := s.serve(r, &t, nil)
 	return a
 }
 
@@ -219,62 +210,80 @@ func headerID(req []byte) uint64 {
 	return binary.BigEndian.Uint64(req[16:24])
 }
 
-// serve applies a parsed request and returns the encoded answer and its
-// status.
-func (s *Storage) serve(r block.Request) ([]byte, block.Status) {
+// serve applies a parsed request and returns the encoded answer, in a
+// buffer of bufs (nil: a new one), and its status. t is the request's
+// ticket, idle (new, or ended).
+func (s *Storage) serve(r block.Request, t *guard.Ticket, bufs *answerBufs) ([]byte, block.Status) {
 	if r.Op != block.OpFlush && (r.Offset > s.size || uint64(r.Length) > s.size-r.Offset) {
-		return answer(block.StatusInvalid, r.ID, fmt.Sprintf("%s of %d bytes at %d beyond the size %d", r.Op, r.Length, r.Offset, s.size)), block.StatusInvalid
+		return answer(bufs, block.StatusInvalid, r.ID, fmt.Sprintf("%s of %d bytes at %d beyond the size %d", r.Op, r.Length, r.Offset, s.size)), block.StatusInvalid
 	}
-	t := &guard.Ticket{Write: r.Op.Writes()}
+	t.Write = r.Op.Writes()
 	n, err := s.g.BeginEncoded(r.Token, t)
 	switch {
 	case errors.Is(err, guard.ErrRefused):
 		s.refused(r, err)
-		return answer(block.StatusFenced, r.ID, err.Error()), block.StatusFenced
+		return answer(bufs, block.StatusFenced, r.ID, err.Error()), block.StatusFenced
 	case err != nil:
-		return answer(block.StatusInvalid, r.ID, "token: "+err.Error()), block.StatusInvalid
+		return answer(bufs, block.StatusInvalid, r.ID, "token: "+err.Error()), block.StatusInvalid
 	case n != len(r.Token):
 		s.g.End(t)
-		return answer(block.StatusInvalid, r.ID, "bytes after the token"), block.StatusInvalid
+		return answer(bufs, block.StatusInvalid, r.ID, "bytes after the token"), block.StatusInvalid
 	}
-	data, err := s.apply(r, t)
+	var a []byte
+	if r.Op == block.OpRead {
+		// Read straight into the answer, after its header.
+		a = bufs.get(answerHeader + int(r.Length))
+		_, err = s.f.ReadAt(a[answerHeader:], int64(r.Offset))
+	} else {
+		err = s.apply(r, t)
+	}
 	s.g.End(t)
 	if err != nil {
-		return answer(block.StatusIO, r.ID, err.Error()), block.StatusIO
+		bufs.put(a)
+		return answer(bufs, block.StatusIO, r.ID, err.Error()), block.StatusIO
 	}
-	return block.AppendAnswer(nil, block.Answer{Status: block.StatusOK, ID: r.ID, Data: data}), block.StatusOK
+	if a == nil {
+		a = bufs.get(answerHeader)
+	}
+	putAnswerHeader(a, block.StatusOK, r.ID, len(a)-answerHeader)
+	return a, block.StatusOK
 }
 
-// apply applies r, admitted by the guard (its apply under way).
-func (s *Storage) apply(r block.Request, t *guard.Ticket) ([]byte, error) {
+// zeros is what trims and zeroes write, a piece at a time; never written
+// to.
+var zeros = make([]byte, 256<<10)
+
+// apply applies r, a request other than a read, admitted by the guard
+// (its apply under way).
+func (s *Storage) apply(r block.Request, t *guard.Ticket) error {
 	if r.Op.Writes() {
 		s.record(r, t)
 	}
 	switch r.Op {
-	case block.OpRead:
-		buf := make([]byte, r.Length)
-		_, err := s.f.ReadAt(buf, int64(r.Offset))
-		return buf, err
 	case block.OpWrite:
 		if _, err := s.f.WriteAt(r.Data, int64(r.Offset)); err != nil {
-			return nil, err
+			return err
 		}
 	case block.OpTrim, block.OpZero:
 		// Zeros written: a trim may discard, and reading zeros is what
 		// discarding shows.
-		if _, err := s.f.WriteAt(make([]byte, r.Length), int64(r.Offset)); err != nil {
-			return nil, err
+		for off, end := r.Offset, r.Offset+uint64(r.Length); off < end; {
+			n := min(end-off, uint64(len(zeros)))
+			if _, err := s.f.WriteAt(zeros[:n], int64(off)); err != nil {
+				return err
+			}
+			off += n
 		}
 	}
 	if r.Op == block.OpFlush || r.Flags&block.FlagFUA != 0 {
-		return nil, s.f.Sync()
+		return s.f.Sync()
 	}
-	return nil, nil
+	return nil
 }
 
 // record appends a write's line to the apply log.
 func (s *Storage) record(r block.Request, t *guard.Ticket) {
-	if s.enc == nil {
+	if s.log == nil {
 		return
 	}
 	s.logMu.Lock()
@@ -282,15 +291,16 @@ func (s *Storage) record(r block.Request, t *guard.Ticket) {
 	if s.closed {
 		return
 	}
-	s.enc.Encode(Applied{
+	s.line = appendApplied(s.line[:0], &Applied{
 		Op: r.Op.String(), Group: t.Token.Group, Epoch: t.Token.Epoch, Domain: t.Token.Domain, Inc: t.Token.Incarnation,
 		ID: r.ID, Offset: r.Offset, Length: r.Length, At: s.now(),
 	})
+	s.log.Write(s.line)
 }
 
 // refused records a request the guard refused.
 func (s *Storage) refused(r block.Request, err error) {
-	if s.enc == nil {
+	if s.log == nil {
 		return
 	}
 	tok, _, _ := token.Parse(r.Token) // what of it parses: the guard decoded it
@@ -299,10 +309,11 @@ func (s *Storage) refused(r block.Request, err error) {
 	if s.closed {
 		return
 	}
-	s.enc.Encode(Applied{
+	s.line = appendApplied(s.line[:0], &Applied{
 		Op: "refused", Group: tok.Group, Epoch: tok.Epoch, Domain: tok.Domain, Inc: tok.Incarnation,
 		ID: r.ID, Offset: r.Offset, Length: r.Length, At: s.now(), Request: r.Op.String(), Reason: guard.Reason(err),
 	})
+	s.log.Write(s.line)
 }
 
 // FlushLog writes out the apply log's buffered lines (a process that may
@@ -330,7 +341,7 @@ func (s *Storage) FlushLog() error {
 //
 // On a nil Storage, or after Close, it records nothing.
 func (s *Storage) Fenced(group string, f guard.Fence) {
-	if s == nil || s.enc == nil {
+	if s == nil || s.log == nil {
 		return
 	}
 	s.logMu.Lock()
@@ -338,7 +349,8 @@ func (s *Storage) Fenced(group string, f guard.Fence) {
 	if s.closed {
 		return
 	}
-	s.enc.Encode(fenceLine{Op: "fence", Group: group, Epoch: f.Epoch, At: s.now()})
+	s.line = appendFence(s.line[:0], group, f.Epoch, s.now())
+	s.log.Write(s.line)
 }
 
 // Close flushes the apply log and closes the backing; nothing is
@@ -354,6 +366,11 @@ func (s *Storage) Close() error {
 	return errors.Join(err, s.f.Close())
 }
 
-func answer(st block.Status, id uint64, text string) []byte {
-	return block.AppendAnswer(nil, block.Answer{Status: st, ID: id, Data: []byte(text)})
+// answer encodes an answer with text as its payload, in a buffer of bufs
+// (nil: a new one).
+func answer(bufs *answerBufs, st block.Status, id uint64, text string) []byte {
+	a := bufs.get(answerHeader + len(text))
+	putAnswerHeader(a, st, id, len(text))
+	copy(a[answerHeader:], text)
+	return a
 }

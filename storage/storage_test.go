@@ -232,3 +232,76 @@ func TestOpenRefuses(t *testing.T) {
 		t.Fatalf("the small file changed: %d bytes", len(b))
 	}
 }
+
+// fenceLine is a fence's line of the apply log as encoding/json encodes
+// it, which appendFence must write.
+type fenceLine struct {
+	Op    string `json:"op"`
+	Group string `json:"group"`
+	Epoch uint64 `json:"epoch"`
+	At    int64  `json:"at"`
+}
+
+// TestApplyLogEncoding: the apply log's lines are written by hand, and
+// must be exactly what encoding/json's Encoder writes, for names that
+// need escaping too.
+func TestApplyLogEncoding(t *testing.T) {
+	encode := func(v any) string {
+		var b bytes.Buffer
+		if err := json.NewEncoder(&b).Encode(v); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	names := []string{"", "disk1", "ft", `a"b`, `back\slash`, "<html>&", "tab\there", "new\nline", "é", "\xff\xfe", "\u2028", "ctl\x01"}
+	for i, name := range names {
+		for _, a := range []Applied{
+			{Op: "write", Group: name, Epoch: 7, Domain: "ft", Inc: 3, ID: 1<<64 - 1, Offset: 4096, Length: 1<<32 - 1, At: -5},
+			{Op: "trim", Domain: name, At: 1},
+			{Op: "refused", Group: "g", Epoch: 2, Domain: name, Inc: 1, ID: 9, At: 1 << 62, Request: "read", Reason: "stale"},
+			{Op: name, Request: name, Reason: name},
+		} {
+			if got, want := string(appendApplied(nil, &a)), encode(a); got != want {
+				t.Errorf("name %d: %+v:\n%s\nwant\n%s", i, a, got, want)
+			}
+		}
+		if got, want := string(appendFence(nil, name, 12, 34)), encode(fenceLine{Op: "fence", Group: name, Epoch: 12, At: 34}); got != want {
+			t.Errorf("fence of %q:\n%s\nwant\n%s", name, got, want)
+		}
+	}
+}
+
+// TestAnswerBuffers: answers built in reused buffers, a read's data read
+// straight after the header, encode as block.AppendAnswer does.
+func TestAnswerBuffers(t *testing.T) {
+	var bufs answerBufs
+	for _, n := range []int{0, 1, 47, 48, 4096, 65536, 1 << 20} {
+		data := bytes.Repeat([]byte{byte(n)}, n)
+		for range 2 {
+			a := bufs.get(answerHeader + n)
+			putAnswerHeader(a, block.StatusOK, uint64(n), n)
+			copy(a[answerHeader:], data)
+			if want := block.AppendAnswer(nil, block.Answer{Status: block.StatusOK, ID: uint64(n), Data: data}); !bytes.Equal(a, want) {
+				t.Fatalf("%d bytes: % x, want % x", n, a[:answerHeader], want[:answerHeader])
+			}
+			bufs.put(a)
+		}
+		if got := answer(&bufs, block.StatusFenced, 5, "why"); !bytes.Equal(got, block.AppendAnswer(nil, block.Answer{Status: block.StatusFenced, ID: 5, Data: []byte("why")})) {
+			t.Fatalf("answer: % x", got)
+		}
+	}
+	// A read served twice through the same buffers sees its own data.
+	s, _, _ := open(t, 1<<20)
+	serve(t, s, block.Request{Op: block.OpWrite, Length: 4, Offset: 0, ID: 1, Token: tokenOf(2), Data: []byte("abcd")})
+	serve(t, s, block.Request{Op: block.OpWrite, Length: 4, Offset: 4, ID: 2, Token: tokenOf(2), Data: []byte("efgh")})
+	for i, want := range []string{"abcd", "efgh", "abcd"} {
+		var tk guard.Ticket
+		r := block.Request{Op: block.OpRead, Length: 4, Offset: uint64(4 * (i % 2)), ID: 3, Token: tokenOf(2)}
+		b, st := s.serve(r, &tk, &bufs)
+		a, err := block.ParseAnswer(b)
+		if err != nil || st != block.StatusOK || string(a.Data) != want {
+			t.Fatalf("read %d: %s %q %v, want %q", i, st, a.Data, err, want)
+		}
+		bufs.put(b)
+	}
+}
