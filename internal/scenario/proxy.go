@@ -200,4 +200,3 @@ func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
 		}
 	}
 }
-
