@@ -67,6 +67,9 @@ const (
 	// for the abandoned ones of its earlier connection, which may then
 	// overtake them.
 	NoReplayBarrier
+
+	// last is the last variant: Kinds lists ConnectEarly to it.
+	last = NoReplayBarrier
 )
 
 var names = map[Kind]string{
@@ -88,7 +91,7 @@ func (k Kind) String() string {
 // Kinds returns every broken variant.
 func Kinds() []Kind {
 	out := make([]Kind, 0, len(names))
-	for k := ConnectEarly; k <= FenceOnlyDepartures; k++ {
+	for k := ConnectEarly; k <= last; k++ {
 		out = append(out, k)
 	}
 	return out
