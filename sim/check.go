@@ -40,7 +40,9 @@ type Check interface {
 }
 
 // DefaultChecks returns fresh instances of every check.
-func DefaultChecks() []Check { return []Check{&G1{}, &G2{}, &G3{}, &G4{}, &G5{}, &G6{}} }
+func DefaultChecks() []Check {
+	return []Check{&G1{}, &G2{}, &G3{}, &G4{}, &G5{}, &G6{}, &NoStaleWrite{}}
+}
 
 // G1 (one authority): the epoch records written to the store rise
 // strictly — each (number, state) after the one before, quiescing before
@@ -240,18 +242,28 @@ func (c *G4) Observe(h *History) error {
 	return nil
 }
 
-// G5 (resources refuse stale epochs): in fence and both modes, no write
-// request of epoch e is applied at a resource — its apply neither begins
-// nor ends — once an epoch above e became connected in the store: a
-// resource acknowledges a fence only after it aborted the requests of
-// older epochs it admitted and its applies of them ended, and the
-// coordinator connects only once every resource acknowledged. Requests
-// held in the network and released late, slow queues, paused and
-// restarted resources all test it. (Lease mode makes no such promise: a
-// request already in the network is what a lease cannot stop.)
+// G5 (resources refuse stale epochs), checked two ways at every
+// resource — the simulated ones and the storage scenario's storage, whose
+// applies come from its apply log:
+//
+//   - once a resource's fence of epoch f holds (HFenced: the guard's
+//     OnFence, the apply log's fence lines), no write of an epoch below f
+//     is applied there: its apply neither begins nor ends — a fence holds
+//     only after it aborted the requests of older epochs it admitted and
+//     their applies under way ended;
+//   - in fence and both modes, no write of epoch e is applied at a
+//     resource once an epoch above e became connected in the store: the
+//     coordinator connects only once every resource acknowledged its
+//     fence.
+//
+// Requests held in the network and released late, slow queues, paused
+// and restarted resources all test it. (Lease mode makes no promise of the
+// second kind: a request already in the network is what a lease cannot
+// stop.)
 type G5 struct {
 	seen int
 	connected
+	fences map[string]Rec // by resource: the highest fence that held
 }
 
 func (*G5) Name() string { return "G5" }
@@ -260,14 +272,73 @@ func (c *G5) Observe(h *History) error {
 	for _, rec := range h.New(&c.seen) {
 		c.see(rec)
 		switch rec.Kind {
+		case HFenced:
+			if c.fences == nil {
+				c.fences = map[string]Rec{}
+			}
+			if rec.Epoch > c.fences[rec.Note].Epoch {
+				c.fences[rec.Note] = rec
+			}
 		case HApply, HApplied:
+			what := "began applying"
+			if rec.Kind == HApplied {
+				what = "was still applying"
+			}
+			if f, ok := c.fences[rec.Note]; ok && rec.Epoch < f.Epoch {
+				return fmt.Errorf("resource %s %s write %d of %v's epoch %d at %v, after its fence of epoch %d held at %v",
+					rec.Note, what, rec.Msg, rec.Ref, rec.Epoch, rec.At, f.Epoch, f.At)
+			}
 			if rec.Epoch < c.max && h.Mode.UsesFence() {
-				what := "began applying"
-				if rec.Kind == HApplied {
-					what = "was still applying"
-				}
 				return fmt.Errorf("resource %s %s write %d of %v's epoch %d at %v, after epoch %d connected at %v",
 					rec.Note, what, rec.Msg, rec.Ref, rec.Epoch, rec.At, c.max, c.connectedAt)
+			}
+		}
+	}
+	return nil
+}
+
+// NoStaleWrite (the storage scenario, at the block level): once a write
+// to a block is acknowledged to the client, no older write to that block
+// is applied at the storage afterwards (HWritten: what the block holds
+// after each write the storage applied, read back from its bytes), and
+// the acknowledgements of a block's writes come in the order they were
+// sent; the bytes a write leaves are one write's, for that block. A read
+// returns a write at least as new as the one acknowledged when it was
+// sent (a stale read is a stale write seen), and one that was sent to its
+// block. The client keeps at most one write in flight per block, and
+// writes to a block are numbered in the order they are sent.
+type NoStaleWrite struct {
+	seen  int
+	acked map[int]Rec // by block: the last acknowledgement
+}
+
+func (*NoStaleWrite) Name() string { return "no-stale-write" }
+
+func (c *NoStaleWrite) Observe(h *History) error {
+	for _, rec := range h.New(&c.seen) {
+		switch rec.Kind {
+		case HAcked:
+			if c.acked == nil {
+				c.acked = map[int]Rec{}
+			}
+			if a, ok := c.acked[rec.Block]; ok && rec.Msg < a.Msg {
+				return fmt.Errorf("write %d to block %d acknowledged at %v, after the newer write %d was at %v", rec.Msg, rec.Block, rec.At, a.Msg, a.At)
+			}
+			c.acked[rec.Block] = rec
+		case HWritten:
+			if rec.Note != storageName {
+				return fmt.Errorf("the storage applied request %#x of %v's epoch %d at %v: %s", rec.Op, rec.Ref, rec.Epoch, rec.At, rec.Note)
+			}
+			if a, ok := c.acked[rec.Block]; ok && rec.Msg < a.Msg {
+				return fmt.Errorf("stale write: the storage applied request %#x of %v's epoch %d at %v, putting write %d in block %d, after write %d to it was acknowledged at %v",
+					rec.Op, rec.Ref, rec.Epoch, rec.At, rec.Msg, rec.Block, a.Msg, a.At)
+			}
+		case HRead:
+			switch {
+			case rec.Note != "":
+				return fmt.Errorf("read %#x of block %d at %v: %s", rec.Op, rec.Block, rec.At, rec.Note)
+			case rec.Msg < rec.Least:
+				return fmt.Errorf("stale read: read %#x of block %d returned write %d at %v, older than write %d acknowledged before it was sent", rec.Op, rec.Block, rec.Msg, rec.At, rec.Least)
 			}
 		}
 	}
@@ -348,6 +419,22 @@ func (w *World) checkL1() error {
 			if idx < 0 || w.domains[idx].ms == nil || w.domains[idx].ms.inc != m.Incarnation {
 				why = append(why, fmt.Sprintf("member %v is not a domain's latest incarnation", m.Ref()))
 			}
+		}
+	}
+	if w.client != nil {
+		// The storage scenario: with faults stopped, every request of the
+		// disk's client completes (and the disk has none left, abandoned
+		// ones included).
+		if u := w.client.unfinished(); len(u) > 0 {
+			why = append(why, fmt.Sprintf("%d of the client's requests have no outcome: %s", len(u), strings.Join(u, ", ")))
+		}
+		if !w.client.up {
+			why = append(why, "the client is not connected to the disk")
+		}
+		if w.disk.dk == nil {
+			why = append(why, "the disk's process is down")
+		} else if s := w.disk.dk.Stats(); s.Pending > 0 {
+			why = append(why, fmt.Sprintf("the disk has %d requests without an outcome (path %q, epoch %d, connected %v)", s.Pending, s.Path, s.Epoch, s.Connected))
 		}
 	}
 	if len(why) == 0 {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idc-dev/idc/block"
 	"github.com/idc-dev/idc/proto"
 )
 
@@ -123,6 +124,60 @@ func TestChecksFire(t *testing.T) {
 			{Kind: HIO, At: 3*s + 1, Ref: b.Ref(), Epoch: 1, Op: 1},
 		}, "after epoch 2 connected"},
 
+		{"G5 ok: fenced after the older apply ended", func() Check { return &G5{} }, proto.ModeFence, []Rec{
+			{Kind: HApply, At: 1 * s, Ref: a.Ref(), Epoch: 1, Msg: 7, Note: "storage"},
+			{Kind: HApplied, At: 1 * s, Ref: a.Ref(), Epoch: 1, Msg: 7, Note: "storage"},
+			{Kind: HFenced, At: 2 * s, Epoch: 2, Note: "storage"},
+			{Kind: HApply, At: 3 * s, Ref: a.Ref(), Epoch: 1, Msg: 8, Note: "r1"}, // another resource
+			{Kind: HApply, At: 3 * s, Ref: a.Ref(), Epoch: 2, Msg: 9, Note: "storage"},
+			{Kind: HFenced, At: 4 * s, Epoch: 1, Note: "storage"}, // a restarted guard's older fence: the floor stays
+			{Kind: HApply, At: 5 * s, Ref: a.Ref(), Epoch: 2, Msg: 10, Note: "storage"},
+		}, ""},
+		{"G5 apply after the fence held", func() Check { return &G5{} }, proto.ModeFence, []Rec{
+			{Kind: HFenced, At: 2 * s, Epoch: 2, Note: "storage"},
+			{Kind: HApply, At: 3 * s, Ref: a.Ref(), Epoch: 1, Msg: 7, Note: "storage"},
+		}, "after its fence of epoch 2 held"},
+		{"G5 apply under way when the fence held", func() Check { return &G5{} }, proto.ModeFence, []Rec{
+			{Kind: HApply, At: 1 * s, Ref: a.Ref(), Epoch: 1, Msg: 7, Note: "r1"},
+			{Kind: HFenced, At: 2 * s, Epoch: 2, Note: "r1"},
+			{Kind: HApplied, At: 3 * s, Ref: a.Ref(), Epoch: 1, Msg: 7, Note: "r1"},
+		}, "was still applying write 7"},
+		{"G5 apply after a later epoch connected", func() Check { return &G5{} }, proto.ModeBoth, []Rec{
+			epoch(1*s, 1, proto.Connected, ab, nil),
+			epoch(2*s, 2, proto.Quiescing, []proto.Member{a}, ab),
+			epoch(3*s, 2, proto.Connected, []proto.Member{a}, nil),
+			{Kind: HApply, At: 4 * s, Ref: b.Ref(), Epoch: 1, Msg: 7, Note: "r1"},
+		}, "after epoch 2 connected"},
+
+		{"no-stale-write ok", func() Check { return &NoStaleWrite{} }, proto.ModeFence, []Rec{
+			{Kind: HWritten, At: 1 * s, Block: 0, Msg: 1, Note: "storage"},
+			{Kind: HAcked, At: 2 * s, Block: 0, Msg: 1},
+			{Kind: HWritten, At: 3 * s, Block: 0, Msg: 1, Note: "storage"}, // an abandoned copy of the same write
+			{Kind: HWritten, At: 3 * s, Block: 1, Msg: 0, Note: "storage"}, // another block
+			{Kind: HRead, At: 4 * s, Block: 0, Msg: 1, Least: 1},
+			{Kind: HWritten, At: 5 * s, Block: 0, Msg: 4, Note: "storage"},
+			{Kind: HRead, At: 6 * s, Block: 0, Msg: 4, Least: 1},
+			{Kind: HAcked, At: 7 * s, Block: 0, Msg: 4},
+		}, ""},
+		{"no-stale-write older write lands", func() Check { return &NoStaleWrite{} }, proto.ModeFence, []Rec{
+			{Kind: HWritten, At: 1 * s, Block: 2, Msg: 5, Note: "storage"},
+			{Kind: HAcked, At: 2 * s, Block: 2, Msg: 5},
+			{Kind: HWritten, At: 3 * s, Ref: a.Ref(), Epoch: 3, Op: 0x11, Block: 2, Msg: 3, Note: "storage"},
+		}, "putting write 3 in block 2, after write 5 to it was acknowledged"},
+		{"no-stale-write acknowledged out of order", func() Check { return &NoStaleWrite{} }, proto.ModeFence, []Rec{
+			{Kind: HAcked, At: 2 * s, Block: 2, Msg: 5},
+			{Kind: HAcked, At: 3 * s, Block: 2, Msg: 3},
+		}, "write 3 to block 2 acknowledged"},
+		{"no-stale-write stale read", func() Check { return &NoStaleWrite{} }, proto.ModeFence, []Rec{
+			{Kind: HRead, At: 3 * s, Op: 9, Block: 2, Msg: 3, Least: 5},
+		}, "stale read"},
+		{"no-stale-write garbled block", func() Check { return &NoStaleWrite{} }, proto.ModeFence, []Rec{
+			{Kind: HWritten, At: 3 * s, Block: 2, Msg: 3, Note: "block 2 holds a torn write"},
+		}, "torn write"},
+		{"no-stale-write garbled read", func() Check { return &NoStaleWrite{} }, proto.ModeFence, []Rec{
+			{Kind: HRead, At: 3 * s, Block: 2, Msg: 3, Note: "write 3 was never sent to block 2"},
+		}, "never sent"},
+
 		{"G6 ok", func() Check { return &G6{} }, proto.ModeLease, []Rec{
 			{Kind: HGrant, At: 0, Lease: 5, TTL: 2 * s},
 			{Kind: HKeepAlive, At: 0, Lease: 5, TTL: 2 * s},
@@ -172,6 +227,26 @@ func TestL1Fires(t *testing.T) {
 	t.Fatal("L1 never failed with a 1 ms quiet period")
 }
 
+// TestPayload: a write's bytes name the write and its block; bytes of
+// another block, a torn write and stray bytes are told apart from zeros
+// (no write yet).
+func TestPayload(t *testing.T) {
+	if seq, err := decodePayload(3, payload(3, 77)); seq != 77 || err != nil {
+		t.Fatalf("write 77 to block 3 decodes as %d, %v", seq, err)
+	}
+	if seq, err := decodePayload(3, make([]byte, blockSize)); seq != 0 || err != nil {
+		t.Fatalf("zeros decode as %d, %v", seq, err)
+	}
+	if _, err := decodePayload(2, payload(3, 77)); err == nil {
+		t.Fatal("block 3's write accepted in block 2")
+	}
+	torn := payload(3, 77)
+	copy(torn[blockSize/2:], payload(3, 78))
+	if _, err := decodePayload(3, torn); err == nil {
+		t.Fatal("a torn write accepted")
+	}
+}
+
 // TestConfigErrors: a bad configuration is an ErrConfig.
 func TestConfigErrors(t *testing.T) {
 	if _, err := Run(Config{Domains: -1}); !errors.Is(err, ErrConfig) {
@@ -179,5 +254,34 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := Run(Config{Mode: "fencing"}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("bad mode: %v", err)
+	}
+	if _, err := Run(Config{Storage: true, Mode: proto.ModeLease}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("the storage scenario in lease mode: %v", err)
+	}
+}
+
+// TestStorageEndChecksFire: at the end of a storage scenario's run, a
+// block that does not hold its last acknowledged write fails the blocks
+// check, and a request of the client without an outcome fails L1.
+func TestStorageEndChecksFire(t *testing.T) {
+	w := newWorld(Config{Seed: 1, Storage: true}.WithDefaults())
+	if err := w.checkBlocks(); err != nil {
+		t.Fatalf("nothing written, nothing acknowledged: %v", err)
+	}
+	w.client.acked[2] = 5
+	if err := w.checkBlocks(); err == nil || !strings.Contains(err.Error(), "block 2 holds write 0, the last acknowledged is 5") {
+		t.Fatalf("an acknowledged write lost: %v", err)
+	}
+	w.storage.mem.WriteAt(payload(2, 3), 2*blockSize)
+	if err := w.checkBlocks(); err == nil || !strings.Contains(err.Error(), "block 2 holds write 3") {
+		t.Fatalf("an older write over the acknowledged one: %v", err)
+	}
+	w.storage.mem.WriteAt(payload(2, 5), 2*blockSize)
+	if err := w.checkBlocks(); err != nil {
+		t.Fatalf("every block holds its last acknowledged write: %v", err)
+	}
+	w.client.reqs = append(w.client.reqs, &clientReq{op: block.OpWrite, blk: 1, seq: 9})
+	if err := w.checkL1(); err == nil || !strings.Contains(err.Error(), "1 of the client's requests have no outcome: write of block 1 (write 9") {
+		t.Fatalf("a request without an outcome: %v", err)
 	}
 }

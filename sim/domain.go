@@ -13,7 +13,10 @@ import (
 // member driver, internal/membership — the code idc.Membership runs on etcd —
 // on the node's simulated store client and clock. When a membership ends
 // (fenced, left) the application joins again with a new incarnation, as a
-// real one calling idc.Join again would.
+// real one calling idc.Join again would. In the storage scenario a role
+// (blockpath.go: a driver domain, the disk) runs around the membership
+// instead of the generic application, and a crashed domain restarts as a
+// fresh process.
 type Domain struct {
 	w    *World
 	n    *node
@@ -26,6 +29,8 @@ type Domain struct {
 	joining bool
 	// ops are the running operations of every incarnation, oldest first.
 	ops []*op
+	// role is the storage scenario's (nil: the generic application).
+	role role
 }
 
 // Membership is one incarnation's membership: the real driver and what
@@ -65,6 +70,11 @@ var quiet = slog.New(slog.DiscardHandler)
 func newDomain(w *World, n *node, id string) *Domain { return &Domain{w: w, n: n, id: id} }
 
 func (d *Domain) start() {
+	if d.role != nil {
+		d.role.restarted()
+		d.scheduleJoin(d.w.uniform(0, 300*time.Millisecond))
+		return
+	}
 	d.scheduleJoin(d.w.uniform(0, 300*time.Millisecond))
 	d.w.afterLocal(d.n.id, d.w.uniform(0, time.Second), "app", 0, 0, d.app)
 }
@@ -81,12 +91,16 @@ func (d *Domain) join() {
 	ms := &Membership{d: d, inc: d.inc, ctxGate: w.chance(0.5)}
 	d.ms = ms
 	cfg := w.cfg
+	ch := ms.channels()
+	if d.role != nil {
+		d.role.channels(ms, ch)
+	}
 	ms.drv = membership.Start(membership.Config{
 		Group: group, ID: d.id, Incarnation: ms.inc,
 		Lease: cfg.memberLease(), RenewInterval: cfg.renewInterval(), OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: keys,
 		Store: storeClient{w, d.n.id}, Clock: nodeClock{w, d.n.id}, Logger: quiet,
-		OnChange: ms.changed, Channels: ms.channels(),
+		OnChange: ms.changed, Channels: ch,
 	}, func(_ *membership.Driver, err error) {
 		d.joining = false
 		if err != nil {
@@ -114,6 +128,9 @@ func (ms *Membership) changed() {
 		ms.stopped = true
 		w.hist.add(Rec{Kind: HFence, At: w.now, Ref: ms.ref(), Lease: ms.lease, Note: errString(ms.drv.Err())})
 		w.note(ms.d.n.id, "%v stopped: %v", ms.ref(), ms.drv.Err())
+		if ms.connected != 0 && ms.d.role != nil {
+			ms.d.role.disconnected(ms, ms.connected)
+		}
 		ms.windUp(func(*op) bool { return true })
 		if !ms.d.joining {
 			ms.d.rejoinLater()
@@ -124,6 +141,9 @@ func (ms *Membership) changed() {
 	ep := ms.drv.Current()
 	if ms.connected != 0 && (ep == nil || ep.Number() != ms.connected) {
 		w.hist.add(Rec{Kind: HDisconnect, At: w.now, Ref: ms.ref(), Lease: ms.lease, Epoch: ms.connected})
+		if ms.d.role != nil {
+			ms.d.role.disconnected(ms, ms.connected)
+		}
 		ms.connected = 0
 	}
 	if ep != nil && ep.Number() > ms.delivered {
@@ -132,8 +152,12 @@ func (ms *Membership) changed() {
 		w.note(ms.d.n.id, "%v connected in epoch %d", ms.ref(), ep.Number())
 		ms.connected = ep.Number()
 		e := ep.Number()
-		w.afterLocal(ms.d.n.id, w.uniform(0, 20*time.Millisecond), "app begins", int64(e), 0, func() { ms.work(e) })
-		w.afterLocal(ms.d.n.id, w.uniform(0, chatGap), "app chats", int64(e), 0, func() { ms.chat(e) })
+		if ms.d.role != nil {
+			ms.d.role.connected(ms, ep)
+		} else {
+			w.afterLocal(ms.d.n.id, w.uniform(0, 20*time.Millisecond), "app begins", int64(e), 0, func() { ms.work(e) })
+			w.afterLocal(ms.d.n.id, w.uniform(0, chatGap), "app chats", int64(e), 0, func() { ms.chat(e) })
+		}
 	}
 	// Operations whose epoch's context ended wind up.
 	ms.windUp(func(o *op) bool {
@@ -169,7 +193,9 @@ func (d *Domain) scheduleJoin(after time.Duration) {
 }
 
 // crash stops the domain for good: its operations vanish with it, and so
-// do its driver's pending events (the node is down).
+// do its driver's pending events (the node is down). In the storage
+// scenario the process restarts a while later (a supervisor restarts
+// it): a fresh process, which joins as a new incarnation.
 func (d *Domain) crash() {
 	w := d.w
 	d.dead = true
@@ -182,4 +208,16 @@ func (d *Domain) crash() {
 		w.hist.add(Rec{Kind: HKill, At: w.now, Ref: o.ms.ref(), Lease: o.ms.lease, Epoch: o.epoch, Op: o.id})
 	}
 	d.ops = nil
+	if d.role == nil {
+		return
+	}
+	d.n.gen++ // its pending events are the dead process's
+	d.role.crashed()
+	restart := w.restartDelay()
+	w.note(d.n.id, "restarts in %v", restart)
+	w.after(worldNode, restart, "restart "+d.n.name, 0, 0, func() {
+		d.dead, d.n.down, d.joining = false, false, false
+		w.note(d.n.id, "%s restarts", d.id)
+		d.start()
+	})
 }

@@ -16,7 +16,8 @@ import (
 //     reports it lost, as a real peer whose channel broke would;
 //   - a slow link: messages to a domain (and, half the time, from it) are
 //     slow;
-//   - crash a domain (for good; at most half of them);
+//   - crash a domain (for good; at most half of them; in the storage
+//     scenario it restarts a while later);
 //   - the store revokes a live lease early (etcd issues 12528, 15247);
 //   - pause a coordinator, which then works off its backlog;
 //   - crash a coordinator, which restarts (a fresh process) later;
@@ -25,7 +26,11 @@ import (
 //   - the store loses its leader for a while: requests fail with
 //     ErrNoLeader and every watch ends with it;
 //   - the store compacts its history: a watch from an older revision fails
-//     with ErrCompacted.
+//     with ErrCompacted;
+//   - in the storage scenario (storage.go), pause, crash or cut off the
+//     storage, or hold a driver's storage connection and release its
+//     requests late; the disk's client reconnects now and then
+//     (blockclient.go).
 //
 // Every fault ends by cfg.Duration; then the quiet period.
 
@@ -56,6 +61,10 @@ func (w *World) until(d time.Duration) time.Duration { return min(w.now+d, w.cfg
 func (w *World) inject() {
 	if len(w.resources) > 0 && w.chance(resourceFault) {
 		w.injectResource()
+		return
+	}
+	if w.storage != nil && w.chance(storageFault) {
+		w.injectStorage()
 		return
 	}
 	d := w.domains[w.rng.IntN(len(w.domains))]

@@ -43,11 +43,27 @@ const (
 	HApply
 	// HApplied: resource Note finished applying request Msg.
 	HApplied
+	// HFenced: resource Note's fence of Epoch holds (the guard's OnFence;
+	// the storage's apply log): nothing of an older epoch is applied there
+	// after it.
+	HFenced
+	// HWritten: the storage (Note, or what is wrong with the block's
+	// bytes) applied request Op of Ref, whose token names Epoch, and Block
+	// now holds the client's write Msg (0: zeros).
+	HWritten
+	// HAcked: the disk acknowledged the client's write Msg to Block
+	// (request Op).
+	HAcked
+	// HRead: the client's read of Block (request Op) returned write Msg;
+	// Least is the write to Block acknowledged when the read was sent.
+	// Note says what is wrong with the bytes read, if anything.
+	HRead
 )
 
 var kindNames = [...]string{HEpoch: "epoch", HGrant: "grant", HKeepAlive: "keepalive", HBegin: "begin",
 	HEnd: "end", HKill: "kill", HIO: "io", HConnect: "connect", HFence: "fence",
-	HDisconnect: "disconnect", HSend: "send", HDeliver: "deliver", HApply: "apply", HApplied: "applied"}
+	HDisconnect: "disconnect", HSend: "send", HDeliver: "deliver", HApply: "apply", HApplied: "applied",
+	HFenced: "fenced", HWritten: "written", HAcked: "acked", HRead: "read"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && kindNames[k] != "" {
@@ -57,8 +73,7 @@ func (k Kind) String() string {
 }
 
 // Rec is one history record: what happened, at which global time. Only the
-// fields its Kind names are set. Later node kinds (channels, guards) add
-// kinds of their own.
+// fields its Kind names are set.
 type Rec struct {
 	Kind   Kind
 	At     time.Duration
@@ -71,6 +86,10 @@ type Rec struct {
 	Record *proto.EpochRecord
 	Rev    int64
 	Note   string
+	// Block and Least: the storage scenario's block and a read's least
+	// write (HWritten, HAcked, HRead).
+	Block int
+	Least uint64
 }
 
 func (r Rec) String() string {
@@ -83,6 +102,12 @@ func (r Rec) String() string {
 		fmt.Fprintf(&b, " lease=%d ttl=%v", r.Lease, r.TTL)
 	case HSend, HDeliver, HApply, HApplied:
 		fmt.Fprintf(&b, " %v epoch=%d msg=%d", r.Ref, r.Epoch, r.Msg)
+	case HFenced:
+		fmt.Fprintf(&b, " epoch=%d", r.Epoch)
+	case HWritten:
+		fmt.Fprintf(&b, " %v epoch=%d request=%#x block=%d write=%d", r.Ref, r.Epoch, r.Op, r.Block, r.Msg)
+	case HAcked, HRead:
+		fmt.Fprintf(&b, " request=%#x block=%d write=%d least=%d", r.Op, r.Block, r.Msg, r.Least)
 	default:
 		fmt.Fprintf(&b, " %v lease=%d epoch=%d op=%d", r.Ref, r.Lease, r.Epoch, r.Op)
 	}

@@ -17,6 +17,10 @@ type network struct {
 	slowUntil   map[NodeID]time.Duration
 	slowOut     map[NodeID]bool // the slow link is slow both ways
 	frames      frameFaults
+	// holdStorage[n] is until when what node n sends on its connections
+	// to the storage is held (a proxy holding its bytes): the storage
+	// scenario's nemesis (storage.go).
+	holdStorage map[NodeID]time.Duration
 }
 
 // frameFaults are what a misbehaving middlebox does to channel frames
@@ -35,7 +39,8 @@ const (
 )
 
 func newNetwork(w *World) *network {
-	n := &network{w: w, partitioned: map[NodeID]time.Duration{}, slowUntil: map[NodeID]time.Duration{}, slowOut: map[NodeID]bool{}}
+	n := &network{w: w, partitioned: map[NodeID]time.Duration{}, slowUntil: map[NodeID]time.Duration{}, slowOut: map[NodeID]bool{},
+		holdStorage: map[NodeID]time.Duration{}}
 	if !w.cfg.NoFaults {
 		if w.chance(0.7) {
 			n.lossP = 0.05 * w.rng.Float64()

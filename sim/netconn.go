@@ -30,6 +30,9 @@ type simListener struct {
 	addr   string
 	accept func(netw.Conn)
 	closed bool
+	// plain: a resource's listener (resourceNet); its connections are
+	// plain TCP streams, which the frame middlebox leaves alone.
+	plain bool
 }
 
 func (l *simListener) Addr() string { return l.addr }
@@ -77,8 +80,8 @@ func (nn nodeNet) Dial(addr string, timeout time.Duration, done func(netw.Conn, 
 		})
 		return
 	}
-	client := &simConn{w: w, node: nn.n, remote: addr}
-	server := &simConn{w: w, node: l.n, remote: w.nodes[nn.n].name}
+	client := &simConn{w: w, node: nn.n, remote: addr, plain: l.plain}
+	server := &simConn{w: w, node: l.n, remote: w.nodes[nn.n].name, plain: l.plain}
 	client.peer, server.peer = server, client
 	if w.conns == nil {
 		w.conns = map[NodeID][]*simConn{}
@@ -86,6 +89,11 @@ func (nn nodeNet) Dial(addr string, timeout time.Duration, done func(netw.Conn, 
 	w.conns[nn.n] = append(w.conns[nn.n], client)
 	w.conns[l.n] = append(w.conns[l.n], server)
 	at := client.arrival()
+	if l.plain {
+		// The connection opens; what the dialer sends on it is held
+		// while the nemesis holds its storage traffic.
+		client.holdUntil = w.net.holdStorage[nn.n]
+	}
 	w.after(l.n, at-w.now, "accept", 0, 0, func() {
 		if l.closed || client.closed {
 			server.closed = true
@@ -117,6 +125,13 @@ type simConn struct {
 	inbox   []inFrame // arrived before Receive was called
 	ended   bool      // the end-of-stream callback ran
 	held    []byte    // a frame the middlebox delivers after the next one
+	// plain: a resource connection (resourceNet), a TCP stream the frame
+	// middlebox leaves alone.
+	plain bool
+	// holdUntil: frames sent from this end arrive no earlier than this
+	// (the nemesis holds a driver's storage connection, as a proxy
+	// holding its bytes would, and releases them late).
+	holdUntil time.Duration
 }
 
 type inFrame struct {
@@ -134,6 +149,9 @@ func (c *simConn) arrival() time.Duration {
 		if end := w.net.partitioned[n]; end > w.now {
 			at = max(at, end+w.net.delay(c.node, c.peer.node))
 		}
+	}
+	if c.holdUntil > w.now {
+		at = max(at, c.holdUntil+w.net.delay(c.node, c.peer.node))
 	}
 	at = max(at, c.lastAt)
 	c.lastAt = at
@@ -175,7 +193,8 @@ func (c *simConn) Send(frame []byte, done func(error)) {
 	w.after(peer.node, c.arrival()-w.now, "frame", int64(len(b)), 0, func() { peer.arrive(b) })
 }
 
-// arrive takes a frame arriving at c. While faults run, a middlebox may
+// arrive takes a frame arriving at c. While faults run, on a channel's
+// connection (not a resource's plain stream), a middlebox may
 // drop it, deliver it twice, deliver it after the next one, or slip in before it a stale frame with the
 // same sequence number that c's node received from the same peer node on
 // an earlier connection (an earlier epoch, or an earlier incarnation of
@@ -185,7 +204,7 @@ func (c *simConn) Send(frame []byte, done func(error)) {
 func (c *simConn) arrive(b []byte) {
 	w := c.w
 	ff := &w.net.frames
-	if !w.faulty() || !ff.on || len(b) < wire.HeaderSize {
+	if !w.faulty() || !ff.on || c.plain || len(b) < wire.HeaderSize {
 		c.deliver(inFrame{b: b})
 		return
 	}
@@ -265,6 +284,24 @@ func (c *simConn) Receive(fn func([]byte, error)) {
 	for _, f := range inbox {
 		c.deliver(f)
 	}
+}
+
+// resourceNet is nodeNet for a resource's server (the storage): its
+// listeners accept plain connections — TCP streams that carry the
+// resource's own framing, with no sequence numbers to drop a duplicate
+// by — which the frame middlebox leaves alone, as it is there to test the
+// channels' epoch and sequence checks. Delays, partitions, holds and
+// resets apply to them as to any connection.
+type resourceNet struct{ nodeNet }
+
+// Listen implements netw.Network.
+func (rn resourceNet) Listen(addr string, accept func(netw.Conn)) (netw.Listener, error) {
+	l, err := rn.nodeNet.Listen(addr, accept)
+	if err != nil {
+		return nil, err
+	}
+	l.(*simListener).plain = true
+	return l, nil
 }
 
 // Close closes this end; the peer sees io.EOF after the frames in flight.

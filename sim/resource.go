@@ -15,7 +15,8 @@ import (
 // requests over the simulated network, each carrying its token; the
 // resource admits a request when it arrives and applies it a little
 // later — now and then much later, from a slow queue — checking it again
-// at the start of the apply (Begin … End), and records every apply. While
+// at the start of the apply (Begin … End), and records every apply and
+// every fence once it holds (the guard's OnFence). While
 // faults run, a request is now and then held in the network and released
 // late, after the epoch changed (the design's own example of a stale
 // write). A crash loses the guard's memory: the restarted process reads
@@ -46,7 +47,11 @@ func newResource(w *World, n *node, name string) *Resource { return &Resource{w:
 // its fence driver.
 func (r *Resource) start() {
 	cfg := r.w.cfg
-	r.g = guard.New(guard.Config{Name: r.name})
+	w := r.w
+	name := r.name
+	r.g = guard.New(guard.Config{Name: r.name, OnFence: func(_ string, f guard.Fence) {
+		w.hist.add(Rec{Kind: HFenced, At: w.now, Epoch: f.Epoch, Note: name})
+	}})
 	drv, err := fencer.Start(fencer.Config{
 		Resource: r.name, Groups: []string{group}, Store: storeClient{r.w, r.n.id}, Clock: nodeClock{r.w, r.n.id},
 		Keys: keys, Logger: quiet, OpTimeout: cfg.OpTimeout, WatchCheck: cfg.WatchCheck,

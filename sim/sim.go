@@ -1,30 +1,48 @@
 // Package sim is idc's deterministic simulator. It runs the real drivers
-// — the member driver (internal/membership, what idc.Membership runs) and the
-// coordinator's Leader (what coordinator.Run runs once elected), and with
-// them the pure machines of core/ — over a simulated store, network and
-// clocks, in a single goroutine, with no real time and no real I/O. The
-// drivers reach the world only through store.Store and clock.Clock; here
-// those are a simulated etcd (client.go, txn.go, store.go) and each node's
-// drifting local clock, whose answers and timers are events of the node.
-// One int64 seed decides everything through one PCG source: message
-// delays and losses, watch delays, clock rates, the workload, and the
-// nemesis (pauses, partitions, crashes, early lease revocation by the
-// store, coordinator crashes).
+// — the member driver (internal/membership, what idc.Membership runs) with
+// its channel driver (internal/channel), the coordinator's Candidate and
+// Leader (what coordinator.Run runs), guarded resources (guard with the
+// fence driver, internal/fencer), and with them the pure machines of
+// core/ — over a simulated store, network and clocks, in a single
+// goroutine, with no real time and no real I/O. The drivers reach the
+// world only through store.Store, network.Network and clock.Clock; here
+// those are a simulated etcd (client.go, txn.go, store.go), a simulated
+// network (netconn.go) and each node's drifting local clock, whose
+// answers, frames and timers are events of the node. One int64 seed
+// decides everything through one PCG source: message delays and losses,
+// watch delays, clock rates, the workload, and the nemesis (pauses,
+// partitions, crashes, early lease revocation by the store, coordinator
+// crashes, a middlebox on the channels).
 //
-// After every step the checks (G1, G3, G4, G6; see check.go) read the
-// history; at the end of a run L1 is checked. A violation comes back as an
-// error that errors.Is ErrViolation, with the seed and the last steps.
+// After every step the checks (G1–G6 and no-stale-write; see check.go)
+// read the history; at the end of a run L1 and a bounded store are
+// checked. A violation comes back as an error that errors.Is
+// ErrViolation, with the seed and the last steps.
 //
-// Channels (G2) and resource guards (G5) are to be added as further
-// drivers on the same interfaces, each adding history record kinds and a
-// Check of its own (DefaultChecks).
+// With Config.Storage the run is the storage scenario (DESIGN §8) with
+// its real drivers: the shared storage (storage.Storage on storage.Memory
+// and storage.Server, its guard fenced by the fence driver with the disk
+// as the writer), two driver domains whose channel handler is the
+// forwarder (internal/forwarder), the multipath disk (internal/disk) with
+// a transport over its membership's mesh, and the disk's client, which
+// writes unique payloads, reads, and reconnects now and then (abandoning
+// its requests and sending them again). The group is in fence or both
+// mode, the storage its expected resource. Besides the nemesis' faults,
+// the storage is paused, crashed and cut off, a driver's storage
+// connections are held and their requests released late, and crashed
+// domains restart. G5 is checked at the storage from its apply log,
+// no-stale-write at the block level after every step; at the end every
+// request of the client must have its outcome (L1) and every block hold
+// its last acknowledged write (blocks).
 //
 // Files: clock.go (event queue, local clocks), client.go and txn.go (the
 // store.Store and clock.Clock the drivers see), net.go (delays, loss,
-// partitions, store calls), store.go (the simulated etcd), domain.go and
-// work.go (the application around the member driver), coord.go (the
-// coordinator driver), faults.go (nemesis), history.go (history, trace),
-// check.go (G1, G3, G4, G6, L1).
+// partitions, store calls), netconn.go (the network.Network the drivers
+// see), store.go (the simulated etcd), domain.go, work.go and chat.go (the
+// application around the member driver and its channels), resource.go
+// (guarded resources), coord.go (the coordinator driver), faults.go
+// (nemesis), storage.go, blockpath.go and blockclient.go (the storage
+// scenario), history.go (history, trace), check.go (the checks).
 package sim
 
 import (
@@ -35,6 +53,8 @@ import (
 
 	"github.com/idc-dev/idc/core/coordinator"
 	"github.com/idc-dev/idc/core/lease"
+	"github.com/idc-dev/idc/internal/disk"
+	"github.com/idc-dev/idc/internal/forwarder"
 	"github.com/idc-dev/idc/proto"
 )
 
@@ -103,6 +123,19 @@ type Config struct {
 	MaxTxnOps, MaxRequestBytes int
 	// NoFaults turns the nemesis off (the workload still runs).
 	NoFaults bool
+	// Storage runs the storage scenario (DESIGN §8) instead of the
+	// generic application: the shared storage (storage.Storage on
+	// storage.Memory, storage.Server, its guard fenced by the fence
+	// driver), two driver domains forwarding block requests to it
+	// (internal/forwarder), the multipath disk (internal/disk) and the
+	// disk's client (storage.go, blockpath.go, blockclient.go). Domains
+	// and Resources are then ignored (three domains: driver-a, driver-b,
+	// disk; the storage is the group's expected resource); Mode must be
+	// fence or both (default: the seed decides).
+	Storage bool
+	// Blocks is the number of blocks of the storage scenario's disk
+	// (default 6).
+	Blocks int
 	// TraceLen is how many of the last steps a violation shows (default 40).
 	TraceLen int
 }
@@ -149,6 +182,12 @@ func (c Config) WithDefaults() Config {
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = 64 << 10
 	}
+	if c.Blocks == 0 {
+		c.Blocks = 6
+	}
+	if c.Storage {
+		c.Domains = 3
+	}
 	return c
 }
 
@@ -167,6 +206,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: delays and timeouts must be positive", ErrConfig)
 	case c.TraceLen < 0:
 		return fmt.Errorf("%w: negative trace length", ErrConfig)
+	case c.Storage && c.Mode == proto.ModeLease:
+		return fmt.Errorf("%w: the storage scenario runs in fence or both mode, not lease", ErrConfig)
+	case c.Blocks < 1 || c.Blocks > 1024:
+		return fmt.Errorf("%w: %d blocks (want 1..1024)", ErrConfig, c.Blocks)
 	}
 	if err := c.memberLease().Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
@@ -216,7 +259,16 @@ func (c Config) Bound() time.Duration {
 		election = c.ElectionTTL + c.WatchCheck + c.OpTimeout
 	}
 	channels := max(c.SetupTimeout, c.Heartbeat*time.Duration(c.Misses+1))
-	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + election + channels + time.Second + 200*time.Millisecond
+	// In the storage scenario, once the last epoch connected, the disk's
+	// requests go through its path: a driver dials the storage (a dial
+	// that fails fails the epoch's requests through it, whose path is
+	// reported) and a request unanswered for the disk's timeout reports
+	// its path; either is one more detection.
+	var blocks time.Duration
+	if c.Storage {
+		blocks = disk.DefaultTimeout + forwarder.DefaultDialTimeout
+	}
+	return c.TTL + c.QuiesceTimeout + wait + hold + c.RejoinDelay + c.MaxDelay + c.OpTimeout + watch + election + channels + blocks + time.Second + 200*time.Millisecond
 }
 
 // maxSteps bounds a run: a driver that loops without time passing (a
@@ -236,6 +288,10 @@ type Faults struct {
 	HungWatches, NoLeader, Compactions, Suspends                                                       int
 	// Resources: crashes, and writes held in the network and released late.
 	ResourceCrashes, HeldWrites int
+	// The storage scenario: drivers' storage connections held (their
+	// requests released late), and the disk's client reconnecting (the
+	// requests it had in flight abandoned and sent again).
+	HeldConns, Reconnects int
 	// Frame faults of the channels' middlebox (netconn.go).
 	FrameDrops, FrameDups, FrameReplays, FrameSwaps int
 }
@@ -244,7 +300,7 @@ type Faults struct {
 func (f Faults) Total() int {
 	return f.Pauses + f.Partitions + f.SlowLinks + f.Crashes + f.EarlyRevocations + f.CoordinatorCrashes + f.FaultReports + f.Leaves +
 		f.HungWatches + f.NoLeader + f.Compactions + f.Suspends + f.FrameDrops + f.FrameDups + f.FrameReplays + f.FrameSwaps +
-		f.ResourceCrashes + f.HeldWrites
+		f.ResourceCrashes + f.HeldWrites + f.HeldConns + f.Reconnects
 }
 
 // Result summarises a run.
@@ -264,13 +320,30 @@ type Result struct {
 	// write requests sent to them, Applied those applied, Rejected those
 	// their guards refused (on arrival or at the apply).
 	Resources, Writes, Applied, Rejected int
-	Faults                               Faults
+	// Storage is what the storage scenario did (zero in other runs).
+	Storage StorageResult
+	Faults  Faults
 	// Simulated is the simulated time the run covered.
 	Simulated time.Duration
 	// TraceHash hashes every step of the run: same seed, same hash.
 	TraceHash uint64
 	// Violation is the first violation (nil if none); Run also returns it.
 	Violation error
+}
+
+// StorageResult is what a run of the storage scenario did.
+type StorageResult struct {
+	// The client's requests that completed, its reconnects and the
+	// requests it sent again (after a reconnect or a restart of the disk).
+	Writes, Reads, Flushes, Reconnects, Resubmitted int
+	// At the storage: writes applied, requests refused by the guard, of
+	// them writes of an ended epoch (the fence doing its job), and fences
+	// that held.
+	Applied, Refused, StaleRefused, Fences int
+	// The disk's sendings, sendings again, paths reported, failovers.
+	Sent, Resent, Reports, Failovers uint64
+	// DiskRestarts counts the disk's processes after the first.
+	DiskRestarts int
 }
 
 // Run runs one simulation. It returns the first violation of a guarantee
@@ -288,6 +361,10 @@ func Run(cfg Config) (Result, error) {
 		IOs: w.ios, Refused: w.refused, Sent: w.sent, Delivered: w.delivered, Faults: w.faults, Simulated: w.now,
 		Resources: len(w.resources), Writes: w.writes, Applied: w.applied, Rejected: w.rejected,
 		TraceHash: w.trace.hash, Violation: w.violation,
+	}
+	if w.storage != nil {
+		res.Resources = 1
+		res.Storage = w.storageResult()
 	}
 	if w.violation != nil {
 		return res, w.violation
@@ -325,8 +402,13 @@ type World struct {
 	coords    []*Coord
 	domains   []*Domain
 	resources []*Resource
-	hist      *History
-	checks    []Check
+	// The storage scenario's storage, disk and client (Config.Storage).
+	storage      *StorageNode
+	disk         *diskRole
+	client       *blockClient
+	storageStats StorageResult
+	hist         *History
+	checks       []Check
 	// free holds events to reuse (World.after).
 	free []*event
 	// listeners and conns are the simulated network's (netconn.go).
@@ -355,16 +437,25 @@ func newWorld(cfg Config) *World {
 	if w.cfg.Election == 0 {
 		w.cfg.Election = []int{1, -1}[w.rng.IntN(2)]
 	}
-	if w.cfg.Mode == "" {
+	switch {
+	case w.cfg.Mode != "":
+	case w.cfg.Storage:
+		w.cfg.Mode = []proto.Mode{proto.ModeFence, proto.ModeBoth}[w.rng.IntN(2)]
+	default:
 		w.cfg.Mode = []proto.Mode{proto.ModeLease, proto.ModeFence, proto.ModeBoth}[w.rng.IntN(3)]
 	}
 	w.hist.Mode = w.cfg.Mode
-	if !w.cfg.Mode.UsesFence() || w.cfg.Resources < 0 {
+	if w.cfg.Storage {
+		w.cfg.Resources = 0 // the storage is the group's one resource
+	} else if !w.cfg.Mode.UsesFence() || w.cfg.Resources < 0 {
 		w.cfg.Resources = 0
 	} else if w.cfg.Resources == 0 {
 		w.cfg.Resources = []int{0, 1, 1, 2}[w.rng.IntN(4)]
 	}
 	w.hist.Resources = w.cfg.Resources
+	if w.cfg.Storage {
+		w.hist.Resources = 1
+	}
 	if w.cfg.Quiet == 0 {
 		w.cfg.Quiet = w.cfg.Bound()
 	}
@@ -378,9 +469,13 @@ func newWorld(cfg Config) *World {
 		n := w.addNode(fmt.Sprintf("c%d", i+1), w.drawClock())
 		w.coords = append(w.coords, newCoord(w, n))
 	}
-	for i := range w.cfg.Domains {
-		n := w.addNode(fmt.Sprintf("d%d", i+1), w.drawClock())
-		w.domains = append(w.domains, newDomain(w, n, fmt.Sprintf("d%d", i+1)))
+	if w.cfg.Storage {
+		w.newStorageScenario()
+	} else {
+		for i := range w.cfg.Domains {
+			n := w.addNode(fmt.Sprintf("d%d", i+1), w.drawClock())
+			w.domains = append(w.domains, newDomain(w, n, fmt.Sprintf("d%d", i+1)))
+		}
 	}
 	for i := range w.cfg.Resources {
 		n := w.addNode(fmt.Sprintf("r%d", i+1), w.drawClock())
@@ -469,6 +564,10 @@ func (w *World) run() {
 	for _, r := range w.resources {
 		r.start()
 	}
+	if w.storage != nil {
+		w.storage.start()
+		w.client.start()
+	}
 	for _, d := range w.domains {
 		d.start()
 	}
@@ -490,6 +589,8 @@ func (w *World) run() {
 			w.fail("L1", err.Error())
 		} else if err := w.checkBounded(); err != nil {
 			w.fail("bounded", err.Error())
+		} else if err := w.checkBlocks(); err != nil {
+			w.fail("blocks", err.Error())
 		}
 	}
 }
