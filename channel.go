@@ -19,6 +19,46 @@ type Handler interface {
 	ServeCall(ctx context.Context, req Request) ([]byte, error)
 }
 
+// AsyncHandler is a Handler that serves calls without a goroutine per
+// call, for handlers that are themselves event-driven (a driver domain
+// forwarding calls to a resource): the channel driver hands it each call
+// as it arrives, on the goroutine that reads the caller's channel, and
+// the handler answers whenever it is ready, from any goroutine
+// (Call.Reply). If Config.Handler is an AsyncHandler, StartCall serves
+// every call and ServeCall is not called.
+type AsyncHandler interface {
+	Handler
+	// StartCall starts serving c and returns at once: it must not block,
+	// since the channel reads nothing more from the caller meanwhile.
+	// The call is an operation of its epoch, as ServeCall's is, until
+	// c.Reply, which must be called exactly once. ctx is the epoch's
+	// context; it ends at disconnect.
+	StartCall(ctx context.Context, c Call)
+}
+
+// Call is a call an AsyncHandler serves: the request, and the means to
+// answer it. It is passed by value (nothing to allocate per call).
+type Call struct {
+	Request
+	r     *channel.Request
+	frame channel.Frame
+}
+
+// Reply answers the call with resp, or with err's text if err is not
+// nil (the caller gets an error wrapping ErrRemote), and ends the call's
+// operation. resp is copied before Reply returns: it may be reused at
+// once. Call it exactly once, and no method of c afterwards but
+// Release. An answer to a channel that closed meanwhile is dropped.
+func (c Call) Reply(resp []byte, err error) { c.r.Reply(resp, err) }
+
+// Release hands the request's bytes back to the channel, for a later
+// frame to be read into, so that a stream of large requests allocates
+// nothing (as Message.Release). It is optional. Data is the handler's
+// until then, also after Reply: call Release once neither Data nor a
+// slice of it is used any more — before or after Reply — and at most
+// once.
+func (c Call) Release() { c.frame.Release() }
+
 // HandlerFunc adapts a function to a Handler.
 type HandlerFunc func(ctx context.Context, req Request) ([]byte, error)
 
@@ -51,10 +91,16 @@ type RemoteError = channel.RemoteError
 
 // serveWith returns the channel driver's handler that runs h with the
 // request's epoch context, each request in a goroutine of its own: an idle
-// worker of an earlier request if there is one, else a new one.
+// worker of an earlier request if there is one, else a new one. An
+// AsyncHandler is handed each request on the channel's goroutine instead.
 func serveWith(h Handler) func(*channel.Request) {
 	if h == nil {
 		return nil
+	}
+	if ah, ok := h.(AsyncHandler); ok {
+		return func(r *channel.Request) {
+			ah.StartCall(r.Context(), Call{Request: Request{Epoch: r.Epoch, From: r.From, Data: r.Data}, r: r, frame: r.Frame()})
+		}
 	}
 	p := &servePool{h: h, work: make(chan *channel.Request)}
 	return p.serve
@@ -179,6 +225,50 @@ func (e *Epoch) Go(peer string, req []byte, done func(resp []byte, err error)) {
 	}
 	op := &channel.Op{Done: func(op *channel.Op) { done(op.Resp, op.Err) }}
 	m.Call(e.Number(), peer, req, op)
+}
+
+// GoTransient is Go, except that resp is valid only until done returns:
+// its buffer is then handed back to the channel, for a later frame to be
+// read into, so that a stream of large responses allocates nothing. done
+// must copy what it keeps of resp. req must not be modified until done
+// has run.
+func (e *Epoch) GoTransient(peer string, req []byte, done func(resp []byte, err error)) {
+	m, err := e.mesh()
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	g := goCalls.Get().(*goCall)
+	g.done = done
+	m.Call(e.Number(), peer, req, &g.op)
+}
+
+// goCall is a call of GoTransient; pooled, so that a call allocates
+// nothing of its own.
+type goCall struct {
+	op   channel.Op
+	done func(resp []byte, err error)
+}
+
+var goCalls sync.Pool
+
+func init() {
+	goCalls.New = func() any {
+		g := &goCall{}
+		g.op.Done = g.finish
+		return g
+	}
+}
+
+// finish is the operation's Done: it hands the response to done, then
+// back to the channel, and the call to the pool.
+func (g *goCall) finish(op *channel.Op) {
+	done := g.done
+	g.done = nil
+	done(op.Resp, op.Err)
+	op.Release()
+	op.Err = nil
+	goCalls.Put(g)
 }
 
 // Ping sends a ping to peer over the epoch's channel and returns the round

@@ -146,3 +146,94 @@ func TestG3_HandlerHoldsConnect(t *testing.T) {
 		t.Fatalf("epoch %d connected before b's handler returned", final.Number)
 	}
 }
+
+// asyncEcho is an AsyncHandler that answers each call from a goroutine
+// of its own once the call's request is released; "fail" fails, "hold"
+// waits for release to close.
+type asyncEcho struct {
+	release chan struct{}
+	started chan struct{}
+}
+
+func (h *asyncEcho) ServeCall(context.Context, idc.Request) ([]byte, error) {
+	panic("ServeCall called on an AsyncHandler")
+}
+
+func (h *asyncEcho) StartCall(ctx context.Context, c idc.Call) {
+	resp := append([]byte("re:"+c.From+":"), c.Data...)
+	hold := string(c.Data) == "hold"
+	fail := string(c.Data) == "fail"
+	c.Release() // copied into resp: the request's bytes go back
+	go func() {
+		if hold {
+			close(h.started)
+			<-h.release
+		}
+		if fail {
+			c.Reply(nil, errors.New("asked to fail"))
+			return
+		}
+		c.Reply(resp, nil)
+		clear(resp) // Reply copied it
+	}()
+}
+
+// TestAsyncHandler: an AsyncHandler answers calls from any goroutine,
+// responses and failures reach the callers as a Handler's do (Call and
+// GoTransient), and a call it has not answered holds the next epoch's
+// connect back, as a running handler does.
+func TestAsyncHandler(t *testing.T) {
+	e := newEnv(t)
+	e.coordinator(coordinator.Config{QuiesceTimeout: time.Minute})
+	h := &asyncEcho{release: make(chan struct{}), started: make(chan struct{})}
+	a := e.join("a")
+	e.join("b", withHandler(h))
+	e.connected(testenv.Mark{}, 10*time.Second, "a", "b")
+	ep := current(t, a, 5*time.Second, "a", "b")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 50 {
+		req := fmt.Appendf(nil, "hello %d", i)
+		resp, err := ep.Call(ctx, "b", req)
+		if err != nil || string(resp) != "re:a:"+string(req) {
+			t.Fatalf("call %d: %q, %v", i, resp, err)
+		}
+		type result struct {
+			resp string
+			err  error
+		}
+		got := make(chan result, 1)
+		ep.GoTransient("b", req, func(resp []byte, err error) { got <- result{string(resp), err} }) // copied in done
+		if r := <-got; r.err != nil || r.resp != "re:a:"+string(req) {
+			t.Fatalf("GoTransient %d: %q, %v", i, r.resp, r.err)
+		}
+	}
+	if _, err := ep.Call(ctx, "b", []byte("fail")); !errors.Is(err, idc.ErrRemote) || !bytes.Contains([]byte(err.Error()), []byte("asked to fail")) {
+		t.Fatalf("a failing call: %v, want ErrRemote with its text", err)
+	}
+
+	callErr := make(chan error, 1)
+	go func() {
+		_, err := ep.Call(context.Background(), "b", []byte("hold"))
+		callErr <- err
+	}()
+	<-h.started
+	mark := e.mark()
+	e.join("c") // trigger
+	select {
+	case err := <-callErr:
+		if !errors.Is(err, idc.ErrEpochEnded) {
+			t.Fatalf("the call outstanding at disconnect returned %v, want ErrEpochEnded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call did not return at disconnect")
+	}
+	e.h.WaitForAck(t, group, mark, 10*time.Second, "of a", func(ack proto.Ack) bool { return ack.ID == "a" })
+	time.Sleep(300 * time.Millisecond) // give a broken coordinator time to connect
+	end := e.mark()
+	close(h.release)
+	final := e.connected(mark, 10*time.Second, "a", "b", "c")
+	if !end.Precedes(final.Rev) {
+		t.Fatalf("epoch %d connected before b's call was answered", final.Number)
+	}
+}

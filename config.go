@@ -104,7 +104,9 @@ type Config struct {
 	ChannelSetupTimeout time.Duration
 	// Handler serves the calls peers make (Epoch.Call). Each call runs in
 	// its own goroutine as an operation of its epoch, with the epoch's
-	// context. Nil: calls fail at the caller with ErrRemote.
+	// context; an AsyncHandler's are started on the channel's goroutine
+	// instead, and answered when it replies. Nil: calls fail at the
+	// caller with ErrRemote.
 	Handler Handler
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/idc-dev/idc/network"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/wire"
 )
@@ -35,7 +36,8 @@ type Op struct {
 	// run before Send, Call or Ping returns.
 	Done func(*Op)
 	// Resp is a call's response (it aliases the received frame); nil for
-	// a send or a ping.
+	// a send or a ping. It is the caller's; once done with it, the caller
+	// may hand it back with Release.
 	Resp []byte
 	// Err is why the operation failed, or nil: it wraps
 	// proto.ErrEpochEnded (the epoch ended, here or at the peer),
@@ -51,6 +53,36 @@ type Op struct {
 	l     *link
 	id    uint64
 	where opWhere
+	resp  Frame // Resp's frame
+}
+
+// Release hands a call's response back to its connection, for a later
+// frame to be read into (a stream of large responses then allocates
+// nothing), and clears Resp. It is optional: a response never released
+// is garbage collected. Call it after Done ran, at most once per
+// response; neither Resp nor a slice of it may be used afterwards. On an
+// operation without a response it does nothing.
+func (op *Op) Release() {
+	op.resp.Release()
+	op.Resp = nil
+}
+
+// Frame is a received frame that its receiver may hand back to its
+// connection once nothing uses it (network.Releaser). The zero Frame
+// holds nothing.
+type Frame struct {
+	b   []byte
+	rel network.Releaser
+}
+
+// Release hands the frame back to its connection, if the connection
+// takes frames back, and clears f. Release a frame at most once, and only
+// once no slice of it is used.
+func (f *Frame) Release() {
+	if f.rel != nil && f.b != nil {
+		f.rel.Release(f.b)
+	}
+	*f = Frame{}
 }
 
 // RemoteError is a call's error when the peer's handler failed.
@@ -83,7 +115,7 @@ func (m *Mesh) Call(e uint64, peer string, data []byte, op *Op) { m.start(e, pee
 func (m *Mesh) Ping(e uint64, peer string, op *Op) { m.start(e, peer, nil, opPing, op) }
 
 func (m *Mesh) start(e uint64, peer string, data []byte, kind opKind, op *Op) {
-	op.epoch, op.peer, op.kind, op.Resp, op.Err, op.l, op.where = e, peer, kind, nil, nil, nil, opIdle
+	op.epoch, op.peer, op.kind, op.Resp, op.Err, op.l, op.where, op.resp = e, peer, kind, nil, nil, nil, opIdle, Frame{}
 	if len(data) > m.cfg.MaxMessage {
 		op.Err = fmt.Errorf("%w: %d bytes (max %d)", proto.ErrMessageTooLarge, len(data), m.cfg.MaxMessage)
 		op.where = opDone
@@ -214,14 +246,21 @@ type Request struct {
 	l       *link
 	id      uint64
 	replied bool
+	frame   Frame // Data's frame
 }
+
+// Frame returns the frame Data was received in. Data is the handler's,
+// also after Reply; once nothing uses it any more, the handler may hand
+// the frame back (Frame.Release) for a later frame to be read into. Take
+// it before Reply: the request is reused afterwards.
+func (r *Request) Frame() Frame { return r.frame }
 
 // maxFreeRequests bounds the requests a mesh keeps for reuse.
 const maxFreeRequests = 256
 
 // request returns a request for the handler, reusing one that was
 // answered. Called with m.mu held.
-func (m *Mesh) request(l *link, data []byte, id uint64) *Request {
+func (m *Mesh) request(l *link, data, frame []byte, id uint64) *Request {
 	var r *Request
 	if n := len(m.freeReqs); n > 0 {
 		r = m.freeReqs[n-1]
@@ -230,7 +269,7 @@ func (m *Mesh) request(l *link, data []byte, id uint64) *Request {
 	} else {
 		r = new(Request)
 	}
-	*r = Request{Epoch: l.epoch, From: l.peer.ID, Data: data, l: l, id: id}
+	*r = Request{Epoch: l.epoch, From: l.peer.ID, Data: data, l: l, id: id, frame: Frame{frame, l.rel}}
 	return r
 }
 
@@ -258,6 +297,7 @@ func (m *Mesh) serve(r *Request) {
 		r.l.consumed()
 		m.stats.DroppedEnded++
 		m.met.dropped(dropEnded, 1)
+		r.frame.Release() // nothing refers to it
 		m.release(r)
 		m.unlock()
 		return
@@ -266,7 +306,9 @@ func (m *Mesh) serve(r *Request) {
 	m.stats.Delivered++
 	m.unlock()
 	if m.cfg.Handler == nil {
+		f := r.frame
 		r.Reply(nil, errNoHandler)
+		f.Release()
 		return
 	}
 	m.cfg.Handler(r)

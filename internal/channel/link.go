@@ -253,7 +253,7 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify, kept bool) {
 			m.inbox.push(inMsg{l: l, data: payload, frame: frame})
 			return nil, nil, true, true
 		}
-		return nil, m.request(l, payload, h.Arg), false, true
+		return nil, m.request(l, payload, frame, h.Arg), false, true
 	case protocol.Answer:
 		c := l.calls[h.Arg]
 		if c == nil {
@@ -267,7 +267,7 @@ func (l *link) receive(frame []byte) (op *Op, req *Request, notify, kept bool) {
 		c.where = opDone
 		switch h.Type {
 		case wire.Response:
-			c.Resp, c.Err = payload, nil
+			c.Resp, c.Err, c.resp = payload, nil, Frame{frame, l.rel}
 		case wire.Pong:
 			c.Err = nil
 		default:
