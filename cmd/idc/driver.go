@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idc-dev/idc"
@@ -243,4 +244,58 @@ func (h *driverHandler) ServeCall(ctx context.Context, req idc.Request) ([]byte,
 	return r.a.Frame, nil
 }
 
-var _ idc.Handler = (*driverHandler)(nil)
+// StartCall forwards the call's request to the storage and answers the
+// call once the storage did, from the forwarder's callback: no goroutine
+// waits per call. The storage's answer is handed back to its connection
+// once Reply has copied it, and the request's bytes to the channel once
+// the forwarder no longer uses them (ForwardThen), so that a stream of
+// large requests and answers allocates nothing. When the epoch ends here,
+// runDriver's EndEpoch fails its pending requests at once, which answers
+// their calls.
+func (h *driverHandler) StartCall(_ context.Context, c idc.Call) {
+	fc := forwardCalls.Get().(*forwardCall)
+	fc.call = c
+	fc.left.Store(2)
+	h.f.ForwardThen(c.Epoch, c.Data, fc.done, fc.release)
+}
+
+// forwardCall is a call StartCall forwards; pooled, so that a call
+// allocates nothing of its own. It goes back to the pool once both its
+// answer and its release have come.
+type forwardCall struct {
+	call    idc.Call
+	left    atomic.Int32 // of done and release, those still to come
+	done    func(forwarder.Answer, error)
+	release func()
+}
+
+var forwardCalls sync.Pool
+
+func init() {
+	forwardCalls.New = func() any {
+		fc := &forwardCall{}
+		fc.done = func(a forwarder.Answer, err error) {
+			if err != nil {
+				fc.call.Reply(nil, err)
+			} else {
+				fc.call.Reply(a.Frame, nil) // copies it
+				a.Release()
+			}
+			fc.end()
+		}
+		fc.release = func() {
+			fc.call.Release()
+			fc.end()
+		}
+		return fc
+	}
+}
+
+func (fc *forwardCall) end() {
+	if fc.left.Add(-1) == 0 {
+		fc.call = idc.Call{}
+		forwardCalls.Put(fc)
+	}
+}
+
+var _ idc.AsyncHandler = (*driverHandler)(nil)

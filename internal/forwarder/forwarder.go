@@ -194,9 +194,11 @@ type Forwarder struct {
 	stats Stats
 	free  []*request // finished requests, for reuse
 	// To do once the lock is released, in order: network calls (which may
-	// call back at once) and the requests' completions.
-	after []func()
-	dones []completion
+	// call back at once), the requests' completions, and the releases of
+	// their bytes.
+	after    []func()
+	dones    []completion
+	releases []func()
 }
 
 // completion is a request's done call, made once the lock is released.
@@ -241,6 +243,7 @@ type request struct {
 	id       uint64
 	data     []byte
 	done     func(Answer, error)
+	release  func() // called once data is no longer used (nil: none)
 	start    time.Duration
 	wired    bool // handed to cn (and not refused with network.ErrBusy)
 	sending  bool // handed to cn, its send callback not run yet
@@ -293,13 +296,29 @@ func New(cfg Config) (*Forwarder, error) {
 // that ended here, fails at once with ErrEpochEnded; one of a newer epoch
 // ends the older one (as EndEpoch) and opens the new epoch's connection.
 func (f *Forwarder) Forward(epoch uint64, req []byte, done func(Answer, error)) {
+	f.ForwardThen(epoch, req, done, nil)
+}
+
+// ForwardThen is Forward, and then calls release, if not nil, once the
+// forwarder no longer uses req: once the request has its outcome (done)
+// and its connection no longer writes it — so that the caller may reuse
+// req's bytes (a driver domain hands them back to the channel they came
+// on). release is called once, without the forwarder's lock, before or
+// after done.
+func (f *Forwarder) ForwardThen(epoch uint64, req []byte, done func(Answer, error), release func()) {
 	br, err := block.Parse(req)
 	switch {
 	case err != nil:
 		f.fail(done, reasonInvalid, fmt.Errorf("%w: %w", ErrInvalid, err))
+		if release != nil {
+			release()
+		}
 		return
 	case len(req) > network.MaxFrame:
 		f.fail(done, reasonInvalid, fmt.Errorf("%w: %d bytes, above the largest frame %d", ErrInvalid, len(req), network.MaxFrame))
+		if release != nil {
+			release()
+		}
 		return
 	}
 	f.mu.Lock()
@@ -308,11 +327,14 @@ func (f *Forwarder) Forward(epoch uint64, req []byte, done func(Answer, error)) 
 		f.count(reason)
 		f.unlock()
 		done(Answer{}, ferr)
+		if release != nil {
+			release()
+		}
 		return
 	}
 	cn := f.cur
 	r := f.newRequest()
-	r.cn, r.id, r.data, r.done, r.start = cn, br.ID, req, done, f.cfg.Clock.Now()
+	r.cn, r.id, r.data, r.done, r.release, r.start = cn, br.ID, req, done, release, f.cfg.Clock.Now()
 	cn.pending[r.id] = r
 	f.stats.Pending++
 	switch {
@@ -415,8 +437,8 @@ func (f *Forwarder) count(reason int) {
 // unlock releases the lock, then makes the network calls and completions
 // left for later, in order.
 func (f *Forwarder) unlock() {
-	after, dones := f.after, f.dones
-	f.after, f.dones = nil, nil
+	after, dones, releases := f.after, f.dones, f.releases
+	f.after, f.dones, f.releases = nil, nil, nil
 	f.mu.Unlock()
 	for _, fn := range after {
 		fn()
@@ -424,13 +446,22 @@ func (f *Forwarder) unlock() {
 	for i := range dones {
 		dones[i].done(dones[i].answer, dones[i].err)
 	}
-	if cap(dones) > 0 && cap(dones) <= 2*network.SendWindow {
-		// Keep the slice for the next completions, unless another goroutine
-		// left some meanwhile.
+	for _, fn := range releases {
+		fn()
+	}
+	keepDones := cap(dones) > 0 && cap(dones) <= 2*network.SendWindow
+	keepReleases := cap(releases) > 0 && cap(releases) <= 2*network.SendWindow
+	if keepDones || keepReleases {
+		// Keep the slices for the next completions, unless another
+		// goroutine left some meanwhile.
 		clear(dones)
+		clear(releases)
 		f.mu.Lock()
-		if f.dones == nil {
+		if keepDones && f.dones == nil {
 			f.dones = dones[:0]
+		}
+		if keepReleases && f.releases == nil {
+			f.releases = releases[:0]
 		}
 		f.mu.Unlock()
 	}
@@ -470,11 +501,16 @@ func (f *Forwarder) finish(r *request, a Answer, err error) {
 	f.recycle(r)
 }
 
-// recycle keeps r for reuse once it finished and its send callback ran.
-// Called with f.mu held.
+// recycle keeps r for reuse once it finished and its send callback ran:
+// then its bytes are no longer used, and their release is due. Called
+// with f.mu held.
 func (f *Forwarder) recycle(r *request) {
 	if !r.finished || r.sending {
 		return
+	}
+	if r.release != nil {
+		f.releases = append(f.releases, r.release)
+		r.release = nil
 	}
 	r.cn = nil
 	if len(f.free) < maxFree {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -559,6 +560,89 @@ func TestMetrics(t *testing.T) {
 	} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+}
+
+// TestForwardThenRelease: ForwardThen's release comes exactly once per
+// request, only once the request has its outcome and its connection no
+// longer writes it — after the send callback of a request answered
+// first, after a refusal with network.ErrBusy and the sending again — and
+// at once for a request that fails before it is taken.
+func TestForwardThenRelease(t *testing.T) {
+	s := newFakeStorage(t, true)
+	g := &gatedNet{Network: network.OS{}}
+	f := newForwarder(t, s.addr, g)
+	var mu sync.Mutex
+	released := map[uint64]int{}
+	forwardThen := func(epoch uint64, id uint64, req []byte) chan result {
+		ch := make(chan result, 1)
+		f.ForwardThen(epoch, req, func(a Answer, err error) { ch <- result{a, err} }, func() {
+			mu.Lock()
+			released[id]++
+			mu.Unlock()
+		})
+		return ch
+	}
+	count := func(id uint64) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return released[id]
+	}
+	// Both answered while their send callbacks are held.
+	chs := []chan result{forwardThen(1, 1, read(1, 1, 8)), forwardThen(1, 2, read(1, 2, 8))}
+	for i, ch := range chs {
+		if a := answerOf(t, get(t, ch)); a.ID != uint64(i+1) {
+			t.Fatalf("request %d got the answer to %d", i+1, a.ID)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	for id := uint64(1); id <= 2; id++ {
+		if n := count(id); n != 0 {
+			t.Fatalf("request %d released %d times while its send callback is held", id, n)
+		}
+	}
+	g.release()
+	waitRelease := func(id uint64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for count(id) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %d never released", id)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitRelease(1)
+	waitRelease(2)
+	// Refused busy, then sent again.
+	g.mu.Lock()
+	g.busy = 1
+	g.mu.Unlock()
+	answerOf(t, get(t, forwardThen(1, 6, read(1, 6, 8))))
+	waitRelease(6)
+	if _, refused := g.stats(); refused != 1 {
+		t.Fatalf("%d frames refused busy, want 1", refused)
+	}
+	// Invalid: failed and released at once.
+	mustFail(t, "a malformed request", get(t, forwardThen(1, 3, []byte("junk"))), ErrInvalid)
+	waitRelease(3)
+	// Ended with its epoch: released once its send completed.
+	s.mu.Lock()
+	s.auto = false
+	s.mu.Unlock()
+	ch := forwardThen(1, 4, read(1, 4, 8))
+	s.waitFrames(s.conn(0), 4)
+	f.EndEpoch(1)
+	mustFail(t, "a pending request at the epoch's end", get(t, ch), ErrEpochEnded)
+	waitRelease(4)
+	// Of an ended epoch: failed and released at once.
+	mustFail(t, "a request of an ended epoch", get(t, forwardThen(1, 5, read(1, 5, 8))), ErrEpochEnded)
+	waitRelease(5)
+	time.Sleep(20 * time.Millisecond)
+	for id := uint64(1); id <= 6; id++ {
+		if n := count(id); n != 1 {
+			t.Errorf("request %d released %d times, want once", id, n)
 		}
 	}
 }
