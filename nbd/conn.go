@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // conn is one client connection.
@@ -29,7 +33,8 @@ type conn struct {
 	slots        chan struct{} // one token per request running
 	drainCh      chan struct{} // closed when draining begins
 
-	wmu sync.Mutex // serialises replies
+	rep     replier        // writes the replies
+	running sync.WaitGroup // requests whose reply is not written yet
 
 	fenced atomic.Bool // a backend call returned ErrShutdown
 
@@ -319,16 +324,20 @@ func writeOptReply(w *bufio.Writer, opt, typ uint32, data []byte) {
 }
 
 // transmit runs the transmission phase: it reads requests and runs each
-// in its own goroutine, at most MaxInFlight at once.
+// in its own goroutine — or, for the reads and writes of an AsyncBackend,
+// starts it from this goroutine — at most MaxInFlight at once. A request
+// holds its slot until its reply was written.
 func (c *conn) transmit() {
-	var running sync.WaitGroup
+	c.rep.init(c)
 	clean := false // NBD_CMD_DISC: let running requests finish
 	defer func() {
 		if !clean {
 			c.cancel()
 		}
-		running.Wait()
+		c.running.Wait()
+		c.rep.stop()
 	}()
+	async, _ := c.exp.Backend.(AsyncBackend)
 	maxReq := c.s.cfg.MaxRequestSize
 	for {
 		var hdr [requestHeaderLen]byte
@@ -373,25 +382,26 @@ func (c *conn) transmit() {
 					return
 				}
 			}
-			if c.reply(req.cookie, code, nil) != nil {
+			if c.rep.replyNow(req.cookie, code) != nil {
 				return
 			}
 			continue
 		}
-		var payload []byte
+		var payload *[]byte
 		if req.typ == cmdWrite {
-			payload = make([]byte, req.length)
-			if _, err := io.ReadFull(c.br, payload); err != nil {
+			payload = getBuf(int(req.length))
+			if _, err := io.ReadFull(c.br, *payload); err != nil {
+				putBuf(payload)
 				<-c.slots
 				return
 			}
 		}
-		running.Add(1)
-		go func() {
-			defer running.Done()
-			defer func() { <-c.slots }()
-			c.run(req, payload)
-		}()
+		c.running.Add(1)
+		if async != nil && (req.typ == cmdRead || req.typ == cmdWrite) {
+			c.start(async, req, payload)
+			continue
+		}
+		go c.run(req, payload)
 	}
 }
 
@@ -401,27 +411,160 @@ func (c *conn) isDraining() bool {
 	return c.draining
 }
 
-// run executes one request and sends its reply.
-func (c *conn) run(req request, payload []byte) {
-	var buf []byte
+// run executes one request and queues its reply. payload, a write's, is
+// put back once the backend returned.
+func (c *conn) run(req request, payload *[]byte) {
+	var bp *[]byte
+	var buf, data []byte
 	if req.typ == cmdRead && req.length <= c.s.cfg.MaxRequestSize {
-		buf = make([]byte, replyHeaderLen+int(req.length))
+		bp = getBuf(replyHeaderLen + int(req.length))
+		buf = *bp
 	}
-	code := c.exec(req, payload, buf)
-	if code != 0 || req.typ != cmdRead {
-		buf = nil
+	if payload != nil {
+		data = *payload
 	}
-	c.reply(req.cookie, code, buf)
+	code := c.exec(req, data, buf)
+	if payload != nil {
+		putBuf(payload) // the backend returned: it keeps nothing of it
+	}
+	c.done(req, code, bp)
+}
+
+// start starts a read or a write of an AsyncBackend; its completion
+// queues the reply. It never blocks.
+func (c *conn) start(b AsyncBackend, req request, payload *[]byte) {
+	if code, ok := c.check(req); !ok {
+		if payload != nil {
+			putBuf(payload)
+		}
+		c.done(req, code, nil)
+		return
+	}
+	a := asyncReqs.Get().(*asyncReq)
+	a.c, a.req, a.payload = c, req, payload
+	if req.typ == cmdRead {
+		a.buf = getBuf(replyHeaderLen + int(req.length))
+		b.StartReadAt(c.ctx, (*a.buf)[replyHeaderLen:], req.offset, a.fn)
+		return
+	}
+	b.StartWriteAt(c.ctx, *payload, req.offset, req.flags&cmdFlagFUA != 0, a.fn)
+}
+
+// asyncReq is a request an AsyncBackend runs; pooled, with its completion
+// made once.
+type asyncReq struct {
+	c       *conn
+	req     request
+	payload *[]byte // a write's
+	buf     *[]byte // a read's reply
+	fn      func(error)
+}
+
+var asyncReqs sync.Pool
+
+func init() {
+	asyncReqs.New = func() any {
+		a := &asyncReq{}
+		a.fn = a.complete
+		return a
+	}
+}
+
+// complete is the backend's completion of a: the buffers are the
+// connection's again.
+func (a *asyncReq) complete(err error) {
+	c, req, payload, buf := a.c, a.req, a.payload, a.buf
+	*a = asyncReq{fn: a.fn}
+	asyncReqs.Put(a)
+	if payload != nil {
+		putBuf(payload)
+	}
+	c.done(req, c.outcome(req, err), buf)
+}
+
+// done queues the reply of a request that held a slot: with the data in
+// bp (its header's room first) if it is a READ that succeeded. The slot,
+// the running count and bp are released once the reply was written.
+func (c *conn) done(req request, code uint32, bp *[]byte) {
+	if bp != nil && (code != 0 || req.typ != cmdRead) {
+		putBuf(bp)
+		bp = nil
+	}
+	c.rep.send(outReply{cookie: req.cookie, code: code, buf: bp, slot: true})
+}
+
+// bufPools keep requests' payloads and reads' replies once used, by
+// power-of-two size class from 512 bytes to twice the largest request,
+// so that a stream of requests allocates nothing per request. A backend
+// must not keep the buffer ReadAt or WriteAt was given once it returned
+// (as io.ReaderAt and io.WriterAt must not).
+var bufPools [27]sync.Pool // up to 64 MiB: a read of dosWriteLen and its header
+
+// getBuf returns a buffer of length n, a pooled one if there is one; its
+// bytes are not cleared.
+func getBuf(n int) *[]byte {
+	k := max(9, bits.Len(uint(n-1)))
+	if bp, ok := bufPools[k].Get().(*[]byte); ok {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n, 1<<k)
+	return &b
+}
+
+// putBuf pools a buffer getBuf returned. It must not be used afterwards.
+func putBuf(bp *[]byte) {
+	bufPools[bits.Len(uint(cap(*bp)-1))].Put(bp)
 }
 
 // exec checks a request and calls the backend. For a READ, buf has room
 // for the reply header and the data.
 func (c *conn) exec(req request, payload, buf []byte) uint32 {
+	if code, ok := c.check(req); !ok {
+		return code
+	}
+	off, n := req.offset, uint64(req.length)
+	var err error
+	switch req.typ {
+	case cmdRead:
+		err = c.exp.Backend.ReadAt(c.ctx, buf[replyHeaderLen:], off)
+	case cmdWrite:
+		err = c.exp.Backend.WriteAt(c.ctx, payload, off, req.flags&cmdFlagFUA != 0)
+	case cmdFlush:
+		err = c.exp.Backend.Flush(c.ctx)
+	case cmdTrim:
+		err = c.exp.Backend.Trim(c.ctx, off, n)
+	case cmdWriteZeroes:
+		err = c.exp.Backend.Zero(c.ctx, off, n, req.flags&cmdFlagNoHole != 0)
+	}
+	if err == nil && req.flags&cmdFlagFUA != 0 && (req.typ == cmdTrim || req.typ == cmdWriteZeroes) && c.feat.Flush {
+		err = c.exp.Backend.Flush(c.ctx)
+	}
+	return c.outcome(req, err)
+}
+
+// outcome is the reply's error value for the backend's err, which it
+// logs; ErrShutdown fences the connection.
+func (c *conn) outcome(req request, err error) uint32 {
+	if err == nil {
+		return 0
+	}
+	code := errno(err)
+	if code == errnoShutdown {
+		c.fenced.Store(true)
+	}
+	c.log.Warn("nbd: backend error", "cmd", commandName(req.typ), "offset", req.offset, "length", req.length, "err", err, "errno", code)
+	return code
+}
+
+// check decides what it can of a request without the backend: ok is false
+// if the request is answered at once, with code (0 for a request of no
+// length), true if the backend is to run it.
+func (c *conn) check(req request) (code uint32, ok bool) {
 	if c.fenced.Load() || c.isDraining() {
-		return errnoShutdown
+		return errnoShutdown, false
 	}
 	f := c.feat
-	fua := req.flags&cmdFlagFUA != 0
 	allowed := uint16(0)
 	if c.tflags&tflagSendFUA != 0 {
 		allowed |= cmdFlagFUA // valid on every command once advertised
@@ -429,9 +572,9 @@ func (c *conn) exec(req request, payload, buf []byte) uint32 {
 	if req.typ == cmdWriteZeroes {
 		allowed |= cmdFlagNoHole
 	}
-	reject := func(code uint32, why string) uint32 {
+	reject := func(code uint32, why string) (uint32, bool) {
 		c.log.Debug("nbd: request rejected", "cmd", commandName(req.typ), "offset", req.offset, "length", req.length, "flags", req.flags, "err", why)
-		return code
+		return code, false
 	}
 	if req.flags&^allowed != 0 {
 		return reject(errnoInval, "flags not valid for this command")
@@ -439,7 +582,6 @@ func (c *conn) exec(req request, payload, buf []byte) uint32 {
 	off, n := req.offset, uint64(req.length)
 	inBounds := off <= c.size && n <= c.size-off
 	aligned := off%uint64(c.s.cfg.MinBlockSize) == 0 && n%uint64(c.s.cfg.MinBlockSize) == 0
-	var err error
 	switch req.typ {
 	case cmdRead:
 		switch {
@@ -450,9 +592,8 @@ func (c *conn) exec(req request, payload, buf []byte) uint32 {
 		case !aligned:
 			return reject(errnoInval, "not aligned to MinBlockSize")
 		case n == 0:
-			return 0
+			return 0, false
 		}
-		err = c.exp.Backend.ReadAt(c.ctx, buf[replyHeaderLen:], off)
 	case cmdWrite:
 		switch {
 		case f.ReadOnly:
@@ -462,14 +603,12 @@ func (c *conn) exec(req request, payload, buf []byte) uint32 {
 		case !aligned:
 			return reject(errnoInval, "not aligned to MinBlockSize")
 		case n == 0:
-			return 0
+			return 0, false
 		}
-		err = c.exp.Backend.WriteAt(c.ctx, payload, off, fua)
 	case cmdFlush:
 		if !f.Flush {
 			return reject(errnoInval, "flush not supported")
 		}
-		err = c.exp.Backend.Flush(c.ctx)
 	case cmdTrim, cmdWriteZeroes:
 		trim := req.typ == cmdTrim
 		switch {
@@ -484,46 +623,211 @@ func (c *conn) exec(req request, payload, buf []byte) uint32 {
 		case !aligned:
 			return reject(errnoInval, "not aligned to MinBlockSize")
 		case n == 0:
-			return 0
-		}
-		if trim {
-			err = c.exp.Backend.Trim(c.ctx, off, n)
-		} else {
-			err = c.exp.Backend.Zero(c.ctx, off, n, req.flags&cmdFlagNoHole != 0)
-		}
-		if err == nil && fua && f.Flush {
-			err = c.exp.Backend.Flush(c.ctx)
+			return 0, false
 		}
 	default:
 		return reject(errnoInval, "unknown command")
 	}
-	if err != nil {
-		code := errno(err)
-		if code == errnoShutdown {
-			c.fenced.Store(true)
-		}
-		c.log.Warn("nbd: backend error", "cmd", commandName(req.typ), "offset", off, "length", n, "err", err, "errno", code)
-		return code
-	}
-	return 0
+	return 0, true
 }
 
-// reply sends a simple reply. buf is nil, or holds replyHeaderLen bytes of
-// room followed by the data of a READ; the whole reply goes out in one
-// write, under the write lock.
-func (c *conn) reply(cookie uint64, code uint32, buf []byte) error {
-	if buf == nil {
-		buf = make([]byte, replyHeaderLen)
+// outReply is a simple reply waiting to be written.
+type outReply struct {
+	cookie uint64
+	code   uint32
+	// buf, if not nil, holds the reply of a READ: the header's room, then
+	// the data. It is put back once written.
+	buf *[]byte
+	hdr [replyHeaderLen]byte // the header, when buf is nil
+	off int                  // bytes of the reply already written
+	// slot: the reply's request holds a slot and a running count, which
+	// are released once it was written. Otherwise written, if not nil,
+	// receives the outcome of the write.
+	slot    bool
+	written chan error
+}
+
+// bytes returns the reply's bytes, its header filled in.
+func (r *outReply) bytes() []byte {
+	b := r.hdr[:]
+	if r.buf != nil {
+		b = *r.buf
 	}
-	binary.BigEndian.PutUint32(buf[0:], magicSimpleRepl)
-	binary.BigEndian.PutUint32(buf[4:], code)
-	binary.BigEndian.PutUint64(buf[8:], cookie)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if _, err := c.nc.Write(buf); err != nil {
-		c.log.Debug("nbd: write reply", "err", err)
-		c.abort()
-		return err
+	binary.BigEndian.PutUint32(b[0:], magicSimpleRepl)
+	binary.BigEndian.PutUint32(b[4:], r.code)
+	binary.BigEndian.PutUint64(b[8:], r.cookie)
+	return b
+}
+
+// replier writes a connection's replies, in the order they are ready. A
+// reply ready while nothing waits to be written is written at once by
+// the goroutine that has it, with one non-blocking write, so that a
+// request completed on another component's goroutine (an AsyncBackend's)
+// never blocks that goroutine; what the socket does not take at once, and
+// the replies that come meanwhile, go to the writer goroutine, which
+// writes all that has gathered with one writev. A reply holds its
+// request's slot until it was written, so a client that reads no replies
+// holds its connection at MaxInFlight requests.
+type replier struct {
+	c   *conn
+	raw syscall.RawConn // nil: every reply goes through the writer goroutine
+
+	mu      sync.Mutex
+	queue   []outReply // waiting for the writer goroutine, in order
+	writing bool       // the writer goroutine writes a batch
+	stopped bool
+	err     error // a write failed: nothing more is written
+	wake    chan struct{}
+	// A direct write: its bytes, and what the write returned.
+	direct  []byte
+	wn      int
+	werr    error
+	writeFn func(uintptr) bool
+}
+
+// init prepares r for c's transmission phase and starts its writer
+// goroutine.
+func (r *replier) init(c *conn) {
+	r.c = c
+	r.wake = make(chan struct{}, 1)
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			r.raw = raw
+			r.writeFn = func(fd uintptr) bool {
+				r.wn, r.werr = unix.Write(int(fd), r.direct)
+				return true // one attempt: never wait for the socket
+			}
+		}
 	}
-	return nil
+	go r.writer()
+}
+
+// stop ends the writer goroutine once every reply was written or
+// dropped: call it after the last reply was sent.
+func (r *replier) stop() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.signal()
+}
+
+func (r *replier) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// send writes rep, or queues it for the writer goroutine. It never
+// blocks.
+func (r *replier) send(rep outReply) {
+	r.mu.Lock()
+	if err := r.err; err != nil || r.stopped {
+		r.mu.Unlock()
+		if err == nil {
+			err = net.ErrClosed
+		}
+		r.finish(&rep, err)
+		return
+	}
+	if !r.writing && len(r.queue) == 0 && r.raw != nil {
+		b := rep.bytes()
+		r.direct = b
+		err := r.raw.Write(r.writeFn)
+		r.direct = nil
+		n, werr := max(r.wn, 0), r.werr
+		r.werr = nil
+		if err == nil && werr != nil && werr != unix.EAGAIN && werr != unix.EINTR {
+			err = werr
+		}
+		switch {
+		case err != nil:
+			r.err = err
+			r.mu.Unlock()
+			r.c.log.Debug("nbd: write reply", "err", err)
+			r.c.abort()
+			r.finish(&rep, err)
+			return
+		case n == len(b):
+			r.mu.Unlock()
+			r.finish(&rep, nil)
+			return
+		}
+		rep.off = n // the writer goroutine writes the rest
+	}
+	r.queue = append(r.queue, rep)
+	r.mu.Unlock()
+	r.signal()
+}
+
+// replyNow sends a reply of a request that holds no slot (the reading
+// goroutine's own) and waits until it was written.
+func (r *replier) replyNow(cookie uint64, code uint32) error {
+	ch := make(chan error, 1)
+	r.send(outReply{cookie: cookie, code: code, written: ch})
+	return <-ch
+}
+
+// finish releases what a reply held once it was written, or dropped
+// with err.
+func (r *replier) finish(rep *outReply, err error) {
+	if rep.buf != nil {
+		putBuf(rep.buf)
+		rep.buf = nil
+	}
+	if rep.slot {
+		<-r.c.slots
+		r.c.running.Done()
+	}
+	if rep.written != nil {
+		rep.written <- err
+	}
+}
+
+// writer writes the replies that gather while another is being written,
+// each batch with one writev.
+func (r *replier) writer() {
+	var (
+		batch []outReply
+		bufs  net.Buffers
+		iovs  [][]byte
+	)
+	for range r.wake {
+		r.mu.Lock()
+		batch, r.queue = r.queue, batch[:0]
+		r.writing = len(batch) > 0
+		err, stopped := r.err, r.stopped
+		r.mu.Unlock()
+		if len(batch) > 0 {
+			if err == nil {
+				bufs = iovs[:0]
+				for i := range batch {
+					bufs = append(bufs, batch[i].bytes()[batch[i].off:])
+				}
+				iovs = bufs[:0]
+				if _, err = bufs.WriteTo(r.c.nc); err != nil {
+					r.c.log.Debug("nbd: write reply", "err", err)
+					r.c.abort()
+				}
+				clear(iovs[:cap(iovs)])
+			}
+			r.mu.Lock()
+			if err != nil && r.err == nil {
+				r.err = err
+			}
+			r.writing = false
+			if len(r.queue) > 0 || r.stopped {
+				r.signal()
+			}
+			r.mu.Unlock()
+			for i := range batch {
+				r.finish(&batch[i], err)
+				batch[i] = outReply{}
+			}
+			continue
+		}
+		if stopped {
+			return
+		}
+	}
 }

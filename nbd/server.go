@@ -124,6 +124,28 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// AsyncBackend is a Backend that can start reads and writes and report
+// their completion later, from any goroutine, so that the server holds
+// no goroutine per request while it runs: the connection's reading
+// goroutine starts each read and write, and the reply is written from the
+// completion. The server uses it, for reads and writes, when an export's
+// Backend has it; flushes, trims and zeroes still go through Backend's
+// methods.
+type AsyncBackend interface {
+	Backend
+	// StartReadAt starts filling p with the bytes at off, as ReadAt does,
+	// and returns at once, without blocking. done is called once — from
+	// any goroutine, possibly within StartReadAt — with nil once p holds
+	// the bytes, or with the error, as ReadAt would return it. p is the
+	// backend's until done is called. Once ctx ends, done must be called
+	// promptly.
+	StartReadAt(ctx context.Context, p []byte, off uint64, done func(error))
+	// StartWriteAt starts writing p at off, as WriteAt does (fua as
+	// WriteAt's), and returns at once, without blocking; done as
+	// StartReadAt's. p is the backend's until done is called.
+	StartWriteAt(ctx context.Context, p []byte, off uint64, fua bool, done func(error))
+}
+
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("nbd: server closed")
 
@@ -134,6 +156,10 @@ var ErrServerClosed = errors.New("nbd: server closed")
 // payload is read and discarded in small pieces, so the connection stays
 // usable. A WRITE longer than 32 MiB, which the protocol allows a server
 // to treat as a denial of service, ends the connection instead.
+//
+// The buffers a backend's ReadAt and WriteAt are given are reused for
+// later requests once the call returned: a backend must not keep them,
+// as an io.ReaderAt or io.WriterAt must not.
 type Server struct {
 	cfg Config
 	log *slog.Logger
