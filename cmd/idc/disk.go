@@ -330,8 +330,10 @@ func (t *diskTransport) disconnect(e uint64) {
 	delete(t.mem, e)
 }
 
-// Call implements disk.Transport: an asynchronous call of the epoch
-// (Epoch.Go), which ends with the epoch.
+// Call implements disk.Transport: an asynchronous call of the epoch,
+// which ends with the epoch. The disk keeps nothing of the response once
+// done returned (it copies a read's data), so the response's buffer goes
+// back to the channel then (Epoch.GoTransient).
 func (t *diskTransport) Call(e uint64, peer string, req []byte, done func([]byte, error)) {
 	t.mu.Lock()
 	ep := t.eps[e]
@@ -340,7 +342,7 @@ func (t *diskTransport) Call(e uint64, peer string, req []byte, done func([]byte
 		done(nil, fmt.Errorf("%w: epoch %d", idc.ErrEpochEnded, e))
 		return
 	}
-	ep.Go(peer, req, done)
+	ep.GoTransient(peer, req, done)
 }
 
 // Report implements disk.Transport.

@@ -31,7 +31,10 @@ import (
 type Transport interface {
 	// Call sends req to peer as a call of epoch e and calls done once, with
 	// the response or an error; done may run within Call (the disk calls
-	// Call without its lock). req is not used after done.
+	// Call without its lock). req is not used after done (the disk reuses
+	// its buffer), and resp need not outlive done: the disk copies what it
+	// keeps of it, so the transport may reuse resp's buffer once done
+	// returned.
 	Call(e uint64, peer string, req []byte, done func(resp []byte, err error))
 	// Report reports peer as a faulty path in epoch e (a fault report: the
 	// coordinator drops it in the next epoch).
@@ -96,9 +99,14 @@ type Stats struct {
 
 // pending is a request waiting for its outcome.
 type pending struct {
-	req  block.Request // Data owned by the disk
-	done func(Result)
-	data []byte // a read's data, from the answer to its latest sending
+	req     block.Request // Data owned by the disk (a write's, from d.bufs)
+	done    func(Result)
+	attempt uint32 // its latest sending
+	// A read's destination: the client's buffer (dst), if it gave one,
+	// and the data of the answer to its latest sending (data: dst, or a
+	// buffer of its own).
+	dst, data []byte
+	abandoned bool // its client went away: its buffer is no longer ours
 }
 
 // Disk is the multipath disk. Its methods are safe for concurrent use.
@@ -118,6 +126,7 @@ type Disk struct {
 	timerGen uint64
 	stats    Stats
 	closed   bool
+	bufs     buffers // payloads and request frames, for reuse
 }
 
 // New returns a disk; it does nothing until Connected.
@@ -152,13 +161,22 @@ func (d *Disk) Size() uint64 { return d.cfg.Size }
 
 // Submit starts a request: r's Op, Flags, Offset and Length (and Data for
 // a write, which Submit copies: the caller may reuse it at once); Token
-// and ID are the disk's to set. done is called once with the outcome,
-// never within Submit and never under the disk's lock. It returns the
-// request's ID, for Abandon.
+// and ID are the disk's to set. For a read, Data may be the buffer to
+// read into (Length bytes): the disk copies the data into it as the
+// storage's answer arrives, and the Result's Data is then that buffer;
+// it is the disk's until done runs or Abandon returns. done is called
+// once with the outcome, never within Submit and never under the disk's
+// lock. It returns the request's ID, for Abandon.
 func (d *Disk) Submit(r block.Request, done func(Result)) uint64 {
-	if r.Op == block.OpWrite {
-		r.Data = append([]byte(nil), r.Data...)
-	} else {
+	var dst []byte
+	switch {
+	case r.Op == block.OpWrite:
+		data := d.bufs.get(len(r.Data))
+		copy(data, r.Data)
+		r.Data = data
+	case r.Op == block.OpRead && len(r.Data) == int(r.Length) && r.Data != nil:
+		dst, r.Data = r.Data, nil
+	default:
 		r.Data = nil
 	}
 	r.Token = nil
@@ -166,7 +184,7 @@ func (d *Disk) Submit(r block.Request, done func(Result)) uint64 {
 	id := d.nextID
 	d.nextID++
 	r.ID = id
-	d.reqs[id] = &pending{req: r, done: done}
+	d.reqs[id] = &pending{req: r, done: done, dst: dst}
 	if err := d.m.Submit(id, d.cfg.Clock.Now()); err != nil {
 		panic(err) // IDs are the disk's own and count up
 	}
@@ -176,9 +194,13 @@ func (d *Disk) Submit(r block.Request, done func(Result)) uint64 {
 
 // Abandon says the client of request id went away: its outcome will not
 // be delivered, but the request is still carried to one, and requests
-// submitted from now on wait for it (core/multipath).
+// submitted from now on wait for it (core/multipath). Once it returns,
+// the disk no longer writes into a read's buffer.
 func (d *Disk) Abandon(id uint64) {
 	d.mu.Lock()
+	if p := d.reqs[id]; p != nil {
+		p.abandoned, p.dst, p.data = true, nil, nil
+	}
 	d.m.Abandon(id)
 	d.unlock()
 }
@@ -259,8 +281,16 @@ func (d *Disk) answered(s multipath.Send, resp []byte, err error) {
 			d.m.Failed(s.ID, s.Attempt, true)
 			break
 		}
-		if p := d.reqs[s.ID]; p != nil && a.Status == block.StatusOK && p.req.Op == block.OpRead {
-			p.data = a.Data
+		if p := d.reqs[s.ID]; p != nil && s.Attempt == p.attempt && a.Status == block.StatusOK && p.req.Op == block.OpRead && !p.abandoned {
+			// The answer that counts (the machine takes only the latest
+			// sending's): its data is copied now, as resp is the
+			// transport's once this returns.
+			if len(a.Data) == len(p.dst) {
+				p.data = p.dst
+			} else {
+				p.data = make([]byte, len(a.Data))
+			}
+			copy(p.data, a.Data)
 		}
 		if a.Status != block.StatusOK && a.Status != block.StatusFenced {
 			d.log.Debug("disk: request failed at the storage", "request", s.ID, "status", a.Status, "text", string(a.Data))
@@ -305,18 +335,26 @@ func (d *Disk) unlock() {
 				d.stats.Resent++
 			}
 			d.stats.Sent++
-			p.data = nil
+			p.data, p.attempt = nil, s.Attempt
 			r := p.req
 			r.Token = d.tok
-			frame := block.AppendRequest(make([]byte, 0, 64+len(d.tok)+len(r.Data)), r)
+			frame := block.AppendRequest(d.bufs.get(64 + len(d.tok) + len(r.Data))[:0], r)
 			calls = append(calls, func() {
-				d.cfg.Transport.Call(s.Epoch, s.Path, frame, func(resp []byte, err error) { d.answered(s, resp, err) })
+				d.cfg.Transport.Call(s.Epoch, s.Path, frame, func(resp []byte, err error) {
+					d.answered(s, resp, err)
+					d.bufs.put(frame) // not used after done
+				})
 			})
 		}
 		for _, dn := range rd.Done {
 			p := d.reqs[dn.ID]
 			delete(d.reqs, dn.ID)
 			d.stats.Done++
+			if p != nil && p.req.Op == block.OpWrite {
+				// Every sending copied the payload into its frame.
+				d.bufs.put(p.req.Data)
+				p.req.Data = nil
+			}
 			if dn.Abandoned || p == nil {
 				continue
 			}

@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -85,6 +89,7 @@ type fakeTransport struct {
 var errEnded = errors.New("epoch ended")
 
 func (f *fakeTransport) Call(e uint64, peer string, req []byte, done func([]byte, error)) {
+	req = bytes.Clone(req) // the disk reuses req's buffer once done ran
 	r, err := block.Parse(req)
 	if err != nil {
 		panic(err)
@@ -321,5 +326,286 @@ func TestConfig(t *testing.T) {
 	}
 	if _, err := New(ok); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReadInto: a read given a buffer is read into it as the answer that
+// counts arrives, and the Result's Data is that buffer; an answer to an
+// earlier sending is not copied; once Abandon returned, nothing is
+// written into the buffer any more; and the transport's response buffer
+// is not kept (it is scribbled over once done returned).
+func TestReadInto(t *testing.T) {
+	d, tr, _ := newTestDisk(t)
+	d.Connected(1, tok(1), []string{"a"})
+	answerScribbled := func(c *call, st block.Status, data []byte) {
+		resp := block.AppendAnswer(nil, block.Answer{Status: st, ID: c.req.ID, Data: data})
+		c.done(resp, nil)
+		for i := range resp {
+			resp[i] = 'X' // the transport reuses its buffer
+		}
+	}
+	buf := make([]byte, 4)
+	res := make(chan Result, 1)
+	d.Submit(block.Request{Op: block.OpRead, Offset: 512, Length: 4, Data: buf}, func(r Result) { res <- r })
+	first := tr.take()[0]
+	// The epoch ends; the next sends it again.
+	d.Disconnected(1)
+	d.Connected(2, tok(2), []string{"a"})
+	second := tr.take()[0]
+	answerScribbled(first, block.StatusOK, []byte("old!"))
+	if string(buf) != "\x00\x00\x00\x00" {
+		t.Fatalf("the answer to an earlier sending was copied: %q", buf)
+	}
+	answerScribbled(second, block.StatusOK, []byte("new!"))
+	r := <-res
+	if r.Status != block.StatusOK || string(r.Data) != "new!" || &r.Data[0] != &buf[0] {
+		t.Fatalf("outcome %+v, want new! in the caller's buffer", r)
+	}
+
+	// Abandoned: its buffer is left alone.
+	buf2 := make([]byte, 4)
+	id := d.Submit(block.Request{Op: block.OpRead, Length: 4, Data: buf2}, func(Result) { t.Error("an abandoned read's outcome was delivered") })
+	c := tr.take()[0]
+	d.Abandon(id)
+	answerScribbled(c, block.StatusOK, []byte("late"))
+	if string(buf2) != "\x00\x00\x00\x00" {
+		t.Fatalf("an abandoned read's buffer was written: %q", buf2)
+	}
+
+	// Without a buffer, the data is the disk's own copy.
+	d.Submit(block.Request{Op: block.OpRead, Length: 4}, func(r Result) { res <- r })
+	answerScribbled(tr.take()[0], block.StatusOK, []byte("mine"))
+	if r := <-res; string(r.Data) != "mine" {
+		t.Fatalf("outcome %+v", r)
+	}
+}
+
+// echoTransport answers every call at once, from within Call, reusing its
+// answer buffer: a transport that costs nothing, to count what the disk
+// allocates.
+type echoTransport struct {
+	mu   sync.Mutex
+	data []byte
+	buf  []byte
+}
+
+func (e *echoTransport) Call(_ uint64, _ string, req []byte, done func([]byte, error)) {
+	r, err := block.Parse(req)
+	if err != nil {
+		panic(err)
+	}
+	e.mu.Lock()
+	a := block.Answer{Status: block.StatusOK, ID: r.ID}
+	if r.Op == block.OpRead {
+		a.Data = e.data[:r.Length]
+	}
+	e.buf = block.AppendAnswer(e.buf[:0], a)
+	resp := e.buf
+	e.mu.Unlock()
+	done(resp, nil)
+}
+
+func (e *echoTransport) Report(uint64, string) {}
+
+// TestAllocations: reads into the caller's buffer and writes allocate far
+// less than their payload per request once the disk's buffers are warm:
+// request frames and payloads are reused.
+func TestAllocations(t *testing.T) {
+	tr := &echoTransport{data: make([]byte, 64<<10)}
+	d, err := New(Config{Size: 1 << 30, Transport: tr, Clock: clock.System(), EpochEnded: func(error) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Connected(1, tok(1), []string{"a"})
+	buf := make([]byte, 64<<10)
+	done := make(chan Result, 1)
+	perRequest := func(r block.Request, n int) float64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range n {
+			d.Submit(r, func(res Result) { done <- res })
+			if res := <-done; res.Status != block.StatusOK {
+				t.Fatalf("%s: %v", r.Op, res.Status)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		return float64(after.TotalAlloc-before.TotalAlloc) / float64(n)
+	}
+	for _, r := range []block.Request{
+		{Op: block.OpRead, Length: 64 << 10, Data: buf},
+		{Op: block.OpWrite, Length: 64 << 10, Data: buf},
+	} {
+		perRequest(r, 100)
+		if n := perRequest(r, 1000); n > 8<<10 {
+			t.Errorf("%s of 64 KiB: %.0f bytes allocated per request", r.Op, n)
+		} else {
+			t.Logf("%s of 64 KiB: %.0f bytes allocated per request", r.Op, n)
+		}
+	}
+}
+
+// memTransport is a path to a storage in memory that answers every call
+// from a goroutine of its own, as a channel's reading goroutine does;
+// while held, it keeps the calls without answering.
+type memTransport struct {
+	mu    sync.Mutex
+	mem   []byte
+	held  bool
+	calls []func()
+	wake  chan struct{}
+}
+
+func newMemTransport(size int) *memTransport {
+	m := &memTransport{mem: make([]byte, size), wake: make(chan struct{}, 1)}
+	go m.run()
+	return m
+}
+
+func (m *memTransport) Call(_ uint64, _ string, req []byte, done func([]byte, error)) {
+	r, err := block.Parse(req)
+	if err != nil {
+		panic(err)
+	}
+	var a block.Answer
+	m.mu.Lock()
+	a = block.Answer{Status: block.StatusOK, ID: r.ID}
+	switch r.Op {
+	case block.OpRead:
+		a.Data = bytes.Clone(m.mem[r.Offset : r.Offset+uint64(r.Length)])
+	case block.OpWrite:
+		copy(m.mem[r.Offset:], r.Data)
+	}
+	resp := block.AppendAnswer(nil, a)
+	m.calls = append(m.calls, func() {
+		done(resp, nil)
+		clear(resp) // the transport's buffer: not the disk's once done returned
+	})
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (m *memTransport) Report(uint64, string) {}
+
+func (m *memTransport) run() {
+	for range m.wake {
+		m.mu.Lock()
+		var calls []func()
+		if !m.held {
+			calls, m.calls = m.calls, nil
+		}
+		m.mu.Unlock()
+		for _, f := range calls {
+			f()
+		}
+	}
+}
+
+func (m *memTransport) hold(h bool) {
+	m.mu.Lock()
+	m.held = h
+	m.mu.Unlock()
+	m.wake <- struct{}{}
+}
+
+// TestAsyncBackend drives the disk's NBD backend through an NBD server,
+// whose reads and writes it starts without a goroutine each
+// (nbd.AsyncBackend): every byte lands where the client put it and reads
+// back; a client that goes away while its requests are in the disk ends
+// them (they are abandoned), so the server shuts down at once, and a
+// request sent afterwards waits until the abandoned ones have their
+// outcome.
+func TestAsyncBackend(t *testing.T) {
+	const size = 1 << 20
+	tr := newMemTransport(size)
+	d, err := New(Config{Size: size, Transport: tr, Clock: clock.System(), EpochEnded: func(error) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Connected(1, tok(1), []string{"a"})
+	be := Backend(d)
+	if _, ok := be.(nbd.AsyncBackend); !ok {
+		t.Fatal("the disk's backend is not an nbd.AsyncBackend")
+	}
+	srv, err := nbd.NewServer(nbd.Config{Exports: []nbd.Export{{Name: "x", Backend: be}}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nbd.NewClient(ctx, nc, nbd.ClientConfig{Export: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := make([]byte, size)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				off := (w*64 + i%64) * 2048
+				p := bytes.Repeat([]byte{byte(w*50 + i)}, 2048)
+				if err := c.WriteAt(ctx, p, uint64(off), i%5 == 0); err != nil {
+					t.Error(err)
+					return
+				}
+				copy(model[off:], p)
+				got := make([]byte, 2048)
+				if err := c.ReadAt(ctx, got, uint64(off)); err != nil || !bytes.Equal(got, p) {
+					t.Errorf("read back at %d: %v", off, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	all := make([]byte, size)
+	if err := c.ReadAt(ctx, all, 0); err != nil || !bytes.Equal(all, model) {
+		t.Fatalf("the disk differs from the model: %v", err)
+	}
+
+	// The path holds its answers; the client goes away.
+	tr.hold(true)
+	cctx, ccancel := context.WithCancel(ctx)
+	for i := range 4 {
+		wg.Go(func() { c.ReadAt(cctx, make([]byte, 512), uint64(i)*512) })
+	}
+	for d.Stats().Pending < 4 {
+		time.Sleep(time.Millisecond)
+	}
+	ccancel()
+	wg.Wait()
+	nc.Close() // gone, without a disconnect
+	c.Close()
+	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		t.Fatalf("Shutdown with requests in the disk: %v", err)
+	}
+	// Abandoned, they still hold back a request submitted now.
+	res := make(chan Result, 1)
+	d.Submit(block.Request{Op: block.OpRead, Length: 4}, func(r Result) { res <- r })
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case r := <-res:
+		t.Fatalf("a request overtook abandoned ones: %+v", r)
+	default:
+	}
+	tr.hold(false)
+	if r := <-res; r.Status != block.StatusOK {
+		t.Fatalf("after the abandoned requests: %+v", r)
 	}
 }
