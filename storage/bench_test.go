@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -43,7 +44,11 @@ func benchServer(b *testing.B, op block.Op, size, depth int) {
 	if err := g.Fence(context.Background(), "disk1", guard.Fence{Epoch: 2, Members: []proto.Ref{{ID: "ft", Incarnation: 3}}}); err != nil {
 		b.Fatal(err)
 	}
-	srv, err := NewServer(ServerConfig{Storage: st, Network: network.OS{}})
+	scfg := ServerConfig{Storage: st, Network: network.OS{}}
+	if os.Getenv("BENCH_INLINE") != "" {
+		scfg.Exec = func(fn func()) { fn() }
+	}
+	srv, err := NewServer(scfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +33,13 @@ type ServerConfig struct {
 	// Logger receives the server's logs (default: none).
 	Logger *slog.Logger
 	// Exec runs the serving of one request: the apply and the sending of
-	// its answer (default: go fn()). The simulator passes its own, which
-	// runs fn as an event of the store's node.
+	// its answer. The simulator passes its own, which runs fn as an event
+	// of the store's node. By default, a write that does not ask to be
+	// durable (no FUA) is served on the goroutine that received it, as it
+	// only reaches the page cache: that spares a goroutine and a thread's
+	// wake-up per write; every other request — a read, a flush, a FUA
+	// write, a trim or a zero, which may wait for the device — runs in a
+	// goroutine of its own.
 	Exec func(fn func())
 	// MaxInFlight bounds the requests of one connection served at once
 	// (default DefaultMaxInFlight); later ones wait, in order of arrival.
@@ -54,8 +60,9 @@ type ServerConfig struct {
 // request's ID. Answers go back in the order the requests finish, not the
 // order they came: the sender matches them by ID.
 //
-// Each request is served by ServerConfig.Exec — the guard's check and the
-// apply in one step (Storage.Serve), then the answer sent on the same
+// Each request is served by ServerConfig.Exec (by default, a write
+// without FUA on the goroutine that received it) — the guard's check and
+// the apply in one step (Storage.Serve), then the answer sent on the same
 // connection. At most MaxInFlight requests of a connection are served at
 // once; later ones wait in the connection's queue, which the server does
 // not bound itself: its senders do. A driver domain forwards the requests
@@ -69,14 +76,17 @@ type ServerConfig struct {
 // frame (network.MaxFrame) is invalid too.
 //
 // Like the other drivers, the server is event-driven over
-// network.Network: its callbacks take one lock, never block, and call
-// nothing (Exec, Send, Close) under it, so the simulator runs it
-// unchanged.
+// network.Network: its callbacks take one lock, never block (but for the
+// default Exec's writes to the page cache), and call nothing (Exec, Send,
+// Close) under it, so the simulator runs it unchanged.
 type Server struct {
 	st   *Storage
 	net  network.Network
 	log  *slog.Logger
 	exec func(func())
+	// inline: writes without FUA are served on the goroutine that
+	// received them (the default Exec).
+	inline bool
 	max  int
 	met  *serverMetrics
 
@@ -123,6 +133,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
 	}
+	inline := cfg.Exec == nil
 	if cfg.Exec == nil {
 		cfg.Exec = func(fn func()) { go fn() }
 	}
@@ -130,7 +141,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{
-		st: cfg.Storage, net: cfg.Network, log: cfg.Logger, exec: cfg.Exec, max: cfg.MaxInFlight,
+		st: cfg.Storage, net: cfg.Network, log: cfg.Logger, exec: cfg.Exec, inline: inline, max: cfg.MaxInFlight,
 		met:   newServerMetrics(cfg.Metrics, cfg.Name),
 		conns: map[*conn]struct{}{}, idle: make(chan struct{}),
 	}, nil
@@ -266,7 +277,18 @@ func (s *Server) onFrame(c *conn, frame []byte, err error) {
 func (s *Server) start(c *conn, frame []byte) {
 	c.running++
 	s.running++
+	if s.inline && cached(frame) {
+		s.later(func() { s.serve(c, frame) })
+		return
+	}
 	s.later(func() { s.exec(func() { s.serve(c, frame) }) })
+}
+
+// cached reports whether frame is a write that does not ask to be
+// durable: its apply only reaches the page cache.
+func cached(frame []byte) bool {
+	return len(frame) >= 4 && frame[0] == block.Version && block.Op(frame[1]) == block.OpWrite &&
+		binary.BigEndian.Uint16(frame[2:])&block.FlagFUA == 0
 }
 
 // serve serves one request of c and sends its answer; it runs in Exec.
