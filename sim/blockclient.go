@@ -243,10 +243,15 @@ func (c *blockClient) diskCrashed() {
 	})
 }
 
-// diskRestarted: the disk's process is back; the client reconnects.
+// diskRestarted: the disk's process is back; the client reconnects to
+// it (unless it died again meanwhile: then to the next one).
 func (c *blockClient) diskRestarted() {
 	w := c.w
+	proc := c.dr.proc
 	w.after(c.n.id, w.uniform(10*time.Millisecond, reconnectMax), "client reconnected", 0, 0, func() {
+		if c.dr.proc != proc || c.dr.dk == nil {
+			return
+		}
 		c.diskDown = false
 		c.reconnected()
 	})
