@@ -354,12 +354,36 @@ func (t *diskTransport) Report(e uint64, peer string) {
 		return // the epoch ended: the report would not count
 	}
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := m.ReportFault(ctx, peer); err != nil {
-			t.log.Info("fault report not counted", "peer", peer, "epoch", e, "err", err)
+		// A report the store did not take (no answer, no leader) is tried
+		// again while its epoch lasts: the disk sends nothing more through
+		// a path it reported until the next epoch, which only the report
+		// may bring. (The simulator found the disk waiting for good with
+		// one attempt.)
+		delay := 100 * time.Millisecond
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := m.ReportFault(ctx, peer)
+			cancel()
+			switch {
+			case err == nil:
+				return
+			case errors.Is(err, idc.ErrEpochEnded) || errors.Is(err, idc.ErrFenced) || errors.Is(err, idc.ErrLeft) ||
+				errors.Is(err, idc.ErrClosed) || !t.live(e):
+				t.log.Info("fault report not counted", "peer", peer, "epoch", e, "err", err)
+				return
+			}
+			t.log.Warn("fault report failed; trying again", "peer", peer, "epoch", e, "err", err, "in", delay)
+			time.Sleep(delay)
+			delay = min(2*delay, time.Second)
 		}
 	}()
+}
+
+// live says whether epoch e is still connected here.
+func (t *diskTransport) live(e uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.mem[e] != nil
 }
 
 // splitListen reads tcp://HOST:PORT or unix:///PATH.
