@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -44,11 +43,7 @@ func benchServer(b *testing.B, op block.Op, size, depth int) {
 	if err := g.Fence(context.Background(), "disk1", guard.Fence{Epoch: 2, Members: []proto.Ref{{ID: "ft", Incarnation: 3}}}); err != nil {
 		b.Fatal(err)
 	}
-	scfg := ServerConfig{Storage: st, Network: network.OS{}}
-	if os.Getenv("BENCH_INLINE") != "" {
-		scfg.Exec = func(fn func()) { fn() }
-	}
-	srv, err := NewServer(scfg)
+	srv, err := NewServer(ServerConfig{Storage: st, Network: network.OS{}})
 	if err != nil {
 		b.Fatal(err)
 	}

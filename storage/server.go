@@ -87,8 +87,8 @@ type Server struct {
 	// inline: writes without FUA are served on the goroutine that
 	// received them (the default Exec).
 	inline bool
-	max  int
-	met  *serverMetrics
+	max    int
+	met    *serverMetrics
 
 	bufs answerBufs // answers' buffers, once written
 
