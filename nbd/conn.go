@@ -631,6 +631,12 @@ func (c *conn) check(req request) (code uint32, ok bool) {
 	return 0, true
 }
 
+// maxDirect is the largest reply written at once by the goroutine that
+// has it: copying a larger one into the socket costs that goroutine
+// (another component's, for an AsyncBackend) more than handing it to the
+// writer goroutine, which writes it while the completions go on.
+const maxDirect = 16 << 10
+
 // outReply is a simple reply waiting to be written.
 type outReply struct {
 	cookie uint64
@@ -660,12 +666,12 @@ func (r *outReply) bytes() []byte {
 }
 
 // replier writes a connection's replies, in the order they are ready. A
-// reply ready while nothing waits to be written is written at once by
-// the goroutine that has it, with one non-blocking write, so that a
+// small reply ready while nothing waits to be written is written at once
+// by the goroutine that has it, with one non-blocking write, so that a
 // request completed on another component's goroutine (an AsyncBackend's)
-// never blocks that goroutine; what the socket does not take at once, and
-// the replies that come meanwhile, go to the writer goroutine, which
-// writes all that has gathered with one writev. A reply holds its
+// never blocks that goroutine; what the socket does not take at once, the
+// replies that come meanwhile, and the large ones (maxDirect), go to the
+// writer goroutine, which writes all that has gathered with one writev. A reply holds its
 // request's slot until it was written, so a client that reads no replies
 // holds its connection at MaxInFlight requests.
 type replier struct {
@@ -730,7 +736,7 @@ func (r *replier) send(rep outReply) {
 		r.finish(&rep, err)
 		return
 	}
-	if !r.writing && len(r.queue) == 0 && r.raw != nil {
+	if !r.writing && len(r.queue) == 0 && r.raw != nil && (rep.buf == nil || len(*rep.buf) <= maxDirect) {
 		b := rep.bytes()
 		r.direct = b
 		err := r.raw.Write(r.writeFn)
