@@ -34,6 +34,7 @@ type diskOptions struct {
 	maxRequest  int
 	addressFile string
 	drain       time.Duration
+	procs       int
 }
 
 // blockMessageMax is the channel message size the disk and the driver
@@ -87,6 +88,7 @@ the storage as its resource; --size must not exceed the storage's.`,
 	f.IntVar(&o.maxRequest, "max-request", 1<<20, "the largest NBD read or write accepted, in bytes (a power of two, 4096 to 4 MiB); clients split larger ones")
 	f.StringVar(&o.addressFile, "address-file", "", "write the NBD address there once serving (atomically), for scripts")
 	f.DurationVar(&o.drain, "drain", 10*time.Second, "on interrupt, how long to let requests in flight finish before ending them")
+	f.IntVar(&o.procs, "procs", 1, procsUsage)
 	return cmd
 }
 
@@ -108,6 +110,8 @@ func (o *diskOptions) validate() (uint64, error) {
 		return 0, fmt.Errorf("%w: --max-request %d must be a power of two from 4096 to 4 MiB", proto.ErrConfig, o.maxRequest)
 	case o.timeout <= 0 || o.retryDelay <= 0 || o.drain < 0:
 		return 0, fmt.Errorf("%w: --timeout, --retry-delay must be positive and --drain not negative", proto.ErrConfig)
+	case o.procs < 0:
+		return 0, fmt.Errorf("%w: --procs %d: want 0 (Go's default) or more", proto.ErrConfig, o.procs)
 	}
 	if _, _, err := splitListen(o.nbdListen); err != nil {
 		return 0, fmt.Errorf("%w: --nbd-listen: %w", proto.ErrConfig, err)
@@ -131,6 +135,7 @@ func runDisk(ctx context.Context, g *globals, o *diskOptions, out io.Writer) err
 	if err != nil {
 		return err
 	}
+	setProcs(o.procs)
 	log := g.logger().With("group", o.member.group, "domain", o.member.id)
 	network, addr, _ := splitListen(o.nbdListen)
 	if network == "unix" {

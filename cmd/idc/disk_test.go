@@ -38,6 +38,7 @@ func TestDiskBadInput(t *testing.T) {
 		{"max request", append([]string{"--max-request", "3000"}, base...), "--max-request"},
 		{"max request too large", append([]string{"--max-request", "8388608"}, base...), "--max-request"},
 		{"timeout", append([]string{"--timeout", "0s"}, base...), "--timeout"},
+		{"procs", append([]string{"--procs", "-1"}, base...), "--procs -1"},
 		{"paths twice", append([]string{"--paths", "a,a"}, base...), "listed twice"},
 		{"paths itself", append([]string{"--paths", "disk"}, base...), "the disk itself"},
 		{"lease", append([]string{"--lease-ttl", "1s"}, base...), "lease TTL"},

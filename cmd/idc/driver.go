@@ -26,6 +26,7 @@ type driverOptions struct {
 	storage            string
 	storageFile        string
 	storageDialTimeout time.Duration
+	procs              int
 }
 
 func newDriverCmd(g *globals) *cobra.Command {
@@ -67,6 +68,7 @@ The storage's address is --storage, or --storage-file: a file holding it
 	f.StringVar(&o.storage, "storage", "", "the storage's address: tcp://HOST:PORT or unix:///PATH (or --storage-file)")
 	f.StringVar(&o.storageFile, "storage-file", "", "a file holding the storage's address, as idc storage --address-file writes it; waited for up to --dial-timeout")
 	f.DurationVar(&o.storageDialTimeout, "storage-dial-timeout", forwarder.DefaultDialTimeout, "how long to wait for a connection to the storage before the epoch's requests through this driver fail")
+	f.IntVar(&o.procs, "procs", 1, procsUsage)
 	return cmd
 }
 
@@ -81,6 +83,8 @@ func (o *driverOptions) validate() error {
 		return fmt.Errorf("%w: give --storage or --storage-file, not both", proto.ErrConfig)
 	case o.storageDialTimeout <= 0:
 		return fmt.Errorf("%w: --storage-dial-timeout %v must be positive", proto.ErrConfig, o.storageDialTimeout)
+	case o.procs < 0:
+		return fmt.Errorf("%w: --procs %d: want 0 (Go's default) or more", proto.ErrConfig, o.procs)
 	}
 	if o.storage != "" {
 		if err := forwarder.CheckAddress(o.storage); err != nil {
@@ -94,6 +98,7 @@ func runDriver(ctx context.Context, g *globals, o *driverOptions, out io.Writer)
 	if err := o.validate(); err != nil {
 		return err
 	}
+	setProcs(o.procs)
 	id := o.member.id
 	// The membership and the forwarder add the domain (and the membership
 	// the group) to what they log.

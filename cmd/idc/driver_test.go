@@ -41,6 +41,7 @@ func TestDriverBadInput(t *testing.T) {
 		{"listen not host:port", append([]string{"--group", "g", "--id", "driver-a", "--listen", "tcp://127.0.0.1"}, storage...), "--listen"},
 		{"no listen", append([]string{"--group", "g", "--id", "driver-a", "--listen", ""}, storage...), "--listen is empty"},
 		{"lease", append([]string{"--group", "g", "--id", "driver-a", "--lease-ttl", "1500ms"}, storage...), "lease TTL"},
+		{"procs", append([]string{"--group", "g", "--id", "driver-a", "--procs", "-1"}, storage...), "--procs -1"},
 		{"storage file a directory", []string{"--group", "g", "--id", "driver-a", "--storage-file", dir}, "--storage-file"},
 		{"storage file garbage", []string{"--group", "g", "--id", "driver-a", "--storage-file", garbage}, `storage address "storage.example:9000"`},
 		{"storage file absent", []string{"--group", "g", "--id", "driver-a", "--storage-file", filepath.Join(dir, "none"), "--dial-timeout", "200ms"}, "did not appear within --dial-timeout 200ms"},

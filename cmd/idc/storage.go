@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -34,6 +35,7 @@ type storageOptions struct {
 	metricsListen   string
 	maxInFlight     int
 	shutdownTimeout time.Duration
+	procs           int
 }
 
 // storagePlan is what idc storage's flags come to, once checked.
@@ -95,6 +97,7 @@ way, flushes the apply log, closes the file and stops fencing.`,
 	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve the store's Prometheus metrics at this host:port under /metrics (default: off)")
 	f.IntVar(&o.maxInFlight, "max-in-flight", storage.DefaultMaxInFlight, "requests of one connection applied at once; later ones wait")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on exit, how long to wait for the requests under way")
+	f.IntVar(&o.procs, "procs", 1, procsUsage)
 	return cmd
 }
 
@@ -116,6 +119,8 @@ func (o *storageOptions) validate() (storagePlan, error) {
 		return bad("--max-in-flight %d: want at least 1", o.maxInFlight)
 	case o.shutdownTimeout <= 0:
 		return bad("--shutdown-timeout %v must be positive", o.shutdownTimeout)
+	case o.procs < 0:
+		return bad("--procs %d: want 0 (Go's default) or more", o.procs)
 	}
 	for _, gr := range o.groups {
 		if err := proto.CheckName("group", gr); err != nil {
@@ -176,6 +181,7 @@ func runStorage(ctx context.Context, g *globals, o *storageOptions, out io.Write
 	if err != nil {
 		return err
 	}
+	setProcs(o.procs)
 	log := g.logger().With("resource", o.resource)
 	cli, err := g.dial(ctx)
 	if err != nil {
@@ -311,4 +317,16 @@ func removeStaleStorageSocket(path string) error {
 		return fmt.Errorf("%w: --listen %s: another server is listening there", proto.ErrConfig, path)
 	}
 	return os.Remove(path)
+}
+
+// procsUsage is the usage of --procs, which the storage scenario's
+// processes (idc storage, driver, disk) share.
+const procsUsage = "how many threads run Go code at once (GOMAXPROCS); 0 keeps Go's default (the environment's GOMAXPROCS, else the CPUs). " +
+	"The data path is event-driven: with one, a request handed from one goroutine to another wakes no thread"
+
+// setProcs sets GOMAXPROCS to n, if n is positive.
+func setProcs(n int) {
+	if n > 0 {
+		runtime.GOMAXPROCS(n)
+	}
 }

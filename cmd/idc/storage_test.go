@@ -52,6 +52,7 @@ func TestStorageRefusesBadInput(t *testing.T) {
 		{"bad listen", []string{"--file", fresh, "--size", "1M", "--group", "g", "--listen", "http://127.0.0.1:1"}, "--listen"},
 		{"relative unix listen", []string{"--file", fresh, "--size", "1M", "--group", "g", "--listen", "unix://s.sock"}, "--listen"},
 		{"bad max in flight", []string{"--file", fresh, "--size", "1M", "--group", "g", "--max-in-flight", "0"}, "--max-in-flight 0"},
+		{"bad procs", []string{"--file", fresh, "--size", "1M", "--group", "g", "--procs", "-1"}, "--procs -1"},
 		{"no size for a new file", []string{"--file", fresh, "--group", "g"}, "does not exist: give --size"},
 		{"file too small", []string{"--file", small, "--size", "64K", "--group", "g"}, "holds 4096 bytes (4 KiB), fewer than --size 64K (65536 bytes)"},
 		{"file not whole blocks", []string{"--file", odd, "--group", "g"}, "holds 5000 bytes, not a whole number of blocks of 4096"},
