@@ -143,8 +143,12 @@ type doneCall struct {
 }
 
 const (
-	// readBuffer is the size of a connection's read buffer.
-	readBuffer = 32 << 10
+	// readBuffer is the size of a connection's read buffer, and
+	// largeReadBuffer its size once a frame larger than readBuffer came:
+	// then one read takes a whole large frame, where a small buffer takes
+	// two or three (a 64 KiB frame over TCP arrives in pieces).
+	readBuffer      = 32 << 10
+	largeReadBuffer = 256 << 10
 	// blockSize is the size of the blocks small frames are read into, and
 	// smallFrame the largest such frame: a frame the application keeps
 	// keeps at most blockSize bytes alive.
@@ -438,7 +442,9 @@ func (c *osConn) send(frame []byte, done func(error), now bool) bool {
 // out of a shared block (capacity its length); a larger one is read into
 // a buffer of its size class (its capacity), from the connection's pool
 // if one was released. A frame belongs to fn's caller until it is
-// released: nothing is read into a buffer that was not.
+// released: nothing is read into a buffer that was not. The connection
+// reads through a buffer of readBuffer bytes, and of largeReadBuffer once
+// a frame larger than readBuffer came.
 func (c *osConn) Receive(fn func([]byte, error)) {
 	c.recv.Do(func() {
 		go func() {
@@ -446,6 +452,7 @@ func (c *osConn) Receive(fn func([]byte, error)) {
 			var (
 				hdr   [4]byte
 				block []byte
+				large bool // r is of largeReadBuffer
 			)
 			for {
 				if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -473,6 +480,11 @@ func (c *osConn) Receive(fn func([]byte, error)) {
 				}
 				if c.corked.Load() {
 					c.corked.Store(false)
+				}
+				if n > readBuffer && !large && r.Buffered() == 0 {
+					// Large frames come: a larger buffer from now on
+					// (nothing is buffered in this one to carry over).
+					r, large = bufio.NewReaderSize(c.c, largeReadBuffer), true
 				}
 				fn(b, nil)
 			}

@@ -155,3 +155,58 @@ func TestOSErrors(t *testing.T) {
 		t.Errorf("dial of a closed port: %v, want ErrUnreachable", err)
 	}
 }
+
+// TestOSLargeFramesAmongSmall: a stream that mixes small frames with
+// frames larger than the read buffer — sent in bursts, so that small
+// frames are buffered behind a large one, and then alone — arrives whole
+// and in order, across the connection's switch to its larger read buffer.
+func TestOSLargeFramesAmongSmall(t *testing.T) {
+	for _, addr := range []string{"tcp://127.0.0.1:0", "unix://" + filepath.Join(t.TempDir(), "s")} {
+		t.Run(addr[:4], func(t *testing.T) {
+			c, s := pair(t, addr)
+			sizes := []int{10, 100, readBuffer + 1, 50, 3 * readBuffer, 7, 64 << 10, largeReadBuffer + 3, 1, 2 << 20, 300}
+			frame := func(i int) []byte {
+				n := sizes[i%len(sizes)]
+				b := make([]byte, n)
+				for j := range b {
+					b[j] = byte(i*13 + j/5)
+				}
+				return b
+			}
+			const n = 300
+			got := make(chan []byte, n)
+			s.Receive(func(b []byte, err error) {
+				if err == nil {
+					got <- append([]byte(nil), b...)
+				}
+			})
+			go func() {
+				sent := make(chan error, SendWindow)
+				inflight := 0
+				for i := range n {
+					if inflight == SendWindow/2 || i%37 == 0 { // bursts, then a pause
+						for ; inflight > 0; inflight-- {
+							if err := <-sent; err != nil {
+								t.Error(err)
+								return
+							}
+						}
+						time.Sleep(time.Millisecond)
+					}
+					c.Send(frame(i), func(err error) { sent <- err })
+					inflight++
+				}
+			}()
+			for i := range n {
+				select {
+				case b := <-got:
+					if want := frame(i); string(b) != string(want) {
+						t.Fatalf("frame %d: %d bytes, want %d intact", i, len(b), len(want))
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("frame %d never arrived", i)
+				}
+			}
+		})
+	}
+}
