@@ -243,10 +243,10 @@ type request struct {
 	id       uint64
 	data     []byte
 	done     func(Answer, error)
-	release  func() // called once data is no longer used (nil: none)
-	start    time.Duration
-	wired    bool // handed to cn (and not refused with network.ErrBusy)
-	sending  bool // handed to cn, its send callback not run yet
+	release  func()        // called once data is no longer used (nil: none)
+	start    time.Duration // when Forward took it (with Config.Metrics only)
+	wired    bool          // handed to cn (and not refused with network.ErrBusy)
+	sending  bool          // handed to cn, its send callback not run yet
 	finished bool
 	sentFn   func(error) // the send callback, made once per request
 }
@@ -334,7 +334,10 @@ func (f *Forwarder) ForwardThen(epoch uint64, req []byte, done func(Answer, erro
 	}
 	cn := f.cur
 	r := f.newRequest()
-	r.cn, r.id, r.data, r.done, r.release, r.start = cn, br.ID, req, done, release, f.cfg.Clock.Now()
+	r.cn, r.id, r.data, r.done, r.release = cn, br.ID, req, done, release
+	if f.cfg.Metrics != nil {
+		r.start = f.cfg.Clock.Now() // for the latency histogram only
+	}
 	cn.pending[r.id] = r
 	f.stats.Pending++
 	switch {
@@ -683,7 +686,9 @@ func (f *Forwarder) answer(cn *conn, b []byte) {
 	}
 	f.stats.Answered++
 	f.met.answered.Inc()
-	f.met.seconds.Observe((f.cfg.Clock.Now() - r.start).Seconds())
+	if f.cfg.Metrics != nil {
+		f.met.seconds.Observe((f.cfg.Clock.Now() - r.start).Seconds())
+	}
 	f.finish(r, Answer{Frame: b, rel: cn.rel}, nil)
 }
 
