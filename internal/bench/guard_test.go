@@ -38,10 +38,13 @@ func TestGuardMeasure(t *testing.T) {
 					t.Fatalf("%+v: a figure is not positive", r)
 				}
 			}
-			// A real allocation per request would be 1 or more; the
-			// process's own (the collector's, timers') a few thousandths
-			// at most.
-			if a := MedianFloat(r.Allocs); a >= 0.01 {
+			// The count is the whole process's: the collector's, timers',
+			// and what goroutines of earlier tests still do. Those are a
+			// few allocations per sample whatever its length, so with the
+			// 5 ms samples here, on a loaded machine, they came to 0.0135
+			// per request. An allocation per request (or per other
+			// request) is 0.5 or more, whatever the machine's speed.
+			if a := MedianFloat(r.Allocs); a >= 0.5 {
 				t.Errorf("%s with %d appliers: %.4f allocations per request, want 0", r.Kind, r.Concurrency, a)
 			}
 		case GuardFence:
