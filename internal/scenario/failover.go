@@ -272,11 +272,12 @@ func refusedWrites(path string) int {
 // until a write it forwarded is held there (the proxy reads on while it
 // holds, so the rest of a request whose first bytes it holds follows).
 func holdForwarded(ctx context.Context, p *Proxy) error {
-	p.Hold()
-	for p.HeldBytes() < 4096+64 {
+	p.HoldForward() // answers still come back, so the writes go on coming
+	defer p.Hold()
+	for p.HeldForward() < 4096+64 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("scenario: no write held on its way to the storage (%d bytes held): %w", p.HeldBytes(), ctx.Err())
+			return fmt.Errorf("scenario: no write held on its way to the storage (%d bytes held towards it): %w", p.HeldForward(), ctx.Err())
 		case <-time.After(time.Millisecond):
 		}
 	}

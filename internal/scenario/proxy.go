@@ -13,13 +13,23 @@ type Proxy struct {
 	l      net.Listener
 	target string
 
-	mu        sync.Mutex
-	cond      *sync.Cond
-	held      bool
-	conns     map[net.Conn]struct{}
-	closed    bool
-	wg        sync.WaitGroup
-	heldBytes int // bytes read and not yet written on
+	mu          sync.Mutex
+	cond        *sync.Cond
+	held        bool
+	conns       map[net.Conn]struct{}
+	closed      bool
+	wg          sync.WaitGroup
+	heldBytes   int  // bytes read and not yet written on
+	heldForward int  // of those, towards the target
+	heldFwd     bool // HoldForward
+}
+
+// HeldForward returns how many of the bytes held go towards the target
+// (a driver's requests to the storage, not the answers coming back).
+func (p *Proxy) HeldForward() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.heldForward
 }
 
 // HeldBytes returns how many bytes the proxy has read and not yet
@@ -56,10 +66,21 @@ func (p *Proxy) Hold() {
 	p.mu.Unlock()
 }
 
+// HoldForward holds only what goes towards the target (a driver's
+// requests to the storage), letting the answers back through.
+func (p *Proxy) HoldForward() {
+	p.mu.Lock()
+	p.heldFwd = true
+	p.mu.Unlock()
+}
+
+// holds says whether a direction is held. Called with p.mu held.
+func (p *Proxy) holds(forward bool) bool { return p.held || forward && p.heldFwd }
+
 // Release forwards what waited, and everything after.
 func (p *Proxy) Release() {
 	p.mu.Lock()
-	p.held = false
+	p.held, p.heldFwd = false, false
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
@@ -78,7 +99,7 @@ func (p *Proxy) Cut() {
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
-	p.held = false
+	p.held, p.heldFwd = false, false
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	p.l.Close()
@@ -105,8 +126,8 @@ func (p *Proxy) accept() {
 		var left sync.WaitGroup // both directions: then both connections close
 		left.Add(2)
 		go func() { left.Wait(); p.untrack(c, t) }()
-		go p.pipe(t, c, &left)
-		go p.pipe(c, t, &left)
+		go p.pipe(t, c, &left, true)
+		go p.pipe(c, t, &left, false)
 	}
 }
 
@@ -144,7 +165,7 @@ func (p *Proxy) untrack(c ...net.Conn) {
 // reset, which drops what its kernel had not sent yet) has every byte it
 // sent delivered on Release. When src ends, dst is closed for writing
 // after the queue drained.
-func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
+func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup, forward bool) {
 	defer p.wg.Done()
 	defer left.Done()
 	var (
@@ -157,7 +178,7 @@ func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
 		defer close(wrote)
 		for {
 			p.mu.Lock()
-			for !(!p.held && len(queue) > 0) && !(eof && len(queue) == 0) {
+			for !(!p.holds(forward) && len(queue) > 0) && !(eof && len(queue) == 0) {
 				p.cond.Wait()
 			}
 			if len(queue) == 0 { // src ended and everything is written
@@ -170,6 +191,9 @@ func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
 			b := queue[0]
 			queue = queue[1:]
 			p.heldBytes -= len(b)
+			if forward {
+				p.heldForward -= len(b)
+			}
 			p.mu.Unlock()
 			if broken {
 				continue // dst is gone: what comes for it is dropped
@@ -188,6 +212,9 @@ func (p *Proxy) pipe(dst, src net.Conn, left *sync.WaitGroup) {
 		if n > 0 {
 			queue = append(queue, buf[:n])
 			p.heldBytes += n
+			if forward {
+				p.heldForward += n
+			}
 		}
 		if err != nil {
 			eof = true
