@@ -371,7 +371,7 @@ func (s *Server) transmit(c *conn, a []byte) {
 	}
 	if c.now.SendNow(a, done) {
 		// Written at once: no callback follows.
-		s.bufs.put(a)
+		s.bufs.Put(a)
 		s.mu.Lock()
 		c.sending--
 		s.pump(c)
@@ -387,11 +387,11 @@ func (s *Server) sent(c *conn, a []byte, err error) {
 	c.sending--
 	switch {
 	case err == nil || c.ended:
-		s.bufs.put(a)
+		s.bufs.Put(a)
 	case errors.Is(err, network.ErrBusy):
 		c.out = append(c.out, a)
 	default:
-		s.bufs.put(a)
+		s.bufs.Put(a)
 		s.end(c, err)
 	}
 	s.pump(c)
@@ -418,7 +418,7 @@ func (s *Server) end(c *conn, err error) {
 		c.release(f)
 	}
 	for _, a := range c.out {
-		s.bufs.put(a)
+		s.bufs.Put(a)
 	}
 	dropped := len(c.queue) + len(c.out)
 	c.queue, c.out = nil, nil

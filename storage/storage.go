@@ -232,18 +232,18 @@ func (s *Storage) serve(r block.Request, t *guard.Ticket, bufs *answerBufs) ([]b
 	var a []byte
 	if r.Op == block.OpRead {
 		// Read straight into the answer, after its header.
-		a = bufs.get(answerHeader + int(r.Length))
+		a = bufs.Get(answerHeader + int(r.Length))
 		_, err = s.f.ReadAt(a[answerHeader:], int64(r.Offset))
 	} else {
 		err = s.apply(r, t)
 	}
 	s.g.End(t)
 	if err != nil {
-		bufs.put(a)
+		bufs.Put(a)
 		return answer(bufs, block.StatusIO, r.ID, err.Error()), block.StatusIO
 	}
 	if a == nil {
-		a = bufs.get(answerHeader)
+		a = bufs.Get(answerHeader)
 	}
 	putAnswerHeader(a, block.StatusOK, r.ID, len(a)-answerHeader)
 	return a, block.StatusOK
@@ -369,7 +369,7 @@ func (s *Storage) Close() error {
 // answer encodes an answer with text as its payload, in a buffer of bufs
 // (nil: a new one).
 func answer(bufs *answerBufs, st block.Status, id uint64, text string) []byte {
-	a := bufs.get(answerHeader + len(text))
+	a := bufs.Get(answerHeader + len(text))
 	putAnswerHeader(a, st, id, len(text))
 	copy(a[answerHeader:], text)
 	return a

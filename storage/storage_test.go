@@ -278,13 +278,13 @@ func TestAnswerBuffers(t *testing.T) {
 	for _, n := range []int{0, 1, 47, 48, 4096, 65536, 1 << 20} {
 		data := bytes.Repeat([]byte{byte(n)}, n)
 		for range 2 {
-			a := bufs.get(answerHeader + n)
+			a := bufs.Get(answerHeader + n)
 			putAnswerHeader(a, block.StatusOK, uint64(n), n)
 			copy(a[answerHeader:], data)
 			if want := block.AppendAnswer(nil, block.Answer{Status: block.StatusOK, ID: uint64(n), Data: data}); !bytes.Equal(a, want) {
 				t.Fatalf("%d bytes: % x, want % x", n, a[:answerHeader], want[:answerHeader])
 			}
-			bufs.put(a)
+			bufs.Put(a)
 		}
 		if got := answer(&bufs, block.StatusFenced, 5, "why"); !bytes.Equal(got, block.AppendAnswer(nil, block.Answer{Status: block.StatusFenced, ID: 5, Data: []byte("why")})) {
 			t.Fatalf("answer: % x", got)
@@ -302,6 +302,6 @@ func TestAnswerBuffers(t *testing.T) {
 		if err != nil || st != block.StatusOK || string(a.Data) != want {
 			t.Fatalf("read %d: %s %q %v, want %q", i, st, a.Data, err, want)
 		}
-		bufs.put(b)
+		bufs.Put(b)
 	}
 }

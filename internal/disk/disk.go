@@ -23,6 +23,7 @@ import (
 	"github.com/idc-dev/idc/block"
 	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/core/multipath"
+	"github.com/idc-dev/idc/internal/bufpool"
 	"github.com/idc-dev/idc/token"
 )
 
@@ -126,7 +127,7 @@ type Disk struct {
 	timerGen uint64
 	stats    Stats
 	closed   bool
-	bufs     buffers // payloads and request frames, for reuse
+	bufs     bufpool.Pool // payloads and request frames, for reuse (512 bytes and up)
 }
 
 // New returns a disk; it does nothing until Connected.
@@ -153,7 +154,9 @@ func New(cfg Config) (*Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	return &Disk{cfg: cfg, log: cfg.Logger, m: m, reqs: map[uint64]*pending{}, nextID: cfg.FirstID}, nil
+	d := &Disk{cfg: cfg, log: cfg.Logger, m: m, reqs: map[uint64]*pending{}, nextID: cfg.FirstID}
+	d.bufs.MinClass = 9 // 512 bytes: the smallest request
+	return d, nil
 }
 
 // Size returns the disk's size in bytes.
@@ -171,7 +174,7 @@ func (d *Disk) Submit(r block.Request, done func(Result)) uint64 {
 	var dst []byte
 	switch {
 	case r.Op == block.OpWrite:
-		data := d.bufs.get(len(r.Data))
+		data := d.bufs.Get(len(r.Data))
 		copy(data, r.Data)
 		r.Data = data
 	case r.Op == block.OpRead && len(r.Data) == int(r.Length) && r.Data != nil:
@@ -338,11 +341,11 @@ func (d *Disk) unlock() {
 			p.data, p.attempt = nil, s.Attempt
 			r := p.req
 			r.Token = d.tok
-			frame := block.AppendRequest(d.bufs.get(64 + len(d.tok) + len(r.Data))[:0], r)
+			frame := block.AppendRequest(d.bufs.Get(64 + len(d.tok) + len(r.Data))[:0], r)
 			calls = append(calls, func() {
 				d.cfg.Transport.Call(s.Epoch, s.Path, frame, func(resp []byte, err error) {
 					d.answered(s, resp, err)
-					d.bufs.put(frame) // not used after done
+					d.bufs.Put(frame) // not used after done
 				})
 			})
 		}
@@ -352,7 +355,7 @@ func (d *Disk) unlock() {
 			d.stats.Done++
 			if p != nil && p.req.Op == block.OpWrite {
 				// Every sending copied the payload into its frame.
-				d.bufs.put(p.req.Data)
+				d.bufs.Put(p.req.Data)
 				p.req.Data = nil
 			}
 			if dn.Abandoned || p == nil {
