@@ -25,7 +25,9 @@ func newBenchDiskCmd(*globals) *cobra.Command {
 		Long: `Starts the storage scenario as processes of this binary (an embedded store,
 the storage, two driver domains and the multipath disk, in a temporary
 directory) and, beside it, qemu-nbd serving a plain raw file of the same
-size. Then, --rounds times, it runs each fio job (its nbd engine, --iodepth
+size. It fills both disks with sequential writes first (reads are then of
+written blocks on both: qemu-nbd would answer never-written ones with
+holes, carrying no data). Then, --rounds times, it runs each fio job (its nbd engine, --iodepth
 requests in flight, --runtime seconds after a second of ramp) on qemu-nbd
 and then on the idc disk:
 

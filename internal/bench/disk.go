@@ -187,6 +187,16 @@ func diskThroughput(ctx context.Context, o DiskOptions) ([]DiskResult, error) {
 		return nil, err
 	}
 	defer stop()
+	// Fill both disks first, so that reads are of written blocks on both:
+	// qemu-nbd answers a never-written range with a hole (no data at all),
+	// and the storage reads one as zeroed pages, so a read figure of a
+	// sparse disk measures how much the writes before it filled.
+	for _, srv := range []struct{ name, uri string }{{"qemu-nbd", base}, {"idc disk", s.NBD}} {
+		o.say("filling %s (%s) with sequential 1 MiB writes", srv.name, o.Size)
+		if err := fillFio(ctx, srv.uri); err != nil {
+			return nil, fmt.Errorf("fio filling %s: %w", srv.name, err)
+		}
+	}
 	var out []DiskResult
 	for _, job := range diskJobs {
 		r := DiskResult{Kind: job.Name}
@@ -210,7 +220,7 @@ func diskThroughput(ctx context.Context, o DiskOptions) ([]DiskResult, error) {
 	return out, nil
 }
 
-// qemuNBD serves a new sparse raw file of size with qemu-nbd on a unix
+// qemuNBD serves a new (sparse) raw file of size with qemu-nbd on a unix
 // socket and returns its URI.
 func qemuNBD(ctx context.Context, dir, size string) (string, func(), error) {
 	file, sock := filepath.Join(dir, "baseline.img"), filepath.Join(dir, "baseline.sock")
@@ -234,6 +244,16 @@ func qemuNBD(ctx context.Context, dir, size string) (string, func(), error) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return "nbd+unix:///bench?socket=" + sock, stop, nil
+}
+
+// fillFio writes the whole disk at uri once, sequentially.
+func fillFio(ctx context.Context, uri string) error {
+	out, err := exec.CommandContext(ctx, "fio", "--name=fill", "--ioengine=nbd", "--uri="+uri, "--rw=write",
+		"--bs=1M", "--iodepth=4", "--output-format=terse").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
 }
 
 // runFio runs one fio job against uri and returns its IOPS and mean

@@ -159,9 +159,10 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	defer cancel()
 	s = &Scenario{cfg: cfg, procs: map[string]*Proc{}, proxies: map[string]*Proxies{}, out: &syncWriter{w: cfg.Output},
 		ApplyLog: filepath.Join(cfg.Dir, "apply.log"), File: filepath.Join(cfg.Dir, "storage.img")}
+	started := s // the returns below set s to nil
 	defer func() {
 		if err != nil {
-			s.Close()
+			started.Close()
 		}
 	}()
 	ports, err := freePorts(2)
@@ -196,7 +197,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	diskAddr := filepath.Join(cfg.Dir, "disk.addr")
 	if _, err := s.start(ctx, "disk", append([]string{"disk", "--group", cfg.Group, "--id", "disk", "--size", cfg.Size,
 		"--nbd-listen", "unix://" + filepath.Join(cfg.Dir, "disk.sock"), "--address-file", diskAddr,
-		"--timeout", cfg.Timeout.String()}, s.memberFlags()...), "path driver-"); err != nil {
+		"--timeout", cfg.Timeout.String()}, s.memberFlags("disk")...), "path driver-"); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(diskAddr)
@@ -207,15 +208,19 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	return s, nil
 }
 
-// memberFlags are the flags every member shares.
-func (s *Scenario) memberFlags() []string {
+// memberFlags are the flags every member shares. A member accepts
+// channels on a unix socket in the scenario's directory (all domains run
+// on this host, and a unix socket costs a third of loopback TCP's CPU per
+// frame); a proxied driver's flags then move its listener to TCP behind
+// its proxy.
+func (s *Scenario) memberFlags(name string) []string {
 	return []string{"--heartbeat", s.cfg.Heartbeat.String(), "--heartbeat-misses", strconv.Itoa(s.cfg.HeartbeatMisses),
-		"--lease-ttl", s.cfg.LeaseTTL.String(), "--listen", "tcp://127.0.0.1:0"}
+		"--lease-ttl", s.cfg.LeaseTTL.String(), "--listen", "unix://" + filepath.Join(s.cfg.Dir, name+".chan.sock")}
 }
 
 // StartDriver starts (or restarts) the driver domain name.
 func (s *Scenario) StartDriver(ctx context.Context, name string) error {
-	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name}, s.memberFlags()...)
+	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name}, s.memberFlags(name)...)
 	if slices.Contains(s.cfg.Proxied, name) {
 		px, flags, err := s.proxy(name)
 		if err != nil {
