@@ -1,7 +1,11 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
+	"os"
 	"strconv"
 )
 
@@ -66,4 +70,45 @@ func appendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	dst = append(dst, s...)
 	return append(dst, '"')
+}
+
+// OpenApplyLog opens the apply log at path for appending, creating it if
+// need be. A store killed while it wrote its log may have left a last
+// line cut short; OpenApplyLog cuts it off, so that the lines appended
+// next are whole, and returns how many bytes it dropped.
+func OpenApplyLog(path string) (*os.File, int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, 0, err
+	}
+	fail := func(err error) (*os.File, int64, error) {
+		f.Close()
+		return nil, 0, fmt.Errorf("apply log %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	// Find the last newline, reading backwards a piece at a time.
+	end, keep := fi.Size(), int64(0)
+	buf := make([]byte, 4096)
+	for off := end; off > 0 && keep == 0; {
+		n := min(off, int64(len(buf)))
+		off -= n
+		if _, err := f.ReadAt(buf[:n], off); err != nil {
+			return fail(err)
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			keep = off + int64(i) + 1
+		}
+	}
+	if keep < end {
+		if err := f.Truncate(keep); err != nil {
+			return fail(err)
+		}
+	}
+	if _, err := f.Seek(keep, io.SeekStart); err != nil {
+		return fail(err)
+	}
+	return f, end - keep, nil
 }

@@ -64,10 +64,17 @@ type Config struct {
 	// BlockSize is the size of a block (default 4096): requests need not
 	// be aligned to it, but the size is a whole number of blocks.
 	BlockSize int
-	// Guard checks every request; required. To record fences in the
-	// apply log, create it with guard.Config.OnFence calling the store's
-	// Fenced.
+	// Guard checks every request. To record fences in the apply log,
+	// create it with guard.Config.OnFence calling the store's Fenced.
+	// Unguarded must be set instead if it is nil.
 	Guard *guard.Guard
+	// Unguarded, with no Guard, makes a store that checks no token: it
+	// applies every well-formed request of any epoch, like a resource
+	// that cannot check tokens, the only kind lease mode alone is meant
+	// for (DESIGN §4: correct only under a bound on message delay). Its
+	// apply log still records each write's token. It exists to show what
+	// fencing prevents; it is never what a store should be.
+	Unguarded bool
 	// Log, if not nil, receives the apply log: one JSON object (Applied)
 	// a line, for every write, trim and zero applied, in the order of
 	// their applies, and for every fence that holds (Fenced). Lines are
@@ -132,8 +139,10 @@ func Open(cfg Config) (*Storage, error) {
 	switch {
 	case cfg.Path == "" && cfg.Backing == nil:
 		return nil, fmt.Errorf("%w: no path and no backing", ErrConfig)
-	case cfg.Guard == nil:
-		return nil, fmt.Errorf("%w: no guard", ErrConfig)
+	case cfg.Guard == nil && !cfg.Unguarded:
+		return nil, fmt.Errorf("%w: no guard (and not Unguarded)", ErrConfig)
+	case cfg.Guard != nil && cfg.Unguarded:
+		return nil, fmt.Errorf("%w: a guard, and Unguarded", ErrConfig)
 	case cfg.BlockSize < 512 || cfg.BlockSize&(cfg.BlockSize-1) != 0:
 		return nil, fmt.Errorf("%w: block size %d (want a power of two, at least 512)", ErrConfig, cfg.BlockSize)
 	case cfg.Size <= 0 || cfg.Size%int64(cfg.BlockSize) != 0:
@@ -218,7 +227,7 @@ func (s *Storage) serve(r block.Request, t *guard.Ticket, bufs *answerBufs) ([]b
 		return answer(bufs, block.StatusInvalid, r.ID, fmt.Sprintf("%s of %d bytes at %d beyond the size %d", r.Op, r.Length, r.Offset, s.size)), block.StatusInvalid
 	}
 	t.Write = r.Op.Writes()
-	n, err := s.g.BeginEncoded(r.Token, t)
+	n, err := s.begin(r.Token, t)
 	switch {
 	case errors.Is(err, guard.ErrRefused):
 		s.refused(r, err)
@@ -226,7 +235,7 @@ func (s *Storage) serve(r block.Request, t *guard.Ticket, bufs *answerBufs) ([]b
 	case err != nil:
 		return answer(bufs, block.StatusInvalid, r.ID, "token: "+err.Error()), block.StatusInvalid
 	case n != len(r.Token):
-		s.g.End(t)
+		s.end(t)
 		return answer(bufs, block.StatusInvalid, r.ID, "bytes after the token"), block.StatusInvalid
 	}
 	var a []byte
@@ -237,7 +246,7 @@ func (s *Storage) serve(r block.Request, t *guard.Ticket, bufs *answerBufs) ([]b
 	} else {
 		err = s.apply(r, t)
 	}
-	s.g.End(t)
+	s.end(t)
 	if err != nil {
 		bufs.Put(a)
 		return answer(bufs, block.StatusIO, r.ID, err.Error()), block.StatusIO
@@ -247,6 +256,28 @@ func (s *Storage) serve(r block.Request, t *guard.Ticket, bufs *answerBufs) ([]b
 	}
 	putAnswerHeader(a, block.StatusOK, r.ID, len(a)-answerHeader)
 	return a, block.StatusOK
+}
+
+// begin checks the token at the start of enc with the guard and begins
+// t's apply, or, unguarded, only decodes it into t.Token. It returns the
+// token's length in enc.
+func (s *Storage) begin(enc []byte, t *guard.Ticket) (int, error) {
+	if s.g != nil {
+		return s.g.BeginEncoded(enc, t)
+	}
+	tok, n, err := token.Parse(enc)
+	if err != nil {
+		return 0, err
+	}
+	t.Token = tok
+	return n, nil
+}
+
+// end ends t's apply at the guard, if there is one.
+func (s *Storage) end(t *guard.Ticket) {
+	if s.g != nil {
+		s.g.End(t)
+	}
 }
 
 // zeros is what trims and zeroes write, a piece at a time; never written

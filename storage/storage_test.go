@@ -185,6 +185,42 @@ func TestApplyLog(t *testing.T) {
 	}
 }
 
+// TestUnguarded: a store without a guard applies the writes of any epoch,
+// an ended one's after a later one's (what fencing prevents), and logs
+// each with its token; a malformed token is still invalid.
+func TestUnguarded(t *testing.T) {
+	var log bytes.Buffer
+	now := int64(0)
+	st, err := Open(Config{Backing: NewMemory(8192), Size: 8192, Unguarded: true, Log: &log, Now: func() int64 { now++; return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, r := range []block.Request{
+		{Op: block.OpWrite, Length: 4, ID: 1, Token: tokenOf(3), Data: []byte("new!")},
+		{Op: block.OpWrite, Length: 4, ID: 2, Token: tokenOf(2), Data: []byte("old!")},
+	} {
+		if a := serve(t, st, r); a.Status != block.StatusOK {
+			t.Fatalf("write %d: %s", r.ID, a.Status)
+		}
+	}
+	if a := serve(t, st, block.Request{Op: block.OpRead, Length: 4, ID: 3, Token: tokenOf(1)}); a.Status != block.StatusOK || string(a.Data) != "old!" {
+		t.Fatalf("read: %s %q, want the write of the ended epoch, applied last", a.Status, a.Data)
+	}
+	if a := serve(t, st, block.Request{Op: block.OpWrite, Length: 4, ID: 4, Token: []byte{99, 1, 2}, Data: []byte("bad!")}); a.Status != block.StatusInvalid {
+		t.Fatalf("a malformed token: %s, want invalid", a.Status)
+	}
+	if err := st.FlushLog(); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"op":"write","group":"disk1","epoch":3,"domain":"ft","incarnation":3,"id":1,"offset":0,"length":4,"at":1}
+{"op":"write","group":"disk1","epoch":2,"domain":"ft","incarnation":3,"id":2,"offset":0,"length":4,"at":2}
+`
+	if log.String() != want {
+		t.Fatalf("apply log:\n%s\nwant:\n%s", log.String(), want)
+	}
+}
+
 // TestMemory: memory reads as a file of its size does and never grows.
 func TestMemory(t *testing.T) {
 	m := NewMemory(8)
@@ -223,6 +259,7 @@ func TestOpenRefuses(t *testing.T) {
 		{"size not whole blocks", Config{Path: filepath.Join(dir, "b.img"), Size: 5000, Guard: g}},
 		{"bad block size", Config{Path: filepath.Join(dir, "c.img"), Size: 4096, BlockSize: 1000, Guard: g}},
 		{"file too small", Config{Path: small, Size: 8192, Guard: g}},
+		{"a guard and unguarded", Config{Path: filepath.Join(dir, "d.img"), Size: 4096, Guard: g, Unguarded: true}},
 	} {
 		if _, err := Open(tc.cfg); !errors.Is(err, ErrConfig) {
 			t.Errorf("%s: %v, want ErrConfig", tc.name, err)
@@ -303,5 +340,43 @@ func TestAnswerBuffers(t *testing.T) {
 			t.Fatalf("read %d: %s %q %v, want %q", i, st, a.Data, err, want)
 		}
 		bufs.Put(b)
+	}
+}
+
+// TestOpenApplyLog: a last line cut short (a store killed mid-write) is
+// cut off, whole lines are kept, and appends follow them.
+func TestOpenApplyLog(t *testing.T) {
+	long := bytes.Repeat([]byte("x"), 5000) // longer than one backward read
+	for _, tc := range []struct {
+		name, in, want string
+		dropped        int64
+	}{
+		{"new", "", "", 0},
+		{"whole lines", "a\nb\n", "a\nb\n", 0},
+		{"cut short", "a\nb\n{\"op\":\"wr", "a\nb\n", 9},
+		{"only a partial line", "{\"op", "", 4},
+		{"a long last line", "a\n" + string(long), "a\n", 5000},
+		{"a long whole line", string(long) + "\n", string(long) + "\n", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "apply.log")
+			if tc.in != "" {
+				if err := os.WriteFile(path, []byte(tc.in), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f, dropped, err := OpenApplyLog(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString("next\n"); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			got, _ := os.ReadFile(path)
+			if string(got) != tc.want+"next\n" || dropped != tc.dropped {
+				t.Fatalf("got %q, dropped %d; want %q, dropped %d", got, dropped, tc.want+"next\n", tc.dropped)
+			}
+		})
 	}
 }

@@ -36,6 +36,7 @@ type storageOptions struct {
 	maxInFlight     int
 	shutdownTimeout time.Duration
 	procs           int
+	unguarded       bool
 }
 
 // storagePlan is what idc storage's flags come to, once checked.
@@ -74,6 +75,12 @@ holds, for checkers. --address-file receives the address to dial once the
 store listens (written atomically; removed on exit), so that scripts and
 'idc driver --storage-file' find a port chosen by the system.
 
+With --unguarded the store checks no token and fences nothing (it does not
+register as a resource): it applies every request of any epoch, as a
+resource that cannot check tokens would. Lease mode alone is correct for
+such a resource only while no request is delayed longer than a lease; the
+demo runs it to show a stale write landing. Never use it for data.
+
 On SIGINT or SIGTERM the store stops accepting, answers the requests not
 yet started "shutdown", waits up to --shutdown-timeout for those under
 way, flushes the apply log, closes the file and stops fencing.`,
@@ -98,6 +105,7 @@ way, flushes the apply log, closes the file and stops fencing.`,
 	f.IntVar(&o.maxInFlight, "max-in-flight", storage.DefaultMaxInFlight, "requests of one connection applied at once; later ones wait")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on exit, how long to wait for the requests under way")
 	f.IntVar(&o.procs, "procs", 1, procsUsage)
+	f.BoolVar(&o.unguarded, "unguarded", false, "check no token and fence nothing: apply every request of any epoch, as a resource that cannot check tokens does (what lease mode alone is meant for); to show what fencing prevents, never for data that matters")
 	return cmd
 }
 
@@ -121,6 +129,8 @@ func (o *storageOptions) validate() (storagePlan, error) {
 		return bad("--shutdown-timeout %v must be positive", o.shutdownTimeout)
 	case o.procs < 0:
 		return bad("--procs %d: want 0 (Go's default) or more", o.procs)
+	case o.unguarded && o.writer != "":
+		return bad("--unguarded with --writer: an unguarded store checks no writer")
 	}
 	for _, gr := range o.groups {
 		if err := proto.CheckName("group", gr); err != nil {
@@ -191,9 +201,12 @@ func runStorage(ctx context.Context, g *globals, o *storageOptions, out io.Write
 
 	var applyLog io.Writer
 	if o.applyLog != "" {
-		lf, err := os.OpenFile(o.applyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		lf, dropped, err := storage.OpenApplyLog(o.applyLog)
 		if err != nil {
 			return fmt.Errorf("idc: storage: --apply-log: %w", err)
+		}
+		if dropped > 0 {
+			log.Warn("apply log: cut off its last line, left incomplete by a store that stopped while writing it", "bytes", dropped)
 		}
 		defer func() {
 			err = errors.Join(err, lf.Sync(), lf.Close())
@@ -205,12 +218,17 @@ func runStorage(ctx context.Context, g *globals, o *storageOptions, out io.Write
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// The guard is made before the store, whose apply log records its
 	// fences; fencing starts only once the store is open.
-	var st *storage.Storage
-	gd := guard.New(guard.Config{Name: o.resource, Metrics: reg, OnFence: func(group string, f guard.Fence) {
-		st.Fenced(group, f)
-		log.Info("fence holds", "group", group, "epoch", f.Epoch, "members", len(f.Members), "writer", f.Writer)
-	}})
-	st, err = storage.Open(storage.Config{Path: o.file, Size: p.size, BlockSize: o.blockSize, Guard: gd, Log: applyLog})
+	var (
+		st *storage.Storage
+		gd *guard.Guard
+	)
+	if !o.unguarded {
+		gd = guard.New(guard.Config{Name: o.resource, Metrics: reg, OnFence: func(group string, f guard.Fence) {
+			st.Fenced(group, f)
+			log.Info("fence holds", "group", group, "epoch", f.Epoch, "members", len(f.Members), "writer", f.Writer)
+		}})
+	}
+	st, err = storage.Open(storage.Config{Path: o.file, Size: p.size, BlockSize: o.blockSize, Guard: gd, Unguarded: o.unguarded, Log: applyLog})
 	if err != nil {
 		return err
 	}
@@ -236,13 +254,15 @@ func runStorage(ctx context.Context, g *globals, o *storageOptions, out io.Write
 		defer os.Remove(p.socket)
 	}
 
-	fencing, err := idc.Fence(ctx, idc.FencingConfig{
-		Resource: o.resource, Groups: o.groups, Writer: o.writer, Client: cli, Prefix: g.prefix, Logger: log,
-	}, gd)
-	if err != nil {
-		return err
+	if gd != nil {
+		fencing, err := idc.Fence(ctx, idc.FencingConfig{
+			Resource: o.resource, Groups: o.groups, Writer: o.writer, Client: cli, Prefix: g.prefix, Logger: log,
+		}, gd)
+		if err != nil {
+			return err
+		}
+		defer fencing.Stop()
 	}
-	defer fencing.Stop()
 
 	if o.metricsListen != "" {
 		stopMetrics, err := serveMetrics(o.metricsListen, reg, log)
@@ -257,8 +277,14 @@ func runStorage(ctx context.Context, g *globals, o *storageOptions, out io.Write
 		}
 		defer os.Remove(o.addressFile)
 	}
-	fmt.Fprintf(out, "storage: serving %s (%s, block %d) at %s for %s as resource %q%s\n",
-		o.file, formatBytes(uint64(p.size)), o.blockSize, addr, groupsText(o.groups), o.resource, writerText(o.writer))
+	if o.unguarded {
+		fmt.Fprintf(out, "storage: serving %s (%s, block %d) at %s for %s, UNGUARDED: no token is checked, a stale write lands\n",
+			o.file, formatBytes(uint64(p.size)), o.blockSize, addr, groupsText(o.groups))
+		log.Warn("unguarded: no token is checked")
+	} else {
+		fmt.Fprintf(out, "storage: serving %s (%s, block %d) at %s for %s as resource %q%s\n",
+			o.file, formatBytes(uint64(p.size)), o.blockSize, addr, groupsText(o.groups), o.resource, writerText(o.writer))
+	}
 	log.Info("serving", "file", o.file, "size", p.size, "created", p.create, "addr", addr, "groups", o.groups, "writer", o.writer)
 
 	// The apply log is written out every 100 ms, so that a storage killed

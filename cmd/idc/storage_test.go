@@ -45,6 +45,7 @@ func TestStorageRefusesBadInput(t *testing.T) {
 		{"bad group", []string{"--file", fresh, "--size", "1M", "--group", "g,a/b"}, "--group"},
 		{"bad resource", []string{"--file", fresh, "--size", "1M", "--group", "g", "--resource", ".x"}, "--resource"},
 		{"bad writer", []string{"--file", fresh, "--size", "1M", "--group", "g", "--writer", "a b"}, "--writer"},
+		{"unguarded with a writer", []string{"--file", fresh, "--size", "1M", "--group", "g", "--writer", "disk", "--unguarded"}, "--unguarded with --writer"},
 		{"bad size", []string{"--file", fresh, "--size", "12X", "--group", "g"}, `--size: "12X" is not a size`},
 		{"zero size", []string{"--file", fresh, "--size", "0", "--group", "g"}, "--size 0: want a positive multiple of the block size 4096"},
 		{"size not whole blocks", []string{"--file", fresh, "--size", "1000", "--group", "g"}, "--size 1000: want a positive multiple"},
