@@ -16,6 +16,11 @@ type ApplyLog struct {
 	// Stale lists the writes applied with an epoch older than a fence of
 	// their group that held before them: each one is a violation of G5.
 	Stale []storage.Applied
+	// Overtaken lists the writes applied after a write of a later epoch
+	// of their group: that epoch had connected (its token existed), so
+	// these are stale whether or not a fence held — the check of a store
+	// that logs no fences (an unguarded one).
+	Overtaken []storage.Applied
 	// Refused lists the requests the guard refused.
 	Refused []storage.Applied
 	// Epochs counts the writes applied per epoch.
@@ -35,6 +40,7 @@ func ReadApplyLog(path string) (ApplyLog, error) {
 	defer f.Close()
 	out := ApplyLog{Epochs: map[uint64]int{}, Fenced: map[uint64]int64{}}
 	floor := map[string]uint64{}
+	newest := map[string]uint64{} // the latest epoch applied, per group
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for n := 1; sc.Scan(); n++ {
@@ -57,6 +63,10 @@ func ReadApplyLog(path string) (ApplyLog, error) {
 		if a.Epoch < floor[a.Group] {
 			out.Stale = append(out.Stale, a)
 		}
+		if a.Epoch < newest[a.Group] {
+			out.Overtaken = append(out.Overtaken, a)
+		}
+		newest[a.Group] = max(newest[a.Group], a.Epoch)
 	}
 	return out, sc.Err()
 }

@@ -125,7 +125,7 @@ func RunFailover(ctx context.Context, cfg Config, fault Fault, warm int) (res Fa
 		return res, err
 	}
 	if _, _, err := disk.WaitFor(ctx, seen, func(l string) bool {
-		p, ok := pathOf(l)
+		p, ok := PathOf(l)
 		return ok && p != res.Driver && p != ""
 	}); err != nil {
 		return res, fmt.Errorf("scenario: the disk did not fail over from %s: %w", res.Driver, err)
@@ -192,25 +192,25 @@ func (s *Scenario) Path(ctx context.Context) (string, error) {
 	disk := s.Proc("disk")
 	lines := disk.Lines()
 	for i := len(lines) - 1; i >= 0; i-- {
-		if p, ok := pathOf(lines[i]); ok {
+		if p, ok := PathOf(lines[i]); ok {
 			if p != "" {
 				return p, nil
 			}
 			break
 		}
 	}
-	_, l, err := disk.WaitFor(ctx, len(lines), func(l string) bool { p, ok := pathOf(l); return ok && p != "" })
+	_, l, err := disk.WaitFor(ctx, len(lines), func(l string) bool { p, ok := PathOf(l); return ok && p != "" })
 	if err != nil {
 		return "", err
 	}
-	p, _ := pathOf(l)
+	p, _ := PathOf(l)
 	return p, nil
 }
 
-// pathOf reads the path of a line the disk prints when an epoch connects
+// PathOf reads the path of a line the disk prints when an epoch connects
 // ("disk: epoch 4 connected: disk, driver-b; path driver-b"): "" if it
 // has none; ok is false for other lines.
-func pathOf(line string) (path string, ok bool) {
+func PathOf(line string) (path string, ok bool) {
 	i := strings.LastIndex(line, "; path ")
 	if !strings.HasPrefix(line, "disk: epoch ") || i < 0 {
 		return "", false
@@ -250,6 +250,9 @@ func checkStorage(ctx context.Context, s *Scenario, w *Workload, at time.Time, r
 	}
 	if len(log.Stale) > 0 {
 		return fmt.Errorf("%w: G5: %d writes applied after the fence of a later epoch, first %+v", ErrCheck, len(log.Stale), log.Stale[0])
+	}
+	if len(log.Overtaken) > 0 {
+		return fmt.Errorf("%w: G5: %d writes applied after a write of a later epoch, first %+v", ErrCheck, len(log.Overtaken), log.Overtaken[0])
 	}
 	res.Writes = log.Writes
 	for _, ns := range log.Fenced {

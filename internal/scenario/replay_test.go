@@ -76,7 +76,7 @@ func TestReplayAfterReconnect(t *testing.T) {
 		t.Fatalf("qemu-io across the reconnect: %v\n%s", err, out)
 	}
 	// The write was acknowledged after the failover.
-	if _, _, err := s.Proc("disk").WaitFor(ctx, seen, func(l string) bool { p, ok := pathOf(l); return ok && p != "" && p != active }); err != nil {
+	if _, _, err := s.Proc("disk").WaitFor(ctx, seen, func(l string) bool { p, ok := PathOf(l); return ok && p != "" && p != active }); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := qemu("write -P 0x33 0 64k"); err != nil {

@@ -57,6 +57,11 @@ type Config struct {
 	// storage — go through a Proxy each, for the nemesis to hold, release
 	// or cut (Scenario.Proxies). The storage then listens on TCP.
 	Proxied []string
+	// Unguarded runs the storage with --unguarded: it checks no token,
+	// and the group expects no resource, so departures wait leases out
+	// (what lease mode alone is meant for: a resource that cannot check
+	// tokens). It shows what fencing prevents.
+	Unguarded bool
 	// Extra adds flags to a process's command line, by process name
 	// ("store", "storage", "disk" or a driver's name).
 	Extra map[string][]string
@@ -113,6 +118,9 @@ type Scenario struct {
 	closers []func()
 	out     *syncWriter
 }
+
+// Config returns the scenario's configuration, defaults filled in.
+func (s *Scenario) Config() Config { return s.cfg }
 
 // Proxies are the proxies of a driver's connections.
 type Proxies struct {
@@ -175,7 +183,13 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		"--mode", cfg.Mode}, "store: embedded etcd serving"); err != nil {
 		return nil, err
 	}
-	if err := s.run(ctx, "group", "set", cfg.Group, "--mode", cfg.Mode, "--resources", "storage"); err != nil {
+	groupArgs := []string{"group", "set", cfg.Group, "--mode", cfg.Mode, "--resources", "storage"}
+	storageArgs := []string{"--resource", "storage", "--writer", "disk"}
+	if cfg.Unguarded {
+		groupArgs = groupArgs[:len(groupArgs)-2]
+		storageArgs = []string{"--unguarded"}
+	}
+	if err := s.run(ctx, groupArgs...); err != nil {
 		return nil, err
 	}
 	storageAddr := filepath.Join(cfg.Dir, "storage.addr")
@@ -183,10 +197,9 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	if len(cfg.Proxied) > 0 {
 		storageListen = "tcp://127.0.0.1:0"
 	}
-	if _, err := s.start(ctx, "storage", []string{"storage", "--file", s.File, "--size", cfg.Size,
-		"--group", cfg.Group, "--resource", "storage", "--writer", "disk",
-		"--listen", storageListen,
-		"--apply-log", s.ApplyLog, "--address-file", storageAddr}, "storage: serving"); err != nil {
+	if _, err := s.start(ctx, "storage", append([]string{"storage", "--file", s.File, "--size", cfg.Size,
+		"--group", cfg.Group, "--listen", storageListen,
+		"--apply-log", s.ApplyLog, "--address-file", storageAddr}, storageArgs...), "storage: serving"); err != nil {
 		return nil, err
 	}
 	for _, d := range cfg.Drivers {

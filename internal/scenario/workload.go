@@ -30,7 +30,8 @@ type Workload struct {
 
 	mu     sync.Mutex
 	acks   []Ack
-	last   map[int]uint64 // block → the last acknowledged write
+	last   map[int]uint64    // block → the last acknowledged write
+	lastAt map[int]time.Time // block → when it was acknowledged
 	next   uint64
 	errors []error
 }
@@ -54,7 +55,7 @@ func (w *Workload) defaults() {
 		w.Workers = 8
 	}
 	if w.last == nil {
-		w.last = map[int]uint64{}
+		w.last, w.lastAt = map[int]uint64{}, map[int]time.Time{}
 	}
 }
 
@@ -90,7 +91,7 @@ func (w *Workload) Run(ctx context.Context) error {
 					w.errors = append(w.errors, fmt.Errorf("write %d to block %d: %w", n, b, err))
 				} else {
 					w.acks = append(w.acks, Ack{Block: b, Write: n, Start: start, At: at})
-					w.last[b] = n
+					w.last[b], w.lastAt[b] = n, at
 				}
 				w.mu.Unlock()
 				if err != nil {
@@ -110,6 +111,20 @@ func (w *Workload) Count() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.acks)
+}
+
+// AckedSince returns how many blocks had a write acknowledged at or after
+// t.
+func (w *Workload) AckedSince(t time.Time) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, at := range w.lastAt {
+		if !at.Before(t) {
+			n++
+		}
+	}
+	return n
 }
 
 // Acks returns the acknowledged writes in the order of their
