@@ -130,4 +130,3 @@ func TestLeaseLesson(t *testing.T) {
 	}
 	t.Logf("%d stale writes landed, first %+v", len(o.log.Overtaken), o.log.Overtaken[0])
 }
-
