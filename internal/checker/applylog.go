@@ -170,3 +170,23 @@ func describeStale(stale []staleWrite) string {
 func unixTime(ns int64) string {
 	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
 }
+
+// FirstApplies returns, for each epoch of the apply log's writes, when
+// its first write was applied: no earlier than the epoch connected (its
+// token did not exist before), so it can stand for History.Connected when
+// the connect times were not observed — a later time than the true
+// connect, which makes the stale check miss what lands in between, never
+// find what is not there.
+func FirstApplies(log []storage.Applied) map[uint64]time.Time {
+	out := map[uint64]time.Time{}
+	for _, a := range log {
+		if a.Op != "write" && a.Op != "trim" && a.Op != "zero" {
+			continue
+		}
+		t := time.Unix(0, a.At)
+		if old, ok := out[a.Epoch]; !ok || t.Before(old) {
+			out[a.Epoch] = t
+		}
+	}
+	return out
+}

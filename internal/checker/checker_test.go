@@ -466,3 +466,26 @@ func TestReadApplyLog(t *testing.T) {
 		})
 	}
 }
+
+// TestFirstApplies: each epoch's earliest write, trim or zero; fences,
+// refusals and later writes do not count.
+func TestFirstApplies(t *testing.T) {
+	log := []storage.Applied{
+		{Op: "fence", Epoch: 3, At: 1},
+		{Op: "refused", Epoch: 2, At: 2},
+		{Op: "write", Epoch: 3, At: 5},
+		{Op: "zero", Epoch: 2, At: 4},
+		{Op: "write", Epoch: 3, At: 3},
+		{Op: "trim", Epoch: 4, At: 9},
+	}
+	got := FirstApplies(log)
+	want := map[uint64]time.Time{2: time.Unix(0, 4), 3: time.Unix(0, 3), 4: time.Unix(0, 9)}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for e, w := range want {
+		if !got[e].Equal(w) {
+			t.Errorf("epoch %d: %v, want %v", e, got[e], w)
+		}
+	}
+}

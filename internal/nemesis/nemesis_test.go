@@ -6,7 +6,9 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/idc-dev/idc/internal/checker"
 	"github.com/idc-dev/idc/internal/scenario"
 	"github.com/idc-dev/idc/nbd"
 )
@@ -44,6 +46,7 @@ type outcome struct {
 	runErr  error // the workload's
 	verify  error // every block's last acknowledged write, through the disk
 	written int
+	verdict checker.Verdict
 }
 
 // run starts the scenario with every driver proxied, writes through its
@@ -64,7 +67,7 @@ func run(t *testing.T, cfg scenario.Config, sched Schedule) outcome {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	w := &scenario.Workload{Client: c, Blocks: 64}
+	w := &scenario.Workload{Client: c, Blocks: 64, Reads: 20}
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- w.Run(wctx) }()
@@ -77,10 +80,25 @@ func run(t *testing.T, cfg scenario.Config, sched Schedule) outcome {
 	}
 	out.written = w.Count()
 	out.verify = w.Verify(ctx, func(ctx context.Context, p []byte, off uint64) error { return c.ReadAt(ctx, p, off) })
+	final, err := w.Final(ctx, func(ctx context.Context, p []byte, off uint64) error { return c.ReadAt(ctx, p, off) })
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.Close() // the apply log flushed
 	if out.log, err = scenario.ReadApplyLog(s.ApplyLog); err != nil {
 		t.Fatal(err)
 	}
+	f, err := os.Open(s.ApplyLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	applied, err := checker.ReadApplyLog(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.verdict = checker.Check(checker.History{Ops: w.History(), Applied: applied, Connected: checker.FirstApplies(applied), Final: final}, time.Minute)
+	t.Logf("checker: %d writes (%d acknowledged), %d reads: ok %v %s", out.verdict.Writes, out.verdict.Acknowledged, out.verdict.Reads, out.verdict.OK, out.verdict.Reason)
 	return out
 }
 
@@ -101,6 +119,9 @@ func TestFaults(t *testing.T) {
 			}
 			if o.verify != nil {
 				t.Errorf("blocks: %v", o.verify)
+			}
+			if !o.verdict.OK {
+				t.Errorf("the checker: %s", o.verdict.Reason)
 			}
 			if len(o.log.Stale) > 0 || len(o.log.Overtaken) > 0 {
 				t.Errorf("stale writes applied: %d after a fence, %d after a later epoch's write", len(o.log.Stale), len(o.log.Overtaken))
@@ -127,6 +148,9 @@ func TestLeaseLesson(t *testing.T) {
 	o := run(t, scenario.Config{Mode: "lease", Unguarded: true}, Schedule{{Kind: HoldWrites, Target: Active}})
 	if len(o.log.Overtaken) == 0 {
 		t.Fatalf("no stale write landed (%d writes applied, %d refused)", o.log.Writes, len(o.log.Refused))
+	}
+	if o.verdict.OK || len(o.verdict.Stale) == 0 {
+		t.Fatalf("the checker found no stale write: %+v", o.verdict)
 	}
 	t.Logf("%d stale writes landed, first %+v", len(o.log.Overtaken), o.log.Overtaken[0])
 }

@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/idc-dev/idc/internal/checker"
 	"github.com/idc-dev/idc/nbd"
 )
 
@@ -27,8 +30,14 @@ type Workload struct {
 	// worker owns the blocks b with b % Workers == its number, so one
 	// write per block is in flight at a time.
 	Workers int
+	// Reads is the percentage of operations that read a block, any
+	// block, so that reads meet other workers' writes (default 0: writes
+	// only); Seed decides which operations are reads and of which blocks.
+	Reads int
+	Seed  uint64
 
 	mu     sync.Mutex
+	ops    []checker.Op // every operation, for the checker
 	acks   []Ack
 	last   map[int]uint64    // block → the last acknowledged write
 	lastAt map[int]time.Time // block → when it was acknowledged
@@ -70,12 +79,21 @@ func (w *Workload) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, w.BlockSize)
+			rd := make([]byte, w.BlockSize)
+			r := rand.New(rand.NewPCG(w.Seed, uint64(k)))
 			var mine []int
 			for b := k; b < w.Blocks; b += w.Workers {
 				mine = append(mine, b)
 			}
-			for i := 0; ctx.Err() == nil && len(mine) > 0; i++ {
+			for i := 0; ctx.Err() == nil && len(mine) > 0; {
+				if w.Reads > 0 && r.IntN(100) < w.Reads {
+					if err := w.read(ctx, rd, r.IntN(w.Blocks)); err != nil {
+						return
+					}
+					continue
+				}
 				b := mine[i%len(mine)]
+				i++
 				w.mu.Lock()
 				w.next++
 				n := w.next
@@ -87,12 +105,15 @@ func (w *Workload) Run(ctx context.Context) error {
 				err := w.Client.WriteAt(context.WithoutCancel(ctx), buf, uint64(b)*uint64(w.BlockSize), false)
 				at := time.Now()
 				w.mu.Lock()
+				op := checker.Op{Kind: checker.Write, Block: b, Value: n, Call: start, Return: at, Outcome: checker.OK}
 				if err != nil {
+					op.Outcome = checker.Failed
 					w.errors = append(w.errors, fmt.Errorf("write %d to block %d: %w", n, b, err))
 				} else {
 					w.acks = append(w.acks, Ack{Block: b, Write: n, Start: start, At: at})
 					w.last[b], w.lastAt[b] = n, at
 				}
+				w.ops = append(w.ops, op)
 				w.mu.Unlock()
 				if err != nil {
 					return
@@ -104,6 +125,66 @@ func (w *Workload) Run(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return errors.Join(w.errors...)
+}
+
+// read reads block b into p and records the read; it returns the
+// client's error, if any.
+func (w *Workload) read(ctx context.Context, p []byte, b int) error {
+	start := time.Now()
+	err := w.Client.ReadAt(context.WithoutCancel(ctx), p, uint64(b)*uint64(w.BlockSize))
+	op := checker.Op{Kind: checker.Read, Block: b, Call: start, Return: time.Now(), Outcome: checker.OK}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		op.Outcome = checker.Failed
+		w.errors = append(w.errors, fmt.Errorf("read of block %d: %w", b, err))
+	} else {
+		op.Value = Value(p, b)
+	}
+	w.ops = append(w.ops, op)
+	return err
+}
+
+// Value is the write a block's content p names for the checker: 0 if it
+// is all zeros (never written), the write's number if it is that write's
+// whole payload for block b, and otherwise Torn, a value no write has.
+func Value(p []byte, b int) uint64 {
+	n, nb, whole := Holds(p)
+	switch {
+	case whole && nb == b:
+		return n
+	case !slices.ContainsFunc(p, func(c byte) bool { return c != 0 }):
+		return 0
+	}
+	return Torn
+}
+
+// Torn is the value of a block that holds neither zeros nor a whole
+// payload of its own: no write has it, so the checker rejects it.
+const Torn = math.MaxUint64
+
+// History returns every operation so far (writes and reads, with their
+// outcomes), for the checker.
+func (w *Workload) History() []checker.Op {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.ops)
+}
+
+// Final reads every block (through read, as for Verify) and returns the
+// write each holds, for the checker's History.Final. Call it once Run
+// has returned.
+func (w *Workload) Final(ctx context.Context, read func(ctx context.Context, p []byte, off uint64) error) (map[int]uint64, error) {
+	w.defaults()
+	buf := make([]byte, w.BlockSize)
+	out := make(map[int]uint64, w.Blocks)
+	for b := range w.Blocks {
+		if err := read(ctx, buf, uint64(b)*uint64(w.BlockSize)); err != nil {
+			return nil, fmt.Errorf("read block %d: %w", b, err)
+		}
+		out[b] = Value(buf, b)
+	}
+	return out, nil
 }
 
 // Count returns how many writes have been acknowledged.
