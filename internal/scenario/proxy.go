@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"net"
+	"strings"
 	"sync"
 )
 
@@ -41,7 +42,7 @@ func (p *Proxy) HeldBytes() int {
 }
 
 // NewProxy listens on a free loopback port and forwards to target
-// (host:port).
+// (host:port, or unix:///path for a unix socket).
 func NewProxy(target string) (*Proxy, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -114,7 +115,11 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		t, err := net.Dial("tcp", p.target)
+		network, addr := "tcp", p.target
+		if path, ok := strings.CutPrefix(p.target, "unix://"); ok {
+			network, addr = "unix", path
+		}
+		t, err := net.Dial(network, addr)
 		if err != nil {
 			c.Close()
 			continue

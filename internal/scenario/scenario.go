@@ -224,15 +224,22 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 // memberFlags are the flags every member shares. A member accepts
 // channels on a unix socket in the scenario's directory (all domains run
 // on this host, and a unix socket costs a third of loopback TCP's CPU per
-// frame); a proxied driver's flags then move its listener to TCP behind
-// its proxy.
+// frame); a proxied driver advertises its proxy's TCP address instead,
+// which forwards to that socket.
 func (s *Scenario) memberFlags(name string) []string {
 	return []string{"--heartbeat", s.cfg.Heartbeat.String(), "--heartbeat-misses", strconv.Itoa(s.cfg.HeartbeatMisses),
-		"--lease-ttl", s.cfg.LeaseTTL.String(), "--listen", "unix://" + filepath.Join(s.cfg.Dir, name+".chan.sock")}
+		"--lease-ttl", s.cfg.LeaseTTL.String(), "--listen", "unix://" + s.sock(name)}
 }
+
+// sock is the path of member name's channel socket.
+func (s *Scenario) sock(name string) string { return filepath.Join(s.cfg.Dir, name+".chan.sock") }
 
 // StartDriver starts (or restarts) the driver domain name.
 func (s *Scenario) StartDriver(ctx context.Context, name string) error {
+	// A killed driver left its socket behind.
+	if err := os.Remove(s.sock(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("scenario: %w", err)
+	}
 	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name}, s.memberFlags(name)...)
 	if slices.Contains(s.cfg.Proxied, name) {
 		px, flags, err := s.proxy(name)
@@ -263,11 +270,9 @@ func (s *Scenario) proxy(name string) (*Proxies, []string, error) {
 		return nil, nil, fmt.Errorf("scenario: %w", err)
 	}
 	storage := strings.TrimPrefix(strings.TrimSpace(string(b)), "tcp://")
-	ports, err := freePorts(1)
-	if err != nil {
-		return nil, nil, err
-	}
-	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	// The driver listens on its unix socket (memberFlags), which no other
+	// process can take as it could a port chosen before it listens.
+	listen := "unix://" + s.sock(name)
 	px := &Proxies{}
 	for _, t := range []struct {
 		p      **Proxy
@@ -278,7 +283,7 @@ func (s *Scenario) proxy(name string) (*Proxies, []string, error) {
 		}
 		s.closers = append(s.closers, (*t.p).Close)
 	}
-	return px, []string{"--listen", "tcp://" + listen, "--advertise", "tcp://" + px.Channel.Addr(),
+	return px, []string{"--advertise", "tcp://" + px.Channel.Addr(),
 		"--storage", "tcp://" + px.Storage.Addr(), "--etcd-endpoints", "http://" + px.Store.Addr()}, nil
 }
 
@@ -340,7 +345,8 @@ func (s *Scenario) start(ctx context.Context, name string, args []string, ready 
 	if err != nil {
 		return nil, err
 	}
-	p.cmd.Stderr = &prefixWriter{name: name, w: s.out}
+	stderr := &prefixWriter{name: name, w: s.out}
+	p.cmd.Stderr = stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("scenario: start %s: %w", name, err)
 	}
@@ -349,7 +355,8 @@ func (s *Scenario) start(ctx context.Context, name string, args []string, ready 
 	s.mu.Unlock()
 	go p.read(stdout, s.out)
 	if err := p.WaitLine(ctx, ready); err != nil {
-		return nil, fmt.Errorf("scenario: %s did not get ready: %w", name, err)
+		lines := append(p.Lines(), stderr.last()...)
+		return nil, fmt.Errorf("scenario: %s did not get ready: %w; its last output:\n  %s", name, err, strings.Join(lines[max(0, len(lines)-8):], "\n  "))
 	}
 	return p, nil
 }
@@ -516,6 +523,14 @@ type prefixWriter struct {
 	w    io.Writer
 	buf  []byte
 	mu   sync.Mutex
+	tail []string // the last lines, for errors
+}
+
+// last returns the last lines written.
+func (p *prefixWriter) last() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.tail)
 }
 
 func (p *prefixWriter) Write(b []byte) (int, error) {
@@ -528,6 +543,10 @@ func (p *prefixWriter) Write(b []byte) (int, error) {
 			break
 		}
 		fmt.Fprintf(p.w, "[%s] %s\n", p.name, p.buf[:i])
+		if len(p.tail) == 8 {
+			p.tail = append(p.tail[:0], p.tail[1:]...)
+		}
+		p.tail = append(p.tail, string(p.buf[:i]))
 		p.buf = p.buf[i+1:]
 	}
 	return len(b), nil

@@ -1,6 +1,3 @@
-// Package demo is `idc demo`: it starts an embedded store and a
-// coordinator, joins three domains, injects a fault and prints the epochs
-// each domain sees, showing the quiesce barrier and self-fencing at work.
 package demo
 
 import (
@@ -21,8 +18,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Options configure the demo.
-type Options struct {
+// BasicOptions configure the basic demo.
+type BasicOptions struct {
 	// Out receives the timeline.
 	Out io.Writer
 	// Logger receives the components' logs (default: discarded).
@@ -45,8 +42,11 @@ func (p *printer) say(who, format string, args ...any) {
 	fmt.Fprintf(p.out, "[%6.2fs] %-8s %s\n", time.Since(p.start).Seconds(), who, fmt.Sprintf(format, args...))
 }
 
-// Run runs the demo to its end (a few seconds) or until ctx ends.
-func Run(ctx context.Context, o Options) error {
+// RunBasic runs the basic demo (`idc demo --basic`): it starts an
+// embedded store and a coordinator, joins three domains, injects a fault
+// and prints the epochs each domain sees, showing the quiesce barrier and
+// self-fencing at work. It runs to its end (a few seconds) or until ctx ends.
+func RunBasic(ctx context.Context, o BasicOptions) error {
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -20,7 +20,7 @@ func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := Run(ctx, Options{Out: &out, Logger: testenv.Logger(t), DataDir: t.TempDir()}); err != nil {
+	if err := RunBasic(ctx, BasicOptions{Out: &out, Logger: testenv.Logger(t), DataDir: t.TempDir()}); err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
 	s := out.String()
