@@ -102,6 +102,9 @@ func (r *runner) log(i int, st Step, target string, ph Phase, detail string) {
 
 // target resolves a step's target to a driver's name.
 func (r *runner) target(ctx context.Context, t string) (string, error) {
+	if t == Storage {
+		return t, nil
+	}
 	if t != Active && t != Standby {
 		if !slices.Contains(r.sc.Drivers, t) {
 			return "", fmt.Errorf("no driver %q (drivers: %s)", t, strings.Join(r.sc.Drivers, ", "))
@@ -124,6 +127,9 @@ func (r *runner) target(ctx context.Context, t string) (string, error) {
 }
 
 func (r *runner) step(ctx context.Context, i int, st Step) error {
+	if st.Kind == RestartStorage {
+		st.Target = Storage
+	}
 	name, err := r.target(ctx, st.Target)
 	if err != nil {
 		return err
@@ -133,7 +139,7 @@ func (r *runner) step(ctx context.Context, i int, st Step) error {
 		d = Defaults(st.Kind, r.sc.LeaseTTL)
 	}
 	px := r.s.Proxies(name)
-	if px == nil && st.Kind != Kill && st.Kind != Pause {
+	if px == nil && st.Kind != Kill && st.Kind != Pause && st.Kind != RestartStorage {
 		return fmt.Errorf("driver %s is not proxied", name)
 	}
 	switch st.Kind {
@@ -172,6 +178,16 @@ func (r *runner) step(ctx context.Context, i int, st Step) error {
 			return err
 		}
 		r.log(i, st, name, Healed, fmt.Sprintf("released %d bytes", held))
+	case RestartStorage:
+		r.s.Proc("storage").Kill()
+		r.log(i, st, name, Injected, "SIGKILL")
+		if err := sleep(ctx, d); err != nil {
+			return err
+		}
+		if err := r.s.RestartStorage(ctx); err != nil {
+			return err
+		}
+		r.log(i, st, name, Healed, "started again")
 	case HoldWrites:
 		if err := r.holdWrites(ctx, i, st, name, px.Storage); err != nil {
 			return err

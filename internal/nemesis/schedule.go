@@ -45,11 +45,19 @@ const (
 	// storage refuses them; an unguarded one applies them over newer
 	// data: stale writes.
 	HoldWrites Kind = "hold-writes"
+	// RestartStorage kills the storage (SIGKILL) and starts it again
+	// after For, on the same file and apply log; its target is always
+	// the storage. Until it is back every path fails; it fences again
+	// before it admits anything.
+	RestartStorage Kind = "restart-storage"
 )
+
+// Storage is the target of RestartStorage.
+const Storage = "storage"
 
 // Kinds returns every kind of fault.
 func Kinds() []Kind {
-	return []Kind{Kill, Pause, PartitionDisk, PartitionStorage, PartitionStore, HoldWrites}
+	return []Kind{Kill, Pause, PartitionDisk, PartitionStorage, PartitionStore, HoldWrites, RestartStorage}
 }
 
 // ErrSchedule is wrapped by the errors of a schedule that does not parse.
@@ -92,7 +100,7 @@ func Defaults(k Kind, lease time.Duration) time.Duration {
 		return lease
 	case PartitionDisk:
 		return 500 * time.Millisecond
-	case Kill:
+	case Kill, RestartStorage:
 		return 300 * time.Millisecond
 	}
 	return 0 // HoldWrites: until the failover
@@ -111,8 +119,9 @@ func (s Schedule) String() string {
 }
 
 // Parse reads a schedule: steps separated by commas, each
-// KIND[:TARGET[:DURATION]] (target default Active, duration default the
-// kind's), e.g. "kill,pause:standby:3s,hold-writes:driver-a".
+// KIND[:TARGET[:DURATION]] (target default Active — restart-storage's is
+// always Storage — duration default the kind's), e.g.
+// "kill,pause:standby:3s,hold-writes:driver-a,restart-storage".
 func Parse(text string) (Schedule, error) {
 	var s Schedule
 	for i, part := range strings.Split(text, ",") {
@@ -130,6 +139,12 @@ func Parse(text string) (Schedule, error) {
 		}
 		if len(f) > 1 && f[1] != "" {
 			st.Target = f[1]
+		}
+		if st.Kind == RestartStorage {
+			if len(f) > 1 && f[1] != "" && f[1] != Storage {
+				return nil, fmt.Errorf("%w: step %d: restart-storage targets the storage, not %q", ErrSchedule, i+1, f[1])
+			}
+			st.Target = Storage
 		}
 		if len(f) > 2 {
 			d, err := time.ParseDuration(f[2])
@@ -167,7 +182,10 @@ func Generate(seed uint64, n int, lease time.Duration) Schedule {
 	for i := range s {
 		k := kinds[r.IntN(len(kinds))]
 		st := Step{Kind: k, Target: Active}
-		if k != HoldWrites && r.IntN(5) == 0 {
+		switch {
+		case k == RestartStorage:
+			st.Target = Storage
+		case k != HoldWrites && r.IntN(5) == 0:
 			st.Target = Standby
 		}
 		if d := Defaults(k, lease); d > 0 {

@@ -16,6 +16,7 @@ func TestParse(t *testing.T) {
 		{"pause:standby:3s", Schedule{{Kind: Pause, Target: Standby, For: 3 * time.Second}}},
 		{"hold-writes:driver-a, partition-store", Schedule{{Kind: HoldWrites, Target: "driver-a"}, {Kind: PartitionStore, Target: Active}}},
 		{"partition-disk::700ms", Schedule{{Kind: PartitionDisk, Target: Active, For: 700 * time.Millisecond}}},
+		{"restart-storage,restart-storage:storage:1s", Schedule{{Kind: RestartStorage, Target: Storage}, {Kind: RestartStorage, Target: Storage, For: time.Second}}},
 	} {
 		got, err := Parse(tc.in)
 		if err != nil || !slices.Equal(got, tc.want) {
@@ -29,7 +30,7 @@ func TestParse(t *testing.T) {
 }
 
 func TestParseRefuses(t *testing.T) {
-	for _, in := range []string{"", "kill,", "explode", "kill:active:soon", "kill:active:-1s", "pause:a:1s:2", "hold-writes:active:1s"} {
+	for _, in := range []string{"", "kill,", "explode", "kill:active:soon", "kill:active:-1s", "pause:a:1s:2", "hold-writes:active:1s", "restart-storage:driver-a"} {
 		if s, err := Parse(in); !errors.Is(err, ErrSchedule) {
 			t.Errorf("Parse(%q) = %v, %v; want ErrSchedule", in, s, err)
 		}

@@ -117,6 +117,8 @@ type Scenario struct {
 	proxies map[string]*Proxies
 	closers []func()
 	out     *syncWriter
+
+	storageArgs []string // the storage's command line, for RestartStorage
 }
 
 // Config returns the scenario's configuration, defaults filled in.
@@ -192,14 +194,12 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	if err := s.run(ctx, groupArgs...); err != nil {
 		return nil, err
 	}
-	storageAddr := filepath.Join(cfg.Dir, "storage.addr")
-	storageListen := "unix://" + filepath.Join(cfg.Dir, "storage.sock")
-	if len(cfg.Proxied) > 0 {
-		storageListen = "tcp://127.0.0.1:0"
-	}
-	if _, err := s.start(ctx, "storage", append([]string{"storage", "--file", s.File, "--size", cfg.Size,
-		"--group", cfg.Group, "--listen", storageListen,
-		"--apply-log", s.ApplyLog, "--address-file", storageAddr}, storageArgs...), "storage: serving"); err != nil {
+	// The storage listens on a unix socket (proxies forward TCP to it):
+	// its address stays the same when it restarts.
+	s.storageArgs = append([]string{"storage", "--file", s.File, "--size", cfg.Size,
+		"--group", cfg.Group, "--listen", "unix://" + filepath.Join(cfg.Dir, "storage.sock"),
+		"--apply-log", s.ApplyLog, "--address-file", filepath.Join(cfg.Dir, "storage.addr")}, storageArgs...)
+	if _, err := s.start(ctx, "storage", s.storageArgs, "storage: serving"); err != nil {
 		return nil, err
 	}
 	for _, d := range cfg.Drivers {
@@ -233,6 +233,18 @@ func (s *Scenario) memberFlags(name string) []string {
 
 // sock is the path of member name's channel socket.
 func (s *Scenario) sock(name string) string { return filepath.Join(s.cfg.Dir, name+".chan.sock") }
+
+// RestartStorage kills the storage (SIGKILL) if it runs and starts it
+// again on the same file, apply log and socket; it returns once it
+// serves. Until it has read the group's epoch record again, its guard
+// refuses every request.
+func (s *Scenario) RestartStorage(ctx context.Context) error {
+	if p := s.Proc("storage"); p != nil {
+		p.Kill()
+	}
+	_, err := s.start(ctx, "storage", s.storageArgs, "storage: serving")
+	return err
+}
 
 // StartDriver starts (or restarts) the driver domain name.
 func (s *Scenario) StartDriver(ctx context.Context, name string) error {
@@ -269,7 +281,8 @@ func (s *Scenario) proxy(name string) (*Proxies, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("scenario: %w", err)
 	}
-	storage := strings.TrimPrefix(strings.TrimSpace(string(b)), "tcp://")
+	storage := strings.TrimSpace(string(b))
+	storage = strings.TrimPrefix(storage, "tcp://") // a unix:// address stays as it is
 	// The driver listens on its unix socket (memberFlags), which no other
 	// process can take as it could a port chosen before it listens.
 	listen := "unix://" + s.sock(name)
