@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/idc-dev/idc/coordinator"
@@ -121,6 +122,11 @@ a compare-and-swap, so correctness never depends on there being just one.`,
 			}
 			defer cli.Close()
 			ccfg.Client, ccfg.Metrics = cli, reg
+			if ccfg.Name == "" {
+				h, _ := os.Hostname()
+				ccfg.Name = fmt.Sprintf("%s:%d", h, os.Getpid()) // coordinator's own default, known here to be printed
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "coordinator: candidate %s for groups in %v\n", ccfg.Name, endpoints)
 			err = coordinator.Run(ctx, ccfg)
 			if errors.Is(err, context.Canceled) {
 				return nil

@@ -230,7 +230,9 @@ func runOne(ctx context.Context, cfg Config, seed uint64) (Result, error) {
 		// The nemesis faults a driver every few seconds on purpose: the
 		// coordinator's flap damping would hold it back 15 s after its
 		// third departure in a minute; here, for a second.
-		Extra: map[string][]string{"store": {"--flap-hold", "1s"}}}
+		Extra: map[string][]string{"coordinator": {"--flap-hold", "1s"}},
+		// Coordinators as processes of their own, for crash-coordinator.
+		Coordinators: 2}
 	if cfg.Mode == ModeLease {
 		sc.Unguarded = true
 	}
@@ -252,7 +254,7 @@ func runOne(ctx context.Context, cfg Config, seed uint64) (Result, error) {
 		sc.Output = cfg.Out
 	}
 	fmt.Fprintf(cfg.Out, "\n== idc demo: seed %d, mode %s%s, schedule %s\n", seed, cfg.Mode, unguardedNote(sc.Unguarded), res.Schedule)
-	p.say("starting the store, the storage, driver-a, driver-b and the disk as processes")
+	p.say("starting the store, two coordinators, the storage, driver-a, driver-b and the disk as processes")
 	s, err := scenario.Start(ctx, sc)
 	if err != nil {
 		return res, err

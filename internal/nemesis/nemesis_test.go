@@ -56,6 +56,7 @@ func run(t *testing.T, cfg scenario.Config, sched Schedule) outcome {
 	t.Helper()
 	cfg.Binary, cfg.Dir, cfg.Output = idcBinary, t.TempDir(), testWriter{t}
 	cfg.Proxied = []string{"driver-a", "driver-b"}
+	cfg.Coordinators = 2
 	ctx := t.Context()
 	s, err := scenario.Start(ctx, cfg)
 	if err != nil {

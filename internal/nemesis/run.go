@@ -3,12 +3,17 @@ package nemesis
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/idc-dev/idc/internal/scenario"
+	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Phase is where a fault is when an Event is logged.
@@ -74,6 +79,11 @@ func Run(ctx context.Context, cfg Config, sched Schedule) ([]Event, error) {
 		cfg.Quiet = 200 * time.Millisecond
 	}
 	r := &runner{cfg: cfg, s: cfg.Scenario, sc: cfg.Scenario.Config()}
+	defer func() {
+		if r.cli != nil {
+			r.cli.Close()
+		}
+	}()
 	for i, st := range sched {
 		if err := r.step(ctx, i, st); err != nil {
 			return r.events, fmt.Errorf("nemesis: step %d (%s:%s): %w", i+1, st.Kind, st.Target, err)
@@ -90,6 +100,7 @@ type runner struct {
 	s      *scenario.Scenario
 	sc     scenario.Config
 	events []Event
+	cli    *clientv3.Client // the store, once a fault needs it
 }
 
 func (r *runner) log(i int, st Step, target string, ph Phase, detail string) {
@@ -139,7 +150,7 @@ func (r *runner) step(ctx context.Context, i int, st Step) error {
 		d = Defaults(st.Kind, r.sc.LeaseTTL)
 	}
 	px := r.s.Proxies(name)
-	if px == nil && st.Kind != Kill && st.Kind != Pause && st.Kind != RestartStorage {
+	if px == nil && (st.Kind == PartitionDisk || st.Kind == PartitionStorage || st.Kind == PartitionStore || st.Kind == HoldWrites) {
 		return fmt.Errorf("driver %s is not proxied", name)
 	}
 	switch st.Kind {
@@ -188,6 +199,10 @@ func (r *runner) step(ctx context.Context, i int, st Step) error {
 			return err
 		}
 		r.log(i, st, name, Healed, "started again")
+	case CrashCoordinator:
+		if name, err = r.crashCoordinator(ctx, i, st, name, d); err != nil {
+			return err
+		}
 	case HoldWrites:
 		if err := r.holdWrites(ctx, i, st, name, px.Storage); err != nil {
 			return err
@@ -203,6 +218,89 @@ func (r *runner) step(ctx context.Context, i int, st Step) error {
 // rounds.
 func (r *runner) settle() time.Duration {
 	return time.Duration(r.sc.HeartbeatMisses)*r.sc.Heartbeat + r.sc.Timeout/2 + 100*time.Millisecond
+}
+
+// crashCoordinator crashes the active coordinator while the change that
+// drops driver name is quiescing, and returns the coordinator's name.
+func (r *runner) crashCoordinator(ctx context.Context, i int, st Step, name string, d time.Duration) (string, error) {
+	if len(r.s.Coordinators()) < 2 {
+		return "", fmt.Errorf("crash-coordinator needs at least two coordinator processes (scenario.Config.Coordinators)")
+	}
+	if r.cli == nil {
+		cli, err := store.Dial(ctx, store.DialConfig{Endpoints: []string{r.s.Endpoint}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			return "", err
+		}
+		r.cli = cli
+	}
+	keys := proto.Keys{Prefix: proto.DefaultPrefix}
+	record := func() (proto.EpochRecord, error) {
+		resp, err := r.cli.Get(ctx, keys.Epoch(r.sc.Group))
+		if err != nil || len(resp.Kvs) == 0 {
+			return proto.EpochRecord{}, fmt.Errorf("reading the epoch record: %v", err)
+		}
+		return proto.DecodeEpoch(resp.Kvs[0].Value)
+	}
+	before, err := record()
+	if err != nil {
+		return "", err
+	}
+	resp, err := r.cli.Get(ctx, keys.Election(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil || len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("no active coordinator in the election (%v)", err)
+	}
+	active := string(resp.Kvs[0].Value)
+	coord := r.s.Proc(active)
+	if coord == nil {
+		return "", fmt.Errorf("the active coordinator %q is no process of the scenario", active)
+	}
+	storage := r.s.Proc("storage")
+	if err := storage.Signal(syscall.SIGSTOP); err != nil {
+		return "", err
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = storage.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	r.s.Proc(name).Kill()
+	// The change that drops name is written quiescing; with the storage
+	// stopped it cannot connect in fence mode (no fence acknowledgement),
+	// and in lease mode it waits the lease out.
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.Recover)
+	defer cancel()
+	var rec proto.EpochRecord
+	for {
+		if rec, err = record(); err != nil {
+			return "", err
+		}
+		if rec.Number > before.Number && rec.State == proto.Quiescing {
+			break
+		}
+		if rec.Number > before.Number {
+			return "", fmt.Errorf("epoch %d connected before the coordinator could crash mid-change", rec.Number)
+		}
+		if err := sleep(wctx, 2*time.Millisecond); err != nil {
+			return "", fmt.Errorf("no epoch change after %s was killed: %w", name, err)
+		}
+	}
+	coord.Kill()
+	resume()
+	r.log(i, st, active, Injected, fmt.Sprintf("SIGKILL while epoch %d was quiescing (%s killed to start it)", rec.Number, name))
+	if err := sleep(ctx, d); err != nil {
+		return "", err
+	}
+	if err := r.s.StartDriver(ctx, name); err != nil {
+		return "", err
+	}
+	if err := r.s.StartCoordinator(ctx, active); err != nil {
+		return "", err
+	}
+	r.log(i, st, active, Healed, "started again, and "+name)
+	return active, nil
 }
 
 // holdWrites holds what the driver forwards to the storage until the

@@ -50,6 +50,15 @@ const (
 	// the storage. Until it is back every path fails; it fences again
 	// before it admits anything.
 	RestartStorage Kind = "restart-storage"
+	// CrashCoordinator crashes the active coordinator in the middle of an
+	// epoch change: it holds the storage (SIGSTOP, so that a fence-mode
+	// change cannot complete), kills the driver the disk uses, waits for
+	// the next epoch's quiescing record, kills the active coordinator
+	// (SIGKILL) and resumes the storage; after For it starts both again.
+	// A standby coordinator, once the crashed one's election lease ran
+	// out, completes the change. It needs the scenario's coordinators as
+	// processes (scenario.Config.Coordinators, at least two).
+	CrashCoordinator Kind = "crash-coordinator"
 )
 
 // Storage is the target of RestartStorage.
@@ -57,7 +66,7 @@ const Storage = "storage"
 
 // Kinds returns every kind of fault.
 func Kinds() []Kind {
-	return []Kind{Kill, Pause, PartitionDisk, PartitionStorage, PartitionStore, HoldWrites, RestartStorage}
+	return []Kind{Kill, Pause, PartitionDisk, PartitionStorage, PartitionStore, HoldWrites, RestartStorage, CrashCoordinator}
 }
 
 // ErrSchedule is wrapped by the errors of a schedule that does not parse.
@@ -100,7 +109,7 @@ func Defaults(k Kind, lease time.Duration) time.Duration {
 		return lease
 	case PartitionDisk:
 		return 500 * time.Millisecond
-	case Kill, RestartStorage:
+	case Kill, RestartStorage, CrashCoordinator:
 		return 300 * time.Millisecond
 	}
 	return 0 // HoldWrites: until the failover

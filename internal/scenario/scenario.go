@@ -62,8 +62,13 @@ type Config struct {
 	// (what lease mode alone is meant for: a resource that cannot check
 	// tokens). It shows what fencing prevents.
 	Unguarded bool
+	// Coordinators, if positive, runs the coordinator candidates as
+	// processes of their own ("coordinator-1", ...; the store then runs
+	// none), so that one can crash while the store lives on.
+	Coordinators int
 	// Extra adds flags to a process's command line, by process name
-	// ("store", "storage", "disk" or a driver's name).
+	// ("store", "storage", "disk", a driver's name, or "coordinator" for
+	// every coordinator process).
 	Extra map[string][]string
 }
 
@@ -180,10 +185,19 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		return nil, err
 	}
 	s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	if _, err := s.start(ctx, "store", []string{"store", "--data-dir", filepath.Join(cfg.Dir, "store"),
+	storeArgs := []string{"store", "--data-dir", filepath.Join(cfg.Dir, "store"),
 		"--listen-client", s.Endpoint, "--listen-peer", fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
-		"--mode", cfg.Mode}, "store: embedded etcd serving"); err != nil {
+		"--mode", cfg.Mode}
+	if cfg.Coordinators > 0 {
+		storeArgs = append(storeArgs, "--no-coordinator")
+	}
+	if _, err := s.start(ctx, "store", storeArgs, "store: embedded etcd serving"); err != nil {
 		return nil, err
+	}
+	for _, c := range s.Coordinators() {
+		if err := s.StartCoordinator(ctx, c); err != nil {
+			return nil, err
+		}
 	}
 	groupArgs := []string{"group", "set", cfg.Group, "--mode", cfg.Mode, "--resources", "storage"}
 	storageArgs := []string{"--resource", "storage", "--writer", "disk"}
@@ -233,6 +247,25 @@ func (s *Scenario) memberFlags(name string) []string {
 
 // sock is the path of member name's channel socket.
 func (s *Scenario) sock(name string) string { return filepath.Join(s.cfg.Dir, name+".chan.sock") }
+
+// Coordinators returns the names of the coordinator processes
+// (Config.Coordinators).
+func (s *Scenario) Coordinators() []string {
+	var out []string
+	for i := range s.cfg.Coordinators {
+		out = append(out, fmt.Sprintf("coordinator-%d", i+1))
+	}
+	return out
+}
+
+// StartCoordinator starts (or restarts) the coordinator process name, a
+// candidate of the store's election named as its process.
+func (s *Scenario) StartCoordinator(ctx context.Context, name string) error {
+	args := []string{"store", "--etcd-endpoints", s.Endpoint, "--name", name, "--mode", s.cfg.Mode}
+	args = append(args, s.cfg.Extra["coordinator"]...)
+	_, err := s.start(ctx, name, args, "coordinator: candidate")
+	return err
+}
 
 // RestartStorage kills the storage (SIGKILL) if it runs and starts it
 // again on the same file, apply log and socket; it returns once it
@@ -319,7 +352,9 @@ func (s *Scenario) Proc(name string) *Proc {
 func (s *Scenario) Close() {
 	order := []string{"disk"}
 	order = append(order, s.cfg.Drivers...)
-	order = append(order, "storage", "store")
+	order = append(order, "storage")
+	order = append(order, s.Coordinators()...)
+	order = append(order, "store")
 	for _, n := range order {
 		if p := s.Proc(n); p != nil {
 			p.Stop(5 * time.Second)
