@@ -56,6 +56,11 @@ type Config struct {
 	// Priority breaks ties when two members report each other: the higher
 	// stays.
 	Priority int
+	// Clock is the clock the membership measures its lease and timers on
+	// (nil: clock.System(), CLOCK_BOOTTIME). Leases assume it runs within
+	// 1±Rho of real time; fault injection passes a drifting one
+	// (clock.Scaled).
+	Clock clock.Clock
 	// OpTimeout bounds each store operation (DefaultConfig: 5 s).
 	OpTimeout time.Duration
 	// WatchCheck is how often the epoch watch is checked (DefaultConfig:
@@ -221,4 +226,12 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// clock returns the membership's clock.
+func (c Config) clock() clock.Clock {
+	if c.Clock == nil {
+		return clock.System()
+	}
+	return c.Clock
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/internal/membership"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
@@ -76,7 +75,7 @@ func Join(ctx context.Context, cfg Config) (*Membership, error) {
 		Group: cfg.Group, ID: cfg.ID, Incarnation: cfg.Incarnation, Priority: cfg.Priority,
 		Lease: cfg.lease(), RenewInterval: cfg.RenewInterval, OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: proto.Keys{Prefix: cfg.Prefix},
-		Store: dom.st, Clock: clock.System(), Logger: cfg.Logger, Metrics: cfg.Metrics,
+		Store: dom.st, Clock: cfg.clock(), Logger: cfg.Logger, Metrics: cfg.Metrics,
 		Channels: chans,
 	}, func(d *membership.Driver, err error) { ch <- result{d, err} })
 	select {

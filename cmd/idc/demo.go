@@ -25,9 +25,10 @@ two driver domains and a multipath disk, each its own process of this
 binary. A client writes unique payloads to the disk over NBD and reads
 them back while the nemesis injects a schedule of faults into the drivers
 (drawn from --seed, or given with --schedule): kill, pause past the
-lease, partitions from the disk, the storage or the store, and always
-once the drivers' forwarded writes held in the network and released after
-the failover. Then the checker judges the run from the client's history
+lease, partitions from the disk, the storage or the store, lease clocks
+skewed within and beyond ρ, a storage restart, a coordinator crash in the
+middle of an epoch change, and always once the drivers' forwarded writes
+held in the network and released after the failover. Then the checker judges the run from the client's history
 and the storage's apply log: no write of an ended epoch applied after the
 next took over, every block holding its last acknowledged write, reads
 linearizable per block (porcupine). The report gives the epochs, each
@@ -42,7 +43,9 @@ non-zero. --mode both waits leases out and fences.
 
 Schedule steps are KIND[:TARGET[:DURATION]], comma-separated, KIND one of
 kill, pause, partition-disk, partition-storage, partition-store,
-hold-writes, TARGET active (default), standby or a driver's name.
+hold-writes, restart-storage, crash-coordinator, clock-skew (a driver's
+lease clock 0.5% slow, within ρ) and clock-skew-beyond (half speed),
+TARGET active (default), standby or a driver's name.
 
 --basic runs the older demo instead: three domains of one group, a fault,
 the epochs each sees (no storage).`,

@@ -42,6 +42,7 @@ func TestDiskBadInput(t *testing.T) {
 		{"paths twice", append([]string{"--paths", "a,a"}, base...), "listed twice"},
 		{"paths itself", append([]string{"--paths", "disk"}, base...), "the disk itself"},
 		{"lease", append([]string{"--lease-ttl", "1s"}, base...), "lease TTL"},
+		{"clock rate", append([]string{"--clock-rate", "0"}, base...), "--clock-rate 0"},
 		{"channel listen", append([]string{"--listen", "tcp://nowhere"}, base...), "listen"},
 	} {
 		var out syncBuffer

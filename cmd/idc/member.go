@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/idc-dev/idc"
+	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/proto"
 	"github.com/spf13/pflag"
 )
@@ -20,6 +21,7 @@ type memberOptions struct {
 	heartbeatMisses int
 	leaseTTL        time.Duration
 	priority        int
+	clockRate       float64
 }
 
 // register adds the flags; defID is the default of --id ("" makes it
@@ -38,6 +40,7 @@ func (o *memberOptions) register(f *pflag.FlagSet, defID string) {
 	f.IntVar(&o.heartbeatMisses, "heartbeat-misses", def.HeartbeatMisses, "heartbeats missed before a silent peer is reported")
 	f.DurationVar(&o.leaseTTL, "lease-ttl", def.LeaseTTL, "the membership's lease TTL")
 	f.IntVar(&o.priority, "priority", 0, "the member's priority when it and another report each other (the higher stays)")
+	f.Float64Var(&o.clockRate, "clock-rate", 1, "fault injection: the member's clock runs at this rate of real time; leases are safe only within 1±ρ (the coordinator's --rho)")
 }
 
 func (o *memberOptions) validate() error {
@@ -48,6 +51,8 @@ func (o *memberOptions) validate() error {
 		return fmt.Errorf("%w: --id is required", proto.ErrConfig)
 	case o.listen == "":
 		return fmt.Errorf("%w: --listen is empty: the domains of the storage scenario talk over channels", proto.ErrConfig)
+	case !(o.clockRate > 0) || o.clockRate > 100:
+		return fmt.Errorf("%w: --clock-rate %v: want a positive rate, at most 100", proto.ErrConfig, o.clockRate)
 	}
 	if _, _, err := splitListen(o.listen); err != nil {
 		return fmt.Errorf("%w: --listen: %w", proto.ErrConfig, err)
@@ -79,5 +84,8 @@ func (o *memberOptions) config(g *globals) idc.Config {
 	cfg.Listen, cfg.Advertise = o.listen, o.advertise
 	cfg.Heartbeat, cfg.HeartbeatMisses = o.heartbeat, o.heartbeatMisses
 	cfg.LeaseTTL, cfg.Priority = o.leaseTTL, o.priority
+	if o.clockRate != 1 {
+		cfg.Clock = clock.Scaled(clock.System(), o.clockRate)
+	}
 	return cfg
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -199,6 +200,31 @@ func (r *runner) step(ctx context.Context, i int, st Step) error {
 			return err
 		}
 		r.log(i, st, name, Healed, "started again")
+	case ClockSkew, ClockSkewBeyond:
+		rate := SkewWithin
+		if st.Kind == ClockSkewBeyond {
+			rate = SkewBeyond
+		}
+		r.s.Proc(name).Kill()
+		if err := r.s.StartDriverWith(ctx, name, "--clock-rate", strconv.FormatFloat(rate, 'f', -1, 64)); err != nil {
+			return err
+		}
+		px := r.s.Proxies(name) // the restarted driver's
+		if px == nil {
+			return fmt.Errorf("driver %s is not proxied", name)
+		}
+		px.Store.Hold()
+		r.log(i, st, name, Injected, fmt.Sprintf("restarted with its clock at %v of real time, cut from the store for %v", rate, d))
+		err := sleep(ctx, d)
+		px.Store.Release()
+		if err != nil {
+			return err
+		}
+		r.s.Proc(name).Kill()
+		if err := r.s.StartDriver(ctx, name); err != nil {
+			return err
+		}
+		r.log(i, st, name, Healed, "released, and restarted with a true clock")
 	case CrashCoordinator:
 		if name, err = r.crashCoordinator(ctx, i, st, name, d); err != nil {
 			return err

@@ -2,7 +2,9 @@
 // processes (package scenario) on a schedule, generated from a seed or
 // given, and logs each fault with its time: partitions of a driver domain
 // from the disk, from the storage or from the store, a driver paused past
-// its lease, a driver killed, and a driver's forwarded writes held in the
+// its lease, a driver killed, a driver's lease clock skewed within ρ and
+// beyond it, the storage restarted, the active coordinator crashed in the
+// middle of an epoch change, and a driver's forwarded writes held in the
 // network and released after the failover — the design's own example of
 // why fencing exists.
 package nemesis
@@ -59,6 +61,21 @@ const (
 	// out, completes the change. It needs the scenario's coordinators as
 	// processes (scenario.Config.Coordinators, at least two).
 	CrashCoordinator Kind = "crash-coordinator"
+	// ClockSkew restarts the driver with its clock running at
+	// SkewWithin of real time (within ρ) and partitions it from the store
+	// for For, past its lease; ClockSkewBeyond does the same at
+	// SkewBeyond, a clock so slow that the driver believes its lease
+	// valid long after the coordinator counts it gone — what fencing at
+	// the storage covers. Healing restarts it with a true clock.
+	ClockSkew       Kind = "clock-skew"
+	ClockSkewBeyond Kind = "clock-skew-beyond"
+)
+
+// The clock rates of ClockSkew and ClockSkewBeyond: half of the
+// coordinator's default ρ (0.01) slow, and half speed.
+const (
+	SkewWithin = 0.995
+	SkewBeyond = 0.5
 )
 
 // Storage is the target of RestartStorage.
@@ -66,7 +83,7 @@ const Storage = "storage"
 
 // Kinds returns every kind of fault.
 func Kinds() []Kind {
-	return []Kind{Kill, Pause, PartitionDisk, PartitionStorage, PartitionStore, HoldWrites, RestartStorage, CrashCoordinator}
+	return []Kind{Kill, Pause, PartitionDisk, PartitionStorage, PartitionStore, HoldWrites, RestartStorage, CrashCoordinator, ClockSkew, ClockSkewBeyond}
 }
 
 // ErrSchedule is wrapped by the errors of a schedule that does not parse.
@@ -103,7 +120,7 @@ type Schedule []Step
 // stays down briefly.
 func Defaults(k Kind, lease time.Duration) time.Duration {
 	switch k {
-	case Pause, PartitionStore:
+	case Pause, PartitionStore, ClockSkew, ClockSkewBeyond:
 		return lease + lease/4
 	case PartitionStorage:
 		return lease

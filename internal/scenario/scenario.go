@@ -281,24 +281,30 @@ func (s *Scenario) RestartStorage(ctx context.Context) error {
 
 // StartDriver starts (or restarts) the driver domain name.
 func (s *Scenario) StartDriver(ctx context.Context, name string) error {
+	return s.StartDriverWith(ctx, name)
+}
+
+// StartDriverWith starts (or restarts) the driver domain name with extra
+// flags (say a --clock-rate), after the scenario's.
+func (s *Scenario) StartDriverWith(ctx context.Context, name string, flags ...string) error {
 	// A killed driver left its socket behind.
 	if err := os.Remove(s.sock(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("scenario: %w", err)
 	}
 	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name}, s.memberFlags(name)...)
 	if slices.Contains(s.cfg.Proxied, name) {
-		px, flags, err := s.proxy(name)
+		px, pflags, err := s.proxy(name)
 		if err != nil {
 			return err
 		}
 		s.mu.Lock()
 		s.proxies[name] = px
 		s.mu.Unlock()
-		args = append(args, flags...)
+		args = append(args, pflags...)
 	} else {
 		args = append(args, "--storage-file", filepath.Join(s.cfg.Dir, "storage.addr"))
 	}
-	_, err := s.start(ctx, name, args, "epoch")
+	_, err := s.start(ctx, name, append(args, flags...), "epoch")
 	return err
 }
 
