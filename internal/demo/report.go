@@ -130,7 +130,7 @@ func wrap(s string, width int) string {
 }
 
 // writeTimeline draws the run.
-func writeTimeline(path string, r *Result, acks []scenario.Ack, applied []storage.Applied, diskLines []string) error {
+func writeTimeline(path string, r *Result, acks []scenario.Ack, applied []storage.Applied, diskLines []scenario.Line) error {
 	t := timeline.Timeline{
 		Title:   fmt.Sprintf("idc demo: seed %d, mode %s", r.Seed, r.Mode),
 		Start:   r.Start,
@@ -191,40 +191,26 @@ func gapSpan(acks []scenario.Ack, f FaultResult) timeline.Span {
 	return timeline.Span{From: f.At, To: f.At.Add(f.Gap), Label: string(f.Kind)}
 }
 
-// paths reads which driver the disk used from its log lines (time=...
-// msg="disk: epoch connected" ... path=driver-a).
-func paths(lines []string, end time.Time) []timeline.Span {
-	var out []timeline.Span
+// paths reads which driver the disk used from its epoch lines ("disk:
+// epoch 4 connected: disk, driver-b; path driver-b"), timed as they were
+// read.
+func paths(lines []scenario.Line, end time.Time) []timeline.Span {
+	var (
+		out  []timeline.Span
+		open bool // the last span lasts until the next line
+	)
 	for _, l := range lines {
-		if !strings.Contains(l, `msg="disk: epoch connected"`) {
+		path, ok := scenario.PathOf(l.Text)
+		if !ok {
 			continue
 		}
-		at, ok1 := field(l, "time")
-		path, ok2 := field(l, "path")
-		t, err := time.Parse(time.RFC3339Nano, at)
-		if !ok1 || !ok2 || err != nil {
-			continue
+		if open {
+			out[len(out)-1].To = l.At
 		}
-		if n := len(out); n > 0 {
-			out[n-1].To = t
+		open = path != ""
+		if open {
+			out = append(out, timeline.Span{Domain: path, From: l.At, To: end, Label: "path " + path})
 		}
-		out = append(out, timeline.Span{Domain: path, From: t, To: end, Label: "path " + path})
 	}
 	return out
-}
-
-// field returns the value of key=value in a logfmt line.
-func field(line, key string) (string, bool) {
-	i := strings.Index(line, " "+key+"=")
-	if i < 0 {
-		if !strings.HasPrefix(line, key+"=") {
-			return "", false
-		}
-		i = -1
-	}
-	v := line[i+len(key)+2:]
-	if j := strings.IndexByte(v, ' '); j >= 0 {
-		v = v[:j]
-	}
-	return v, true
 }

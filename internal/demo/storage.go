@@ -359,7 +359,7 @@ func runOne(ctx context.Context, cfg Config, seed uint64) (Result, error) {
 	}
 	res.Faults = faultResults(res.Events, w.Acks(), applied, res.End)
 	res.Timeline = filepath.Join(cfg.Dir, fmt.Sprintf("timeline-%d-%s.html", seed, cfg.Mode))
-	if err := writeTimeline(res.Timeline, &res, w.Acks(), applied, s.Proc("disk").Lines()); err != nil {
+	if err := writeTimeline(res.Timeline, &res, w.Acks(), applied, s.Proc("disk").TimedLines()); err != nil {
 		return res, err
 	}
 	return res, nil

@@ -145,3 +145,29 @@ func TestQuantile(t *testing.T) {
 		}
 	}
 }
+
+// TestPaths: the disk's epoch lines become the spans of the driver it
+// used; an epoch with no path ends the span before it.
+func TestPaths(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	lines := []scenario.Line{
+		{At: at(0), Text: "disk: serving idc"},
+		{At: at(10), Text: "disk: epoch 3 connected: disk, driver-a, driver-b; path driver-a"},
+		{At: at(50), Text: "disk: epoch 4 connected: disk; path none"},
+		{At: at(70), Text: "disk: epoch 5 connected: disk, driver-b; path driver-b"},
+	}
+	got := paths(lines, at(100))
+	want := []struct {
+		domain   string
+		from, to time.Time
+	}{{"driver-a", at(10), at(50)}, {"driver-b", at(70), at(100)}}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v", got)
+	}
+	for i, w := range want {
+		if got[i].Domain != w.domain || !got[i].From.Equal(w.from) || !got[i].To.Equal(w.to) {
+			t.Errorf("span %d: %+v, want %+v", i, got[i], w)
+		}
+	}
+}

@@ -422,6 +422,7 @@ type Proc struct {
 
 	mu      sync.Mutex
 	history []string      // every stdout line
+	times   []time.Time   // when each was read
 	changed chan struct{} // closed and replaced when a line comes
 	seen    int           // lines WaitLine has looked at
 	exited  chan struct{}
@@ -435,6 +436,7 @@ func (p *Proc) read(r io.Reader, out io.Writer) {
 		fmt.Fprintf(out, "[%s] %s\n", p.Name, line)
 		p.mu.Lock()
 		p.history = append(p.history, line)
+		p.times = append(p.times, time.Now())
 		close(p.changed)
 		p.changed = make(chan struct{})
 		p.mu.Unlock()
@@ -448,6 +450,24 @@ func (p *Proc) Lines() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]string(nil), p.history...)
+}
+
+// Line is a line of a process's output and when it was read.
+type Line struct {
+	At   time.Time
+	Text string
+}
+
+// TimedLines returns every line of the process's standard output so far,
+// each with the time it was read.
+func (p *Proc) TimedLines() []Line {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Line, len(p.history))
+	for i, l := range p.history {
+		out[i] = Line{At: p.times[i], Text: l}
+	}
+	return out
 }
 
 // WaitLine waits for a line, printed after the lines seen by earlier
