@@ -19,18 +19,14 @@ import (
 var idcBinary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "idc-demo-test-")
+	bin, cleanup, err := scenario.BuildTemp(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	idcBinary, err = scenario.Build(context.Background(), dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	idcBinary = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,26 +16,15 @@ import (
 var idcBinary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "idc-nemesis-")
+	bin, cleanup, err := scenario.BuildTemp(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	idcBinary, err = scenario.Build(context.Background(), dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	idcBinary = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(b), "\n"))
-	return len(b), nil
 }
 
 // outcome is what a run under the nemesis left.
@@ -54,7 +42,7 @@ type outcome struct {
 // the disk and reads the apply log.
 func run(t *testing.T, cfg scenario.Config, sched Schedule) outcome {
 	t.Helper()
-	cfg.Binary, cfg.Dir, cfg.Output = idcBinary, t.TempDir(), testWriter{t}
+	cfg.Binary, cfg.Dir, cfg.Output = idcBinary, t.TempDir(), scenario.LogWriter(t)
 	cfg.Proxied = []string{"driver-a", "driver-b"}
 	cfg.Coordinators = 2
 	ctx := t.Context()

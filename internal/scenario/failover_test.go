@@ -24,7 +24,7 @@ func TestFailover(t *testing.T) {
 			// A heartbeat more tolerant than the benchmark's (10 ms × 5): the
 			// test runs beside the others on two cores, and what it checks
 			// does not depend on how fast the failover is.
-			cfg := Config{Binary: idcBinary, Dir: t.TempDir(), Output: testWriter{t}, Heartbeat: 20 * time.Millisecond, HeartbeatMisses: 10}
+			cfg := Config{Binary: idcBinary, Dir: t.TempDir(), Output: LogWriter(t), Heartbeat: 20 * time.Millisecond, HeartbeatMisses: 10}
 			res, err := RunFailover(ctx, cfg, f, 200)
 			if err != nil {
 				t.Fatal(err)

@@ -163,6 +163,33 @@ func Build(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
+// BuildTemp builds the idc binary into a new temporary directory and
+// returns its path and a function that removes the directory (for a
+// TestMain).
+func BuildTemp(ctx context.Context) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "idc-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	bin, err := Build(ctx, dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+// LogWriter is a writer for Config.Output that hands each line to l's Log
+// (a *testing.T's, say).
+func LogWriter(l interface{ Log(args ...any) }) io.Writer { return logWriter{l} }
+
+type logWriter struct{ l interface{ Log(args ...any) } }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.l.Log(strings.TrimSuffix(string(b), "\n"))
+	return len(b), nil
+}
+
 // Start starts the store, configures the group, then starts the storage,
 // the drivers and the disk, and returns once the disk serves NBD through
 // a path. On error it stops whatever it started.

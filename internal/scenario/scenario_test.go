@@ -13,27 +13,15 @@ import (
 var idcBinary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "idc-scenario-")
+	bin, cleanup, err := BuildTemp(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	idcBinary, err = Build(context.Background(), dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	idcBinary = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
-}
-
-// testWriter sends the processes' output to the test's log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(b), "\n"))
-	return len(b), nil
 }
 
 // start starts a scenario for the test and stops it at the end.
@@ -41,7 +29,7 @@ func start(t *testing.T, cfg Config) *Scenario {
 	t.Helper()
 	cfg.Binary, cfg.Dir = idcBinary, t.TempDir()
 	if cfg.Output == nil {
-		cfg.Output = testWriter{t}
+		cfg.Output = LogWriter(t)
 	}
 	s, err := Start(t.Context(), cfg)
 	if err != nil {
