@@ -73,3 +73,24 @@ func TestScaled(t *testing.T) {
 	}()
 	Scaled(&fake{}, 0)
 }
+
+// TestScaledSetRate: a new rate takes effect from now, the readings going
+// on from where they were.
+func TestScaledSetRate(t *testing.T) {
+	base := &fake{now: time.Hour}
+	c := Scaled(base, 1)
+	base.now += time.Second
+	c.SetRate(0.5)
+	if got := c.Now(); got != time.Hour+time.Second {
+		t.Fatalf("after SetRate: %v, want %v", got, time.Hour+time.Second)
+	}
+	base.now += 2 * time.Second
+	if got := c.Now(); got != time.Hour+2*time.Second {
+		t.Fatalf("2 s at half speed: %v, want %v", got, time.Hour+2*time.Second)
+	}
+	c.SetRate(1)
+	base.now += time.Second
+	if got := c.Now(); got != time.Hour+3*time.Second {
+		t.Fatalf("back at full speed: %v, want %v", got, time.Hour+3*time.Second)
+	}
+}

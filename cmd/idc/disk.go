@@ -179,6 +179,7 @@ func runDisk(ctx context.Context, g *globals, o *diskOptions, out io.Writer) err
 
 	cfg := o.member.config(g)
 	cfg.Client, cfg.Logger = cli, g.logger() // idc adds group and domain itself
+	o.member.withClock(ctx, &cfg, log)
 	cfg.MaxMessage = blockMessageMax
 
 	// The membership: join, follow the epochs, rejoin as a new incarnation

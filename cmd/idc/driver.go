@@ -131,6 +131,7 @@ func runDriver(ctx context.Context, g *globals, o *driverOptions, out io.Writer)
 
 	cfg := o.member.config(g)
 	cfg.Client, cfg.Logger = cli, base
+	o.member.withClock(ctx, &cfg, base)
 	cfg.MaxMessage = blockMessageMax
 	cfg.Handler = &driverHandler{f: fw}
 	if err := cfg.Validate(); err != nil {

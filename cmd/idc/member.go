@@ -1,7 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/idc-dev/idc"
@@ -22,6 +29,7 @@ type memberOptions struct {
 	leaseTTL        time.Duration
 	priority        int
 	clockRate       float64
+	clockRateFile   string
 }
 
 // register adds the flags; defID is the default of --id ("" makes it
@@ -41,6 +49,7 @@ func (o *memberOptions) register(f *pflag.FlagSet, defID string) {
 	f.DurationVar(&o.leaseTTL, "lease-ttl", def.LeaseTTL, "the membership's lease TTL")
 	f.IntVar(&o.priority, "priority", 0, "the member's priority when it and another report each other (the higher stays)")
 	f.Float64Var(&o.clockRate, "clock-rate", 1, "fault injection: the member's clock runs at this rate of real time; leases are safe only within 1±ρ (the coordinator's --rho)")
+	f.StringVar(&o.clockRateFile, "clock-rate-file", "", "fault injection: on SIGUSR1, set the member's clock rate to the number in this file (the nemesis's clock skew)")
 }
 
 func (o *memberOptions) validate() error {
@@ -88,4 +97,37 @@ func (o *memberOptions) config(g *globals) idc.Config {
 		cfg.Clock = clock.Scaled(clock.System(), o.clockRate)
 	}
 	return cfg
+}
+
+// withClock gives cfg the member's clock and, with --clock-rate-file,
+// sets its rate from the file on every SIGUSR1 until ctx ends.
+func (o *memberOptions) withClock(ctx context.Context, cfg *idc.Config, log *slog.Logger) {
+	if o.clockRateFile == "" {
+		return
+	}
+	c := clock.Scaled(clock.System(), o.clockRate)
+	cfg.Clock = c
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	go func() {
+		defer signal.Stop(sig)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+			}
+			b, err := os.ReadFile(o.clockRateFile)
+			var rate float64
+			if err == nil {
+				rate, err = strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+			}
+			if err != nil || !(rate > 0) || rate > 100 {
+				log.Warn("clock rate not changed: --clock-rate-file holds no rate in (0, 100]", "file", o.clockRateFile, "err", err)
+				continue
+			}
+			c.SetRate(rate)
+			log.Warn("clock rate changed (fault injection)", "rate", rate)
+		}
+	}()
 }

@@ -61,12 +61,12 @@ const (
 	// out, completes the change. It needs the scenario's coordinators as
 	// processes (scenario.Config.Coordinators, at least two).
 	CrashCoordinator Kind = "crash-coordinator"
-	// ClockSkew restarts the driver with its clock running at
-	// SkewWithin of real time (within ρ) and partitions it from the store
-	// for For, past its lease; ClockSkewBeyond does the same at
+	// ClockSkew sets the driver's clock running at SkewWithin of real
+	// time (within ρ; scenario.SetClockRate) and partitions it from the
+	// store for For, past its lease; ClockSkewBeyond does the same at
 	// SkewBeyond, a clock so slow that the driver believes its lease
 	// valid long after the coordinator counts it gone — what fencing at
-	// the storage covers. Healing restarts it with a true clock.
+	// the storage covers. Healing releases it and sets its clock true.
 	ClockSkew       Kind = "clock-skew"
 	ClockSkewBeyond Kind = "clock-skew-beyond"
 )

@@ -294,6 +294,23 @@ func (s *Scenario) StartCoordinator(ctx context.Context, name string) error {
 	return err
 }
 
+// rateFile is where SetClockRate writes driver name's clock rate.
+func (s *Scenario) rateFile(name string) string { return filepath.Join(s.cfg.Dir, name+".clock-rate") }
+
+// SetClockRate sets driver name's clock to run at rate of real time (its
+// --clock-rate-file, then SIGUSR1), until it is set again or the driver
+// restarts.
+func (s *Scenario) SetClockRate(name string, rate float64) error {
+	p := s.Proc(name)
+	if p == nil {
+		return fmt.Errorf("scenario: no process %s", name)
+	}
+	if err := os.WriteFile(s.rateFile(name), []byte(strconv.FormatFloat(rate, 'f', -1, 64)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("scenario: %w", err)
+	}
+	return p.Signal(syscall.SIGUSR1)
+}
+
 // RestartStorage kills the storage (SIGKILL) if it runs and starts it
 // again on the same file, apply log and socket; it returns once it
 // serves. Until it has read the group's epoch record again, its guard
@@ -318,7 +335,8 @@ func (s *Scenario) StartDriverWith(ctx context.Context, name string, flags ...st
 	if err := os.Remove(s.sock(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("scenario: %w", err)
 	}
-	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name}, s.memberFlags(name)...)
+	args := append([]string{"driver", "--group", s.cfg.Group, "--id", name,
+		"--clock-rate-file", s.rateFile(name)}, s.memberFlags(name)...)
 	if slices.Contains(s.cfg.Proxied, name) {
 		px, pflags, err := s.proxy(name)
 		if err != nil {
