@@ -325,12 +325,6 @@ func (s *Scenario) RestartStorage(ctx context.Context) error {
 
 // StartDriver starts (or restarts) the driver domain name.
 func (s *Scenario) StartDriver(ctx context.Context, name string) error {
-	return s.StartDriverWith(ctx, name)
-}
-
-// StartDriverWith starts (or restarts) the driver domain name with extra
-// flags (say a --clock-rate), after the scenario's.
-func (s *Scenario) StartDriverWith(ctx context.Context, name string, flags ...string) error {
 	// A killed driver left its socket behind.
 	if err := os.Remove(s.sock(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("scenario: %w", err)
@@ -349,7 +343,7 @@ func (s *Scenario) StartDriverWith(ctx context.Context, name string, flags ...st
 	} else {
 		args = append(args, "--storage-file", filepath.Join(s.cfg.Dir, "storage.addr"))
 	}
-	_, err := s.start(ctx, name, append(args, flags...), "epoch")
+	_, err := s.start(ctx, name, args, "epoch")
 	return err
 }
 
