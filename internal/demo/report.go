@@ -78,6 +78,9 @@ func (r *Result) print(out io.Writer) {
 		fmt.Fprintf(w, "  checker          FAIL: %s\n", v.Reason)
 	}
 	fmt.Fprintf(w, "  timeline         %s\n", r.Timeline)
+	if r.Linearizability != "" {
+		fmt.Fprintf(w, "  not linearizable %s (porcupine's view of blocks %v)\n", r.Linearizability, r.Verdict.NonLinearizable)
+	}
 	if held := r.held(); held != "" {
 		fmt.Fprintf(w, "\n%s\n", wrap(r.lesson(held), 78))
 	}

@@ -200,6 +200,9 @@ type Result struct {
 	Refused, Landed int
 	Verdict         checker.Verdict
 	Timeline        string // the page's path
+	// Linearizability is the path of porcupine's page of the blocks that
+	// are not linearizable, if any.
+	Linearizability string
 }
 
 // epochSeen is an epoch as the demo's watch saw it.
@@ -346,7 +349,14 @@ func runOne(ctx context.Context, cfg Config, seed uint64) (Result, error) {
 		}
 	}
 	p.say("checking %d operations and the storage's apply log (%d lines)", len(w.History()), len(applied))
-	res.Verdict = checker.Check(checker.History{Ops: w.History(), Applied: applied, Connected: connected, Final: final}, cfg.CheckTimeout)
+	hist := checker.History{Ops: w.History(), Applied: applied, Connected: connected, Final: final}
+	res.Verdict = checker.Check(hist, cfg.CheckTimeout)
+	if blocks := res.Verdict.NonLinearizable; len(blocks) > 0 && res.Verdict.Invalid == nil {
+		res.Linearizability = filepath.Join(cfg.Dir, fmt.Sprintf("linearizability-%d-%s.html", seed, cfg.Mode))
+		if err := writeVisualization(res.Linearizability, hist, blocks, cfg.CheckTimeout); err != nil {
+			return res, err
+		}
+	}
 	if loadErr != nil {
 		res.Verdict.OK = false
 		res.Verdict.Reason = strings.TrimPrefix(res.Verdict.Reason+"; ", "; ") + "the client saw errors: " + loadErr.Error()
@@ -363,6 +373,19 @@ func runOne(ctx context.Context, cfg Config, seed uint64) (Result, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// writeVisualization writes porcupine's page of the given blocks.
+func writeVisualization(path string, h checker.History, blocks []int, timeout time.Duration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := checker.Visualize(h, blocks, timeout, f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func unguardedNote(unguarded bool) string {

@@ -83,6 +83,11 @@ func TestStorageDemoLeaseLesson(t *testing.T) {
 	if !strings.Contains(out, "checker          FAIL") || !strings.Contains(words, "a lease stops a domain, not the requests it already sent") {
 		t.Errorf("the report does not tell the lesson")
 	}
+	if len(r.Verdict.NonLinearizable) > 0 {
+		if page, err := os.ReadFile(r.Linearizability); err != nil || len(page) == 0 {
+			t.Errorf("blocks %v are not linearizable, and porcupine's page %q: %v", r.Verdict.NonLinearizable, r.Linearizability, err)
+		}
+	}
 }
 
 // TestStorageDemoSchedules: seeded random schedules in fence mode (50,
