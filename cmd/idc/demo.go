@@ -13,6 +13,7 @@ import (
 func newDemoCmd(g *globals) *cobra.Command {
 	var (
 		basic   bool
+		full    bool
 		dataDir string
 		verbose bool
 		cfg     demo.Config
@@ -77,6 +78,8 @@ the epochs each sees (no storage).`,
 				return fmt.Errorf("idc demo: finding this binary to run the domains: %w", err)
 			}
 			cfg.Binary, cfg.Out, cfg.Verbose = bin, cmd.OutOrStdout(), verbose
+			// Many schedules: a line each, the whole report of a failed one.
+			cfg.Brief = !verbose && !full && (cfg.Schedules > 1 || cfg.Duration > 0)
 			sum, err := demo.Run(cmd.Context(), cfg)
 			if sum.Dir != "" && len(sum.Results) > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "\ntimelines (open in a browser) and files in %s\n", sum.Dir)
@@ -96,6 +99,7 @@ the epochs each sees (no storage).`,
 	f.DurationVar(&cfg.Duration, "duration", 0, "run schedules until this much time has passed (overrides --schedules)")
 	f.StringVar(&cfg.Dir, "dir", "", "where to write the timelines (default: a new temporary directory)")
 	f.BoolVar(&cfg.Keep, "keep", false, "keep each run's files (store, storage file, apply log) in --dir")
+	f.BoolVar(&full, "full", false, "with several schedules, print each one's progress and report (default: a line each, the whole report of a failed one)")
 	f.DurationVar(&cfg.CheckTimeout, "check-timeout", time.Minute, "bound on the linearizability check; running out fails the run")
 	return cmd
 }

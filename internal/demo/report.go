@@ -53,6 +53,21 @@ func quantile(d []time.Duration, q float64) time.Duration {
 	return d[min(max(i, 0), len(d)-1)]
 }
 
+// printLine writes the run in one line: seed, verdict, each fault with
+// its service gap, stale requests refused and landed, duration.
+func (r *Result) printLine(out io.Writer) {
+	verdict := "PASS"
+	if !r.Verdict.OK {
+		verdict = "FAIL"
+	}
+	faults := make([]string, len(r.Faults))
+	for i, f := range r.Faults {
+		faults[i] = fmt.Sprintf("%s %s gap %s", f.Kind, f.Target, ms(f.Gap))
+	}
+	fmt.Fprintf(out, "seed %d %s %s: %s; %d refused, %d landed; %v\n", r.Seed, r.Mode, verdict, strings.Join(faults, ", "),
+		r.Refused, r.Landed, r.End.Sub(r.Start).Round(100*time.Millisecond))
+}
+
 // print writes the run's report.
 func (r *Result) print(out io.Writer) {
 	w := bufio.NewWriter(out)

@@ -73,6 +73,10 @@ type Config struct {
 	Keep bool
 	// Verbose sends every process's output to Out, prefixed by its name.
 	Verbose bool
+	// Brief prints one line per schedule instead of its progress and
+	// report, and the whole report of a schedule the checker rejects (for
+	// long runs).
+	Brief bool
 	// CheckTimeout bounds the linearizability check (default 1 min; a
 	// timeout fails the run).
 	CheckTimeout time.Duration
@@ -157,7 +161,11 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		if res.Verdict.OK {
 			sum.Passed++
 		}
-		res.print(cfg.Out)
+		if cfg.Brief && res.Verdict.OK {
+			res.printLine(cfg.Out)
+		} else {
+			res.print(cfg.Out)
+		}
 	}
 	if len(sum.Results) > 1 {
 		fmt.Fprintf(cfg.Out, "\n%d of %d schedules passed the checker (mode %s, seeds %d to %d, %v)\n",
@@ -252,11 +260,15 @@ func runOne(ctx context.Context, cfg Config, seed uint64) (Result, error) {
 		defer os.RemoveAll(dir)
 	}
 	sc.Dir = dir
-	p := &progress{out: cfg.Out, start: time.Now()}
+	out := cfg.Out
+	if cfg.Brief {
+		out = io.Discard
+	}
+	p := &progress{out: out, start: time.Now()}
 	if cfg.Verbose {
 		sc.Output = cfg.Out
 	}
-	fmt.Fprintf(cfg.Out, "\n== idc demo: seed %d, mode %s%s, schedule %s\n", seed, cfg.Mode, unguardedNote(sc.Unguarded), res.Schedule)
+	fmt.Fprintf(out, "\n== idc demo: seed %d, mode %s%s, schedule %s\n", seed, cfg.Mode, unguardedNote(sc.Unguarded), res.Schedule)
 	p.say("starting the store, two coordinators, the storage, driver-a, driver-b and the disk as processes")
 	s, err := scenario.Start(ctx, sc)
 	if err != nil {

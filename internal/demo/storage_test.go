@@ -101,9 +101,18 @@ func TestStorageDemoSchedules(t *testing.T) {
 	if testing.Short() {
 		n = 5
 	}
-	sum, err, _ := runDemo(t, Config{Seed: 1000, Schedules: n, Steps: 2})
+	sum, err, out := runDemo(t, Config{Seed: 1000, Schedules: n, Steps: 2, Brief: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Brief: a line for each schedule, and the totals.
+	for i := range n {
+		if !strings.Contains(out, fmt.Sprintf("seed %d fence PASS: ", 1000+i)) {
+			t.Errorf("no line for seed %d", 1000+i)
+		}
+	}
+	if strings.Contains(out, "-- report") || !strings.Contains(out, fmt.Sprintf("%d of %d schedules passed", n, n)) {
+		t.Errorf("brief output has a report, or no totals")
 	}
 	kinds := map[nemesis.Kind]int{}
 	for _, r := range sum.Results {
