@@ -2,8 +2,9 @@
 // classes, bounded in bytes and per class: once the bytes are reached, a
 // buffer returned takes the place of one of the other class that holds
 // the most, so that what is kept follows the traffic. The storage's
-// answers and the disk's payloads and frames use it, so that a stream of
-// requests allocates nothing per request.
+// answers and the disk's payloads and frames use a Pool, and a channel
+// mesh its frames through Classes (under its own lock), so that a stream
+// of requests allocates nothing per request.
 package bufpool
 
 import (
@@ -22,20 +23,20 @@ const (
 	MaxPerClass = 256
 )
 
-// Pool keeps buffers. Its zero value is ready; safe for concurrent use. A
-// nil *Pool allocates every buffer and keeps none.
-type Pool struct {
+// Classes keeps buffers as Pool does, without a lock: not safe for
+// concurrent use (a driver that holds its own lock uses it directly). Its
+// zero value is ready.
+type Classes struct {
 	// MinClass is the smallest buffer's class: buffers of class c have
 	// capacity 1<<c. Set it before the first use (0: DefaultMinClass).
 	MinClass int
 
-	mu    sync.Mutex
 	free  [bits.UintSize][][]byte
 	bytes [bits.UintSize]int
 	total int
 }
 
-func (p *Pool) class(n int) int {
+func (p *Classes) class(n int) int {
 	min := DefaultMinClass
 	if p != nil && p.MinClass > 0 {
 		min = p.MinClass
@@ -45,41 +46,32 @@ func (p *Pool) class(n int) int {
 
 // Get returns a buffer of length n, a kept one if there is one; its bytes
 // are not cleared.
-func (p *Pool) Get(n int) []byte {
+func (p *Classes) Get(n int) []byte {
 	c := p.class(n)
-	if p != nil {
-		p.mu.Lock()
-		if k := len(p.free[c]); k > 0 {
-			b := p.free[c][k-1]
-			p.free[c][k-1] = nil
-			p.free[c] = p.free[c][:k-1]
-			p.bytes[c] -= cap(b)
-			p.total -= cap(b)
-			p.mu.Unlock()
-			return b[:n]
-		}
-		p.mu.Unlock()
+	if k := len(p.free[c]); k > 0 {
+		b := p.free[c][k-1]
+		p.free[c][k-1] = nil
+		p.free[c] = p.free[c][:k-1]
+		p.bytes[c] -= cap(b)
+		p.total -= cap(b)
+		return b[:n]
 	}
 	return make([]byte, n, 1<<c)
 }
 
 // Put keeps b for reuse, if it is of a class's size and the bounds allow.
 // b must not be used afterwards.
-func (p *Pool) Put(b []byte) {
+func (p *Classes) Put(b []byte) {
 	n := cap(b)
-	if p == nil || n < 1<<p.class(1) || n > MaxBytes {
+	if n < 1<<p.class(1) || n > MaxBytes {
 		return
 	}
 	c := p.class(n)
-	if n != 1<<c {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.free[c]) >= MaxPerClass {
+	if n != 1<<c || len(p.free[c]) >= MaxPerClass {
 		return
 	}
 	for p.total+n > MaxBytes {
+		// Make room from the other class that holds the most.
 		big := -1
 		for i := range p.bytes {
 			if i != c && p.bytes[i] > 0 && (big < 0 || p.bytes[i] > p.bytes[big]) {
@@ -98,4 +90,39 @@ func (p *Pool) Put(b []byte) {
 	p.free[c] = append(p.free[c], b[:0])
 	p.bytes[c] += n
 	p.total += n
+}
+
+// Pool keeps buffers. Its zero value is ready; safe for concurrent use. A
+// nil *Pool allocates every buffer and keeps none.
+type Pool struct {
+	// MinClass is the smallest buffer's class: buffers of class c have
+	// capacity 1<<c. Set it before the first use (0: DefaultMinClass).
+	MinClass int
+
+	mu sync.Mutex
+	c  Classes
+}
+
+// Get returns a buffer of length n, a kept one if there is one; its bytes
+// are not cleared.
+func (p *Pool) Get(n int) []byte {
+	if p == nil {
+		return make([]byte, n, 1<<(*Classes)(nil).class(n))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.c.MinClass = p.MinClass // the field is the Pool's, set before first use
+	return p.c.Get(n)
+}
+
+// Put keeps b for reuse, if it is of a class's size and the bounds allow.
+// b must not be used afterwards.
+func (p *Pool) Put(b []byte) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.c.MinClass = p.MinClass
+	p.c.Put(b)
 }

@@ -411,11 +411,11 @@ func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
 // m.mu held.
 func (l *link) write(t wire.Type, arg uint64, payload []byte) {
 	m := l.m
-	b := wire.AppendFrame(m.bufs.get(wire.HeaderSize+len(payload)), t, l.epoch, l.ch.Seq(t), arg, payload)
+	b := wire.AppendFrame(m.bufs.Get(wire.HeaderSize+len(payload))[:0], t, l.epoch, l.ch.Seq(t), arg, payload)
 	if l.inflight < network.SendWindow && l.queued.len() == 0 {
 		if l.now != nil {
 			if l.now.SendNow(b, l.wfn) {
-				m.bufs.put(b) // written: no callback follows
+				m.bufs.Put(b) // written: no callback follows
 				return
 			}
 		} else {
@@ -452,7 +452,7 @@ func (l *link) onWritten(c network.Conn, err error) {
 	}
 	l.inflight--
 	if l.written.len() > 0 {
-		m.bufs.put(l.written.pop())
+		m.bufs.Put(l.written.pop())
 	}
 	for err == nil && l.queued.len() > 0 && l.inflight < network.SendWindow && l.conn != nil {
 		b := l.queued.pop()

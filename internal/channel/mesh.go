@@ -3,6 +3,7 @@ package channel
 import (
 	"cmp"
 	"fmt"
+	"github.com/idc-dev/idc/internal/bufpool"
 	"log/slog"
 	"slices"
 	"sync"
@@ -43,7 +44,7 @@ type Mesh struct {
 	held      map[*link]struct{}      // accepted, handshake not done
 	inbox     queue[inMsg]            // messages of epoch, not yet received
 	nextCall  uint64
-	bufs      buffers // frame buffers to reuse
+	bufs      bufpool.Classes // frame buffers to reuse
 	tick      clock.Timer
 	tickFn    func()
 	det       protocol.Detector
@@ -114,6 +115,7 @@ func Start(cfg Config, host Host) (*Mesh, error) {
 		met:   newMetrics(cfg.Metrics, cfg.Group, cfg.ID),
 		me:    proto.Ref{ID: cfg.ID, Incarnation: cfg.Incarnation},
 		links: map[string]*link{}, held: map[*link]struct{}{},
+		bufs: bufpool.Classes{MinClass: 9}, // 512 bytes: a frame's header and a small message
 	}
 	m.tickFn = m.onTick
 	m.det = protocol.Detector{Heartbeat: cfg.Heartbeat, Misses: cfg.Misses}
