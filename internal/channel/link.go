@@ -411,7 +411,7 @@ func (l *link) refused(code wire.RefuseCode, theirs uint64, reason string) {
 // m.mu held.
 func (l *link) write(t wire.Type, arg uint64, payload []byte) {
 	m := l.m
-	b := wire.AppendFrame(m.bufs.Get(wire.HeaderSize+len(payload))[:0], t, l.epoch, l.ch.Seq(t), arg, payload)
+	b := wire.AppendFrame(m.bufs.Get(wire.HeaderSize + len(payload))[:0], t, l.epoch, l.ch.Seq(t), arg, payload)
 	if l.inflight < network.SendWindow && l.queued.len() == 0 {
 		if l.now != nil {
 			if l.now.SendNow(b, l.wfn) {
