@@ -431,27 +431,63 @@ func (s *Scenario) start(ctx context.Context, name string, args []string, ready 
 	if name != "store" && !slices.Contains(args, "--etcd-endpoints") {
 		args = append(args, "--etcd-endpoints", s.Endpoint)
 	}
-	p := &Proc{Name: name, changed: make(chan struct{}), exited: make(chan struct{})}
-	p.cmd = exec.Command(s.cfg.Binary, args...)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdout, err := p.cmd.StdoutPipe()
+	p, stderr, err := startProc(name, append([]string{s.cfg.Binary}, args...), s.out)
 	if err != nil {
 		return nil, err
-	}
-	stderr := &prefixWriter{name: name, w: s.out}
-	p.cmd.Stderr = stderr
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("scenario: start %s: %w", name, err)
 	}
 	s.mu.Lock()
 	s.procs[name] = p
 	s.mu.Unlock()
-	go p.read(stdout, s.out)
-	if err := p.WaitLine(ctx, ready); err != nil {
-		lines := append(p.Lines(), stderr.last()...)
-		return nil, fmt.Errorf("scenario: %s did not get ready: %w; its last output:\n  %s", name, err, strings.Join(lines[max(0, len(lines)-8):], "\n  "))
+	if err := p.waitReady(ctx, ready, stderr); err != nil {
+		return nil, err
 	}
 	return p, nil
+}
+
+// Launch starts argv as a process called name — any command, such as
+// an idc binary run inside a network namespace with ip netns exec — and
+// waits until a line of its standard output contains ready. Each line
+// it prints goes to out prefixed with its name; out must take writes
+// from several goroutines (LogWriter's does). If it does not get ready
+// before ctx ends, Launch kills it.
+func Launch(ctx context.Context, name string, argv []string, out io.Writer, ready string) (*Proc, error) {
+	p, stderr, err := startProc(name, argv, out)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitReady(ctx, ready, stderr); err != nil {
+		p.Kill()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startProc starts argv as process name; it is killed if the caller dies.
+func startProc(name string, argv []string, out io.Writer) (*Proc, *prefixWriter, error) {
+	p := &Proc{Name: name, changed: make(chan struct{}), exited: make(chan struct{})}
+	p.cmd = exec.Command(argv[0], argv[1:]...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	stderr := &prefixWriter{name: name, w: out}
+	p.cmd.Stderr = stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("scenario: start %s: %w", name, err)
+	}
+	go p.read(stdout, out)
+	return p, stderr, nil
+}
+
+// waitReady waits for a line containing ready and says what the process
+// printed last if none comes.
+func (p *Proc) waitReady(ctx context.Context, ready string, stderr *prefixWriter) error {
+	if err := p.WaitLine(ctx, ready); err != nil {
+		lines := append(p.Lines(), stderr.last()...)
+		return fmt.Errorf("scenario: %s did not get ready: %w; its last output:\n  %s", p.Name, err, strings.Join(lines[max(0, len(lines)-8):], "\n  "))
+	}
+	return nil
 }
 
 // Proc is a process of the scenario.
