@@ -129,8 +129,11 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	}
 	row("groups × 3 memberships", func(r bench.ScaleResult) string { return fmt.Sprintf("%d", r.Groups) })
 	row("outcome", func(r bench.ScaleResult) string {
-		if r.Broke() {
+		switch {
+		case r.Broke():
 			return "BROKE (below)"
+		case r.Outcome != "ok":
+			return "degraded (below)"
 		}
 		return r.Outcome
 	})
@@ -169,7 +172,7 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	})
 	row("beside / alone", func(r bench.ScaleResult) string { return if0(r.Ratio > 0, fmt.Sprintf("%.2f×", r.Ratio)) })
 	row("burst: all groups changed", func(r bench.ScaleResult) string {
-		return if0(r.Burst > 0, fmt.Sprintf("%s (%.0f changes/s)", secs(r.Burst), r.BurstPerSec))
+		return if0(r.Burst > 0, fmt.Sprintf("%s (%.0f changes/s, %d lost)", secs(r.Burst), r.BurstPerSec, r.BurstLost))
 	})
 	row("coordinator: lost election / write failures / relists", func(r bench.ScaleResult) string {
 		return fmt.Sprintf("%d / %d / %d", r.LeaderLosses, r.WriteFailures, r.Relists)
@@ -192,8 +195,11 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	})
 	tw.Flush()
 	for _, r := range rs {
-		if r.Broke() {
+		if r.Outcome != "ok" {
 			fmt.Fprintf(w, "\n%d groups: %s\n", r.Groups, r.Outcome)
+		}
+		if r.BurstError != "" {
+			fmt.Fprintf(w, "\n%d groups, burst: %s\n", r.Groups, r.BurstError)
 		}
 		if len(r.SpontaneousReasons) > 0 {
 			fmt.Fprintf(w, "\n%d groups, spontaneous epoch changes:\n", r.Groups)

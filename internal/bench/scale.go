@@ -169,9 +169,12 @@ type ScaleResult struct {
 	Memberships int `json:"memberships"`
 	PerClient   int `json:"per_client"`
 	Clients     int `json:"clients"`
-	// Outcome is "ok", or what broke and in which phase; Err is the
-	// error (wrapping ErrNotFormed, ErrMemoryLimit, ErrCoordinatorStopped,
-	// ErrStoreFailed, or another failure).
+	// Outcome is "ok"; "degraded: " and what went wrong in a size that
+	// completed (the coordinator lost its election, memberships were
+	// fenced, renewals failed, groups were lost in the burst, etcd refused
+	// requests); or "broke while " the phase and what broke. Err is what
+	// broke (wrapping ErrNotFormed, ErrMemoryLimit, ErrCoordinatorStopped,
+	// ErrStoreFailed, or another failure), nil otherwise.
 	Outcome string `json:"outcome"`
 	Err     error  `json:"-"`
 
@@ -232,12 +235,15 @@ type ScaleResult struct {
 	Ratio  float64         `json:"ratio"`
 
 	// Burst: a new domain joins every group at once; from the first Join
-	// to every group connected with it (BurstConnected groups were, if
-	// not all), BurstJoins until the last Join returned; BurstPerSec is
-	// Groups/Burst, epoch changes per second.
+	// to every group connected with it (BurstConnected groups) or lost
+	// (BurstLost: the join failed, BurstError says how, or a membership
+	// was fenced), BurstJoins until the last Join returned; BurstPerSec
+	// is BurstConnected/Burst, epoch changes per second.
 	Burst          time.Duration `json:"burst_ns"`
 	BurstJoins     time.Duration `json:"burst_joins_ns"`
 	BurstConnected int           `json:"burst_connected"`
+	BurstLost      int           `json:"burst_lost"`
+	BurstError     string        `json:"burst_error,omitempty"`
 	BurstPerSec    float64       `json:"burst_per_s"`
 
 	// LeaderLosses: times the coordinator's idc_coordinator_leader went
@@ -268,6 +274,24 @@ type ScaleResult struct {
 
 // Broke reports whether the size broke.
 func (r ScaleResult) Broke() bool { return r.Err != nil }
+
+// problems lists what went wrong in a size that did not break.
+func (r ScaleResult) problems() []string {
+	var p []string
+	add := func(ok bool, format string, args ...any) {
+		if !ok {
+			p = append(p, fmt.Sprintf(format, args...))
+		}
+	}
+	add(r.LeaderLosses == 0, "the coordinator lost its election %d×", r.LeaderLosses)
+	add(r.SpontaneousEpochs == 0 && r.Ended == 0, "idle: %d spontaneous epoch changes, %d memberships ended", r.SpontaneousEpochs, r.Ended)
+	add(r.FencedLease == 0 && r.FencedEvicted == 0, "%d memberships fenced (lease) and %d evicted", r.FencedLease, r.FencedEvicted)
+	add(r.RenewFailuresTotal == 0, "%d renewals failed", r.RenewFailuresTotal)
+	add(r.BurstLost == 0, "burst: %d groups lost", r.BurstLost)
+	add(r.TooManyRequests == 0, "etcd refused %d requests as too many", r.TooManyRequests)
+	add(r.WatchResyncs == 0, "the epoch watch failed %d× (events lost)", r.WatchResyncs)
+	return p
+}
 
 // Scale measures how idc scales out in one process: for each size in
 // o.Groups, on a fresh embedded store with one coordinator, it forms that
@@ -350,6 +374,8 @@ type scaleRun struct {
 	extraMu sync.Mutex
 	extra   []*idc.Membership
 	nextIdx atomic.Int64 // membership index, for the client it uses
+
+	stopping atomic.Bool // the shutdown began
 }
 
 func (r *scaleRun) say(format string, args ...any) {
@@ -378,6 +404,12 @@ func scaleSize(ctx context.Context, o ScaleOptions, g int, dir string) ScaleResu
 	res.After = resources()
 	res.Clients = len(r.clients)
 	r.collectCounts()
+	if !res.Broke() {
+		if p := res.problems(); len(p) > 0 {
+			res.Outcome = "degraded: " + strings.Join(p, "; ")
+			r.say("%s", res.Outcome)
+		}
+	}
 	r.say("shut down: goroutines %d (before %d), fds %d (before %d), rss %s",
 		res.After.Goroutines, res.Before.Goroutines, res.After.FDs, res.Before.FDs, mib(res.After.RSS))
 	return res
@@ -606,7 +638,9 @@ func (r *scaleRun) group(i int) []*idc.Membership {
 }
 
 // form joins the G groups' memberships, o.Parallel at a time, and waits
-// until every group is connected, within o.Timeout.
+// until every group is connected, within o.Timeout. A group whose join
+// failed or whose membership ended (fenced) is lost: the others are still
+// waited for, and the size then broke.
 func (r *scaleRun) form() error {
 	ctx, cancel := context.WithTimeoutCause(r.run, r.o.Timeout, ErrNotFormed)
 	defer cancel()
@@ -614,23 +648,22 @@ func (r *scaleRun) form() error {
 	start := time.Now()
 	var (
 		next, joined atomic.Int64
-		joinErr      error
-		errOnce      sync.Once
+		failed       = make([]atomic.Bool, r.g)
+		jerrs        joinErrors
 		wg           sync.WaitGroup
 	)
-	jctx, jcancel := context.WithCancel(ctx)
-	defer jcancel()
 	for range min(r.o.Parallel, len(r.slots)) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(r.slots) || jctx.Err() != nil {
+				if i >= len(r.slots) || ctx.Err() != nil {
 					return
 				}
-				d, err := r.join(jctx, groupName(i/scaleMembers), fmt.Sprintf("m%d", i%scaleMembers))
+				d, err := r.join(ctx, groupName(i/scaleMembers), fmt.Sprintf("m%d", i%scaleMembers))
 				if err != nil {
-					errOnce.Do(func() { joinErr = fmt.Errorf("bench: join %d of %d: %w", i+1, len(r.slots), err); jcancel() })
-					return
+					failed[i/scaleMembers].Store(true)
+					jerrs.add(fmt.Errorf("join %s/m%d: %w", groupName(i/scaleMembers), i%scaleMembers, err))
+					continue
 				}
 				r.slots[i].Store(d)
 				joined.Add(1)
@@ -638,38 +671,85 @@ func (r *scaleRun) form() error {
 		})
 	}
 	defer wg.Wait()
+	done, lost, err := r.await(ctx, r.group, func(i int) bool { return failed[i].Load() }, scaleMembers, 100*time.Millisecond,
+		func(done, lost int) {
+			rs := resources()
+			r.say("forming: %d/%d joined, %d/%d groups connected, %d lost; goroutines %d, fds %d, rss %s",
+				joined.Load(), len(r.slots), done, r.g, lost, rs.Goroutines, rs.FDs, mib(rs.RSS))
+		})
+	r.res.Connected = done * scaleMembers
+	switch {
+	case err != nil && errors.Is(err, ErrNotFormed):
+		return fmt.Errorf("%w (%v): %d of %d memberships joined, %d of %d groups connected, %d lost%s",
+			ErrNotFormed, r.o.Timeout, joined.Load(), len(r.slots), done, r.g, lost, jerrs.String())
+	case err != nil:
+		return err
+	case lost > 0:
+		return fmt.Errorf("%w: %d of %d groups lost (a join failed or a membership was fenced)%s", ErrNotFormed, lost, r.g, jerrs.String())
+	}
+	r.res.Formation = time.Since(start)
+	return nil
+}
+
+// await polls every every until each group i < r.g is connected with n
+// members (members(i)) or lost (failed(i), or one of its memberships
+// ended), or ctx ends (with its cause); progress is called every 5 s.
+func (r *scaleRun) await(ctx context.Context, members func(int) []*idc.Membership, failed func(int) bool, n int, every time.Duration, progress func(done, lost int)) (done, lost int, err error) {
 	pending := make([]int, r.g)
 	for i := range pending {
 		pending[i] = i
 	}
 	lastSay := time.Now()
 	for {
-		pending = slices.DeleteFunc(pending, func(i int) bool { return connected(r.group(i), scaleMembers) })
-		done := r.g - len(pending)
-		r.res.Connected = done * scaleMembers
+		pending = slices.DeleteFunc(pending, func(i int) bool {
+			ds := members(i)
+			switch {
+			case connected(ds, n):
+				done++
+				return true
+			case failed(i) || slices.ContainsFunc(ds, func(d *idc.Membership) bool { return d != nil && d.Err() != nil }):
+				lost++
+				return true
+			}
+			return false
+		})
 		if len(pending) == 0 {
-			r.res.Formation = time.Since(start)
-			return nil
+			return done, lost, nil
 		}
 		if time.Since(lastSay) >= 5*time.Second {
 			lastSay = time.Now()
-			rs := resources()
-			r.say("forming: %d/%d joined, %d/%d groups connected; goroutines %d, fds %d, rss %s",
-				joined.Load(), len(r.slots), done, r.g, rs.Goroutines, rs.FDs, mib(rs.RSS))
+			progress(done, lost)
 		}
-		if !sleep(jctx, 100*time.Millisecond) {
-			wg.Wait()
-			if joinErr != nil && ctx.Err() == nil {
-				return joinErr
-			}
-			cause := context.Cause(ctx)
-			if errors.Is(cause, ErrNotFormed) {
-				cause = fmt.Errorf("%w (%v): %d of %d memberships joined, %d of %d groups connected",
-					ErrNotFormed, r.o.Timeout, joined.Load(), len(r.slots), done, r.g)
-			}
-			return cause
+		if !sleep(ctx, every) {
+			return done, lost, context.Cause(ctx)
 		}
 	}
+}
+
+// joinErrors keeps the first join error and counts them.
+type joinErrors struct {
+	mu    sync.Mutex
+	n     int
+	first error
+}
+
+func (j *joinErrors) add(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.n == 0 {
+		j.first = err
+	}
+	j.n++
+}
+
+// String is "" without errors, else a clause for a message.
+func (j *joinErrors) String() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d joins failed, the first: %v", j.n, j.first)
 }
 
 // idle counts CPU, renewals and spontaneous fences over the idle window.
@@ -717,7 +797,7 @@ func (r *scaleRun) idle() error {
 	}
 	// Every membership of the groups, plus the base group's.
 	res.RenewalsExpected = float64(res.Memberships+scaleMembers) / idc.DefaultRenewInterval.Seconds()
-	res.RenewFailures = int64(counterSum(r.memberReg, "idc_member_renew_failures_total") - failed0)
+	res.RenewFailures = int64(max(0, counterSum(r.memberReg, "idc_member_renew_failures_total")) - max(0, failed0))
 	lat = append(lat, renewLatencies(r.memberReg, valid)...)
 	res.RenewSamples = len(lat)
 	res.RenewP50, res.RenewP99 = Percentile(lat, 50), Percentile(lat, 99)
@@ -745,26 +825,27 @@ func (r *scaleRun) ended() int {
 }
 
 // burst joins a new domain to every group at once and waits until every
-// group is connected with it, within o.Timeout.
+// group is connected with it, within o.Timeout. Groups lost on the way
+// (the join failed or a membership was fenced) are counted, not waited
+// for.
 func (r *scaleRun) burst() error {
 	ctx, cancel := context.WithTimeoutCause(r.run, r.o.Timeout, ErrNotFormed)
 	defer cancel()
 	r.say("burst: a new domain joins each of the %d groups at once", r.g)
-	joiners := make([]atomic.Pointer[idc.Membership], r.g)
 	var (
-		wg          sync.WaitGroup
-		lastJoin    atomic.Int64
-		joinErr     error
-		errOnce     sync.Once
-		jctx, jstop = context.WithCancel(ctx)
+		joiners  = make([]atomic.Pointer[idc.Membership], r.g)
+		failed   = make([]atomic.Bool, r.g)
+		jerrs    joinErrors
+		wg       sync.WaitGroup
+		lastJoin atomic.Int64
 	)
-	defer jstop()
 	start := time.Now()
 	for i := range r.g {
 		wg.Go(func() {
-			d, err := r.joinExtra(jctx, groupName(i), "n")
+			d, err := r.joinExtra(ctx, groupName(i), "n")
 			if err != nil {
-				errOnce.Do(func() { joinErr = fmt.Errorf("bench: burst join in %s: %w", groupName(i), err); jstop() })
+				failed[i].Store(true)
+				jerrs.add(fmt.Errorf("join %s/n: %w", groupName(i), err))
 				return
 			}
 			joiners[i].Store(d)
@@ -777,48 +858,34 @@ func (r *scaleRun) burst() error {
 		})
 	}
 	defer wg.Wait()
-	pending := make([]int, r.g)
-	for i := range pending {
-		pending[i] = i
-	}
-	lastSay := time.Now()
-	for {
-		pending = slices.DeleteFunc(pending, func(i int) bool {
-			return connected(append(r.group(i), joiners[i].Load()), scaleMembers+1)
+	done, lost, err := r.await(ctx, func(i int) []*idc.Membership { return append(r.group(i), joiners[i].Load()) },
+		func(i int) bool { return failed[i].Load() }, scaleMembers+1, 10*time.Millisecond,
+		func(done, lost int) {
+			r.say("burst: %d/%d groups connected with the new domain, %d lost", done, r.g, lost)
 		})
-		r.res.BurstConnected = r.g - len(pending)
-		if len(pending) == 0 {
-			r.res.Burst = time.Since(start)
-			wg.Wait()
-			r.res.BurstJoins = time.Duration(lastJoin.Load())
-			r.res.BurstPerSec = float64(r.g) / r.res.Burst.Seconds()
-			r.say("burst: %d groups changed in %v (%.0f changes/s; the last Join returned after %v)",
-				r.g, r.res.Burst.Round(time.Millisecond), r.res.BurstPerSec, r.res.BurstJoins.Round(time.Millisecond))
-			return nil
+	r.res.Burst = time.Since(start)
+	r.res.BurstConnected, r.res.BurstLost = done, lost
+	if err != nil {
+		r.res.Burst = 0
+		if errors.Is(err, ErrNotFormed) {
+			err = fmt.Errorf("%w (%v): burst: %d of %d groups connected with the new domain, %d lost%s", ErrNotFormed, r.o.Timeout, done, r.g, lost, jerrs.String())
 		}
-		if time.Since(lastSay) >= 5*time.Second {
-			lastSay = time.Now()
-			r.say("burst: %d/%d groups connected with the new domain", r.res.BurstConnected, r.g)
-		}
-		if !sleep(jctx, 10*time.Millisecond) {
-			wg.Wait()
-			if joinErr != nil && ctx.Err() == nil {
-				return joinErr
-			}
-			cause := context.Cause(ctx)
-			if errors.Is(cause, ErrNotFormed) {
-				cause = fmt.Errorf("%w (%v): burst: %d of %d groups connected with the new domain", ErrNotFormed, r.o.Timeout, r.res.BurstConnected, r.g)
-			}
-			return cause
-		}
+		return err
 	}
+	wg.Wait()
+	r.res.BurstJoins = time.Duration(lastJoin.Load())
+	r.res.BurstPerSec = float64(done) / r.res.Burst.Seconds()
+	r.res.BurstError = strings.TrimPrefix(jerrs.String(), "; ")
+	r.say("burst: %d groups changed in %v (%.0f changes/s; the last Join returned after %v), %d lost%s",
+		done, r.res.Burst.Round(time.Millisecond), r.res.BurstPerSec, r.res.BurstJoins.Round(time.Millisecond), lost, jerrs.String())
+	return nil
 }
 
 // monitor watches the coordinator's leadership and the memory limit
 // until the size ends, and keeps the peak RSS.
 func (r *scaleRun) monitor() {
 	was := false
-	for sleep(r.run, 250*time.Millisecond) {
+	for sleep(r.run, 250*time.Millisecond) && !r.stopping.Load() {
 		lead := gaugeValue(r.coordReg, "idc_coordinator_leader") == 1
 		if was && !lead {
 			r.res.LeaderLosses++
@@ -840,6 +907,12 @@ func (r *scaleRun) monitor() {
 // (briefly) for the goroutines to end.
 func (r *scaleRun) shutdown(dir string) {
 	r.setPhase("shutting down")
+	// What the shutdown itself causes (the coordinator stepping down,
+	// members closing) is not counted.
+	r.stopping.Store(true)
+	if r.logs != nil {
+		r.logs.frozen.Store(true)
+	}
 	if r.stopCoor != nil {
 		r.stopCoor()
 		<-r.coorDone
@@ -893,14 +966,18 @@ func (r *scaleRun) shutdown(dir string) {
 // collectCounts reads the counters kept across the size.
 func (r *scaleRun) collectCounts() {
 	res := r.res
+	// A counter family with no sample yet is absent: 0.
+	count := func(g prometheus.Gatherer, name string, labels ...string) int64 {
+		return int64(max(0, counterSum(g, name, labels...)))
+	}
 	if r.memberReg != nil {
-		res.RenewFailuresTotal = int64(counterSum(r.memberReg, "idc_member_renew_failures_total"))
-		res.FencedLease = int64(counterSum(r.memberReg, "idc_member_fenced_total", "reason", "lease"))
-		res.FencedEvicted = int64(counterSum(r.memberReg, "idc_member_fenced_total", "reason", "evicted"))
+		res.RenewFailuresTotal = count(r.memberReg, "idc_member_renew_failures_total")
+		res.FencedLease = count(r.memberReg, "idc_member_fenced_total", "reason", "lease")
+		res.FencedEvicted = count(r.memberReg, "idc_member_fenced_total", "reason", "evicted")
 	}
 	if r.coordReg != nil {
-		res.WriteFailures = int64(counterSum(r.coordReg, "idc_coordinator_epoch_write_failures_total"))
-		res.Relists = int64(counterSum(r.coordReg, "idc_coordinator_relists_total"))
+		res.WriteFailures = count(r.coordReg, "idc_coordinator_epoch_write_failures_total")
+		res.Relists = count(r.coordReg, "idc_coordinator_relists_total")
 	}
 	if r.watch != nil {
 		res.WatchResyncs = r.watch.resyncs()
@@ -1131,6 +1208,7 @@ type logCounter struct {
 	samples []string
 	seen    map[string]bool
 	tooMany int
+	frozen  atomic.Bool // stop counting
 }
 
 func newLogCounter(next slog.Handler) *logCounter {
@@ -1162,7 +1240,7 @@ func (h *countHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (h *countHandler) Handle(ctx context.Context, rec slog.Record) error {
-	if rec.Level >= slog.LevelWarn {
+	if rec.Level >= slog.LevelWarn && !h.c.frozen.Load() {
 		var errText string
 		rec.Attrs(func(a slog.Attr) bool {
 			if a.Key == "err" || a.Key == "error" {

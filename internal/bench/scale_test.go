@@ -66,7 +66,7 @@ func TestScale(t *testing.T) {
 	if want := float64(Median(r.Loaded)) / float64(Median(r.Single)); r.Ratio != want || r.Ratio <= 0 {
 		t.Errorf("ratio %v, want %v", r.Ratio, want)
 	}
-	if r.BurstConnected != groups || r.Burst <= 0 || r.BurstJoins <= 0 || r.BurstJoins > r.Burst || r.BurstPerSec <= 0 {
+	if r.BurstConnected != groups || r.BurstLost != 0 || r.Burst <= 0 || r.BurstJoins <= 0 || r.BurstJoins > r.Burst || r.BurstPerSec <= 0 {
 		t.Errorf("burst: %d of %d groups in %v (joins %v, %.1f/s)", r.BurstConnected, groups, r.Burst, r.BurstJoins, r.BurstPerSec)
 	}
 	if r.LeaderLosses != 0 {
