@@ -51,6 +51,14 @@ type LeaderConfig struct {
 
 // Leader coordinates every group while it runs. Its methods are safe for
 // concurrent use; every store and clock callback runs under its lock.
+//
+// Its work scales with the groups that change, not with the groups that
+// exist: a watch event hands the view to the machines of the groups it
+// touched, and only their next deadlines are evaluated again and moved in
+// a heap of every group's deadline (deadlines); one timer is armed for the
+// earliest, and when it fires only the groups whose deadline passed are
+// ticked. Each group's actions run one at a time, groups independently:
+// one group's store call in flight holds no other group back.
 type Leader struct {
 	cfg   LeaderConfig
 	st    store.Store
@@ -66,9 +74,27 @@ type Leader struct {
 	gen     uint64 // of the current listing and watch
 	heard   bool   // the watch delivered something since the last check
 	hung    bool   // the last watch was found hung: watch on a fresh stream
-	timer   clock.Timer
 	check   clock.Timer
 	maxOps  int
+
+	// dl holds every group that has a deadline, earliest first; timer is
+	// armed for the earliest (timerAt), and timerGen tells a timer that
+	// was replaced after it fired but before it got the lock.
+	dl       deadlines
+	timer    clock.Timer
+	timerAt  time.Duration
+	timerGen uint64
+	// stats counts the leader's work per group, for tests.
+	stats leaderStats
+}
+
+// leaderStats counts the per-group work of a Leader: what must grow with
+// the groups that change, not with the groups that exist.
+type leaderStats struct {
+	deadlines int // NextDeadline evaluations
+	updates   int // views handed to machines
+	ticks     int // machines ticked by the timer
+	finished  int // actions' outcomes reported to machines
 }
 
 type group struct {
@@ -84,6 +110,10 @@ type group struct {
 	// quiescedAt when (for the epoch change metric).
 	quiescing  uint64
 	quiescedAt time.Duration
+	// deadline is the machine's next deadline while the group is in the
+	// Leader's heap of deadlines, at slot-1 (0: not in it).
+	deadline time.Duration
+	slot     int
 }
 
 // StartLeader starts coordinating: it lists every group's keys, then
@@ -166,12 +196,9 @@ func (l *Leader) list() {
 			for _, g := range l.groups {
 				g.view = core.NewView(g.name)
 			}
-			touched := map[string]bool{}
 			if len(resp.Gets) > 0 {
 				for _, kv := range resp.Gets[0] {
-					if g := l.apply(kv, false); g != "" {
-						touched[g] = true
-					}
+					l.apply(kv, false)
 				}
 			}
 			l.heard = true
@@ -179,8 +206,8 @@ func (l *Leader) list() {
 			l.hung = false
 			l.watch = l.st.Watch(store.WatchRequest{Key: keys.Groups(), End: store.PrefixEnd(keys.Groups()), Rev: resp.Revision + 1, Fresh: fresh},
 				func(wr store.WatchResponse) { l.do(func() { l.onWatch(gen, wr) }) })
-			// Every group is updated: one that vanished from the store has
-			// an empty view now, which its machine waits on (G1).
+			// Every group is updated, once: one that vanished from the
+			// store has an empty view now, which its machine waits on (G1).
 			for _, name := range slices.Sorted(maps.Keys(l.groups)) {
 				l.update(name)
 			}
@@ -255,44 +282,62 @@ func (l *Leader) apply(kv store.KV, del bool) string {
 
 func (l *Leader) update(name string) {
 	g := l.groups[name]
+	l.stats.updates++
 	g.m.Update(g.view, l.now())
-	l.pump(g)
+	l.settle(g)
 }
 
-// arm sets the timer to the earliest deadline of any group.
+// settle follows an event of group g's machine (an update, a tick, the
+// end of an action): it carries out the actions the machine decided and
+// moves the group to its new place among the deadlines. The caller then
+// arms the timer (arm), once for all the groups its event touched.
+func (l *Leader) settle(g *group) {
+	l.pump(g)
+	d, ok := g.m.NextDeadline()
+	l.stats.deadlines++
+	l.dl.set(g, d, ok)
+}
+
+// arm sets the timer to the earliest deadline of any group, unless it is
+// set for it already: a deadline that moved earlier re-arms it, one that
+// moved later or went away too (no firing for nothing).
 func (l *Leader) arm() {
 	if l.stopped {
 		return
 	}
+	next, ok := l.dl.next()
 	if l.timer != nil {
+		if ok && next == l.timerAt {
+			return
+		}
 		l.timer.Stop()
 		l.timer = nil
 	}
-	var next time.Duration
-	found := false
-	for _, g := range l.groups {
-		if d, ok := g.m.NextDeadline(); ok && (!found || d < next) {
-			next, found = d, true
-		}
-	}
-	if !found {
+	if !ok {
 		return
 	}
+	l.timerGen++
+	gen := l.timerGen
+	l.timerAt = next
 	l.timer = l.clk.AfterFunc(max(next-l.now(), 0), l.locked(func() {
+		if l.stopped || gen != l.timerGen {
+			return // replaced meanwhile
+		}
 		l.timer = nil
-		if l.stopped {
-			return
-		}
-		now := l.now()
-		for _, name := range slices.Sorted(maps.Keys(l.groups)) {
-			g := l.groups[name]
-			if d, ok := g.m.NextDeadline(); ok && d <= now {
-				g.m.Tick(now)
-				l.pump(g)
-			}
-		}
-		l.arm()
+		l.fire()
 	}))
+}
+
+// fire ticks the machines of the groups whose deadline has passed (taken
+// from the heap; the others are not looked at), then re-arms the timer.
+func (l *Leader) fire() {
+	now := l.now()
+	for _, g := range l.dl.due(now) {
+		l.stats.ticks++
+		g.m.Tick(now)
+		l.settle(g)
+	}
+	l.arm()
 }
 
 // pump carries out group g's actions, one at a time.
@@ -310,8 +355,9 @@ func (l *Leader) pump(g *group) {
 			if l.stopped {
 				return
 			}
+			l.stats.finished++
 			report(l.now())
-			l.pump(g)
+			l.settle(g)
 			l.arm()
 		})
 	}
