@@ -64,6 +64,8 @@ are skipped unless --keep-going. Progress goes to stderr; the table (or
 				return fmt.Errorf("--timeout %v: want a positive duration", o.Timeout)
 			case o.Parallel < 1:
 				return fmt.Errorf("--parallel %d: want at least 1", o.Parallel)
+			case o.BurstParallel < 0:
+				return fmt.Errorf("--burst-parallel %d: want 0 (all at once) or more", o.BurstParallel)
 			}
 			if maxRSS != "0" && maxRSS != "" {
 				n, err := parseBytes(maxRSS)
@@ -99,6 +101,7 @@ are skipped unless --keep-going. Progress goes to stderr; the table (or
 	f.IntVar(&o.Reps, "reps", bench.DefaultScaleReps, "epoch changes of one group timed alone and beside the idle groups")
 	f.DurationVar(&o.Timeout, "timeout", bench.DefaultScaleTimeout, "per size: how long the groups may take to form (and, separately, the burst) before the size counts as broken")
 	f.IntVar(&o.Parallel, "parallel", bench.DefaultScaleParallel, "Joins at a time while forming the groups")
+	f.IntVar(&o.BurstParallel, "burst-parallel", 0, "Joins of the burst at a time (0: all at once)")
 	f.StringVar(&maxRSS, "max-rss", "0", "stop a size whose resident set exceeds this (e.g. 8GiB); 0: no limit")
 	f.BoolVar(&o.KeepGoing, "keep-going", false, "measure the larger sizes after one broke")
 	f.StringVar(&o.CPUProfile, "idle-profile", "", "path prefix: a CPU profile of each size's idle window, to <prefix>-<groups>.pprof")

@@ -106,7 +106,7 @@ func TestScaleBreaks(t *testing.T) {
 }
 
 func TestScaleOptions(t *testing.T) {
-	for _, o := range []ScaleOptions{{Groups: []int{0}}, {PerClient: -1}, {Idle: -time.Second}, {Reps: -1}, {Timeout: -1}, {Parallel: -1}, {MaxRSS: -1}} {
+	for _, o := range []ScaleOptions{{Groups: []int{0}}, {PerClient: -1}, {Idle: -time.Second}, {Reps: -1}, {Timeout: -1}, {Parallel: -1}, {BurstParallel: -1}, {MaxRSS: -1}} {
 		if _, err := Scale(context.Background(), o); !errors.Is(err, ErrScaleOptions) {
 			t.Errorf("%+v: %v, want ErrScaleOptions", o, err)
 		}
