@@ -144,7 +144,9 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	row("formation", func(r bench.ScaleResult) string {
 		return if0(r.Formation > 0, fmt.Sprintf("%s (%.0f memberships/s)", secs(r.Formation), float64(r.Memberships)/r.Formation.Seconds()))
 	})
-	row("connected", func(r bench.ScaleResult) string { return fmt.Sprintf("%d of %d", r.Connected, r.Memberships) })
+	row("connected (groups lost)", func(r bench.ScaleResult) string {
+		return fmt.Sprintf("%d of %d (%d)", r.Connected, r.Memberships, r.FormationLost)
+	})
 	idle := func(r bench.ScaleResult) bool { return r.Idle > 0 }
 	row("idle CPU, cores (total)", func(r bench.ScaleResult) string {
 		return if0(idle(r), fmt.Sprintf("%.3f over %s", r.CPUCores, secs(r.Idle)))
@@ -200,6 +202,9 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	for _, r := range rs {
 		if r.Outcome != "ok" {
 			fmt.Fprintf(w, "\n%d groups: %s\n", r.Groups, r.Outcome)
+		}
+		if r.FormationError != "" {
+			fmt.Fprintf(w, "\n%d groups, formation: %s\n", r.Groups, r.FormationError)
 		}
 		if r.BurstError != "" {
 			fmt.Fprintf(w, "\n%d groups, burst: %s\n", r.Groups, r.BurstError)

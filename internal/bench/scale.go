@@ -184,24 +184,32 @@ type ScaleResult struct {
 	Err     error  `json:"-"`
 
 	// Formation: from the first Join to every membership of the Groups
-	// groups connected (Connected counts those that were, if not all).
+	// groups connected, or its group lost (Connected counts the
+	// memberships of the groups connected).
 	Formation time.Duration `json:"formation_ns"`
 	Connected int           `json:"connected"`
+	// FormationLost counts the groups lost while forming (a join failed,
+	// FormationError says how, or a membership was fenced); they are
+	// left out of the burst.
+	FormationLost  int    `json:"formation_lost"`
+	FormationError string `json:"formation_error,omitempty"`
 
 	// Idle is the idle window's wall time and IdleCPU the process's CPU
 	// time (user+sys) in it: the store, the coordinator and every
 	// membership run in this process. CPUCores is their ratio, and
-	// CPUPer1000 the same per 1000 memberships.
-	Idle       time.Duration `json:"idle_ns"`
-	IdleCPU    time.Duration `json:"idle_cpu_ns"`
-	CPUCores   float64       `json:"cpu_cores"`
-	CPUPer1000 float64       `json:"cpu_cores_per_1000"`
+	// CPUPer1000 the same per 1000 of the IdleMemberships (those live when
+	// the window began, the base group's included).
+	IdleMemberships int           `json:"idle_memberships"`
+	Idle            time.Duration `json:"idle_ns"`
+	IdleCPU         time.Duration `json:"idle_cpu_ns"`
+	CPUCores        float64       `json:"cpu_cores"`
+	CPUPer1000      float64       `json:"cpu_cores_per_1000"`
 	// Renewals the store's leader answered in the idle window (etcd's
 	// etcd_debugging_lease_renewed_total, which also counts the
 	// coordinator's election session, about one renewal a second), -1
 	// if the metric is missing; RenewalsPerSec is their rate and
 	// RenewalsExpected what RenewInterval implies (memberships per
-	// second).
+	// second, of the IdleMemberships).
 	Renewals         int64   `json:"renewals"`
 	RenewalsPerSec   float64 `json:"renewals_per_s"`
 	RenewalsExpected float64 `json:"renewals_expected_per_s"`
@@ -288,6 +296,7 @@ func (r ScaleResult) problems() []string {
 			p = append(p, fmt.Sprintf(format, args...))
 		}
 	}
+	add(r.FormationLost == 0, "formation: %d groups lost", r.FormationLost)
 	add(r.LeaderLosses == 0, "the coordinator lost its election %d×", r.LeaderLosses)
 	add(r.SpontaneousEpochs == 0 && r.Ended == 0, "idle: %d spontaneous epoch changes, %d memberships ended", r.SpontaneousEpochs, r.Ended)
 	add(r.FencedLease == 0 && r.FencedEvicted == 0, "%d memberships fenced (lease) and %d evicted", r.FencedLease, r.FencedEvicted)
@@ -376,6 +385,7 @@ type scaleRun struct {
 	// slots holds the G groups' memberships, 3 per group, in group order;
 	// extra the base group's, the timed joiners' and the burst's.
 	slots   []atomic.Pointer[idc.Membership]
+	formed  []int // the groups connected at the end of the formation
 	extraMu sync.Mutex
 	extra   []*idc.Membership
 	nextIdx atomic.Int64 // membership index, for the client it uses
@@ -645,8 +655,9 @@ func (r *scaleRun) group(i int) []*idc.Membership {
 
 // form joins the G groups' memberships, o.Parallel at a time, and waits
 // until every group is connected, within o.Timeout. A group whose join
-// failed or whose membership ended (fenced) is lost: the others are still
-// waited for, and the size then broke.
+// failed or whose membership ended (fenced) is lost: it is counted and
+// left out of the burst, and the others are waited for. The size broke
+// if they are not all connected or lost in time, or none connected.
 func (r *scaleRun) form() error {
 	ctx, cancel := context.WithTimeoutCause(r.run, r.o.Timeout, ErrNotFormed)
 	defer cancel()
@@ -677,37 +688,50 @@ func (r *scaleRun) form() error {
 		})
 	}
 	defer wg.Wait()
-	done, lost, err := r.await(ctx, r.group, func(i int) bool { return failed[i].Load() }, scaleMembers, 100*time.Millisecond,
+	formed, lost, err := r.await(ctx, allGroups(r.g), r.group, func(i int) bool { return failed[i].Load() }, scaleMembers, 100*time.Millisecond,
 		func(done, lost int) {
 			rs := resources()
 			r.say("forming: %d/%d joined, %d/%d groups connected, %d lost; goroutines %d, fds %d, rss %s",
 				joined.Load(), len(r.slots), done, r.g, lost, rs.Goroutines, rs.FDs, mib(rs.RSS))
 		})
-	r.res.Connected = done * scaleMembers
+	r.formed = formed
+	r.res.Connected = len(formed) * scaleMembers
+	r.res.FormationLost = lost
+	r.res.FormationError = strings.TrimPrefix(jerrs.String(), "; ")
 	switch {
 	case err != nil && errors.Is(err, ErrNotFormed):
 		return fmt.Errorf("%w (%v): %d of %d memberships joined, %d of %d groups connected, %d lost%s",
-			ErrNotFormed, r.o.Timeout, joined.Load(), len(r.slots), done, r.g, lost, jerrs.String())
+			ErrNotFormed, r.o.Timeout, joined.Load(), len(r.slots), len(formed), r.g, lost, jerrs.String())
 	case err != nil:
 		return err
-	case lost > 0:
-		return fmt.Errorf("%w: %d of %d groups lost (a join failed or a membership was fenced)%s", ErrNotFormed, lost, r.g, jerrs.String())
+	case len(formed) == 0:
+		return fmt.Errorf("%w: all %d groups lost (a join failed or a membership was fenced)%s", ErrNotFormed, r.g, jerrs.String())
 	}
 	r.res.Formation = time.Since(start)
+	if lost > 0 {
+		r.say("formation: %d of %d groups lost (a join failed or a membership was fenced)%s", lost, r.g, jerrs.String())
+	}
 	return nil
 }
 
-// await polls until each group i < r.g is connected with n members
+func allGroups(n int) []int {
+	gs := make([]int, n)
+	for i := range gs {
+		gs[i] = i
+	}
+	return gs
+}
+
+// await polls until each group of groups is connected with n members
 // (members(i)) or lost (failed(i), or one of its memberships ended), or
-// ctx ends (with its cause); progress is called every 5 s. It polls every
+// ctx ends (with its cause); it returns the groups connected, in order,
+// and how many were lost. progress is called every 5 s. It polls every
 // every, or less often if a poll itself takes long: the harness's CPU
 // stays under a twentieth of a core, so that at 30,000 memberships it does
 // not starve what it measures.
-func (r *scaleRun) await(ctx context.Context, members func(int) []*idc.Membership, failed func(int) bool, n int, every time.Duration, progress func(done, lost int)) (done, lost int, err error) {
-	pending := make([]int, r.g)
-	for i := range pending {
-		pending[i] = i
-	}
+func (r *scaleRun) await(ctx context.Context, groups []int, members func(int) []*idc.Membership, failed func(int) bool, n int, every time.Duration, progress func(done, lost int)) (done []int, lost int, err error) {
+	pending := slices.Clone(groups)
+	defer func() { slices.Sort(done) }()
 	lastSay := time.Now()
 	for {
 		t0 := time.Now()
@@ -715,7 +739,7 @@ func (r *scaleRun) await(ctx context.Context, members func(int) []*idc.Membershi
 			ds := members(i)
 			switch {
 			case connected(ds, n):
-				done++
+				done = append(done, i)
 				return true
 			case failed(i) || slices.ContainsFunc(ds, func(d *idc.Membership) bool { return d != nil && d.Err() != nil }):
 				lost++
@@ -728,7 +752,7 @@ func (r *scaleRun) await(ctx context.Context, members func(int) []*idc.Membershi
 		}
 		if time.Since(lastSay) >= 5*time.Second {
 			lastSay = time.Now()
-			progress(done, lost)
+			progress(len(done), lost)
 		}
 		if !sleep(ctx, max(every, 20*time.Since(t0))) {
 			return done, lost, context.Cause(ctx)
@@ -770,6 +794,12 @@ func (r *scaleRun) idle() error {
 	failed0 := counterSum(r.memberReg, "idc_member_renew_failures_total")
 	renewed0 := counterSum(prometheus.DefaultGatherer, "etcd_debugging_lease_renewed_total")
 	ended0 := r.ended()
+	live := 0
+	for i := range r.slots {
+		if d := r.slots[i].Load(); d != nil && d.Err() == nil {
+			live++
+		}
+	}
 	var prof *os.File
 	if r.o.CPUProfile != "" {
 		f, err := os.Create(fmt.Sprintf("%s-%d.pprof", r.o.CPUProfile, r.g))
@@ -798,15 +828,16 @@ func (r *scaleRun) idle() error {
 	res := r.res
 	res.Idle, res.IdleCPU = t1.Sub(t0), cpu1-cpu0
 	res.CPUCores = res.IdleCPU.Seconds() / res.Idle.Seconds()
-	res.CPUPer1000 = res.CPUCores * 1000 / float64(res.Memberships)
+	res.IdleMemberships = live + scaleMembers
+	res.CPUPer1000 = res.CPUCores * 1000 / float64(res.IdleMemberships)
 	renewed1 := counterSum(prometheus.DefaultGatherer, "etcd_debugging_lease_renewed_total")
 	res.Renewals = -1
 	if renewed0 >= 0 && renewed1 >= 0 {
 		res.Renewals = int64(renewed1 - renewed0)
 		res.RenewalsPerSec = float64(res.Renewals) / res.Idle.Seconds()
 	}
-	// Every membership of the groups, plus the base group's.
-	res.RenewalsExpected = float64(res.Memberships+scaleMembers) / idc.DefaultRenewInterval.Seconds()
+	// Every live membership of the groups, plus the base group's.
+	res.RenewalsExpected = float64(res.IdleMemberships) / idc.DefaultRenewInterval.Seconds()
 	res.RenewFailures = int64(max(0, counterSum(r.memberReg, "idc_member_renew_failures_total")) - max(0, failed0))
 	lat = append(lat, renewLatencies(r.memberReg, valid)...)
 	res.RenewSamples = len(lat)
@@ -841,12 +872,13 @@ func (r *scaleRun) ended() int {
 func (r *scaleRun) burst() error {
 	ctx, cancel := context.WithTimeoutCause(r.run, r.o.Timeout, ErrNotFormed)
 	defer cancel()
+	groups := r.formed // not those lost while forming
 	par := r.o.BurstParallel
-	if par == 0 || par > r.g {
-		par = r.g
-		r.say("burst: a new domain joins each of the %d groups at once", r.g)
+	if par == 0 || par > len(groups) {
+		par = len(groups)
+		r.say("burst: a new domain joins each of the %d groups at once", len(groups))
 	} else {
-		r.say("burst: a new domain joins each of the %d groups, %d joins at a time", r.g, par)
+		r.say("burst: a new domain joins each of the %d groups, %d joins at a time", len(groups), par)
 	}
 	sem := make(chan struct{}, par)
 	var (
@@ -857,7 +889,7 @@ func (r *scaleRun) burst() error {
 		lastJoin atomic.Int64
 	)
 	start := time.Now()
-	for i := range r.g {
+	for _, i := range groups {
 		wg.Go(func() {
 			select {
 			case sem <- struct{}{}:
@@ -882,17 +914,18 @@ func (r *scaleRun) burst() error {
 		})
 	}
 	defer wg.Wait()
-	done, lost, err := r.await(ctx, func(i int) []*idc.Membership { return append(r.group(i), joiners[i].Load()) },
+	changed, lost, err := r.await(ctx, groups, func(i int) []*idc.Membership { return append(r.group(i), joiners[i].Load()) },
 		func(i int) bool { return failed[i].Load() }, scaleMembers+1, 10*time.Millisecond,
 		func(done, lost int) {
-			r.say("burst: %d/%d groups connected with the new domain, %d lost", done, r.g, lost)
+			r.say("burst: %d/%d groups connected with the new domain, %d lost", done, len(groups), lost)
 		})
 	r.res.Burst = time.Since(start)
+	done := len(changed)
 	r.res.BurstConnected, r.res.BurstLost = done, lost
 	if err != nil {
 		r.res.Burst = 0
 		if errors.Is(err, ErrNotFormed) {
-			err = fmt.Errorf("%w (%v): burst: %d of %d groups connected with the new domain, %d lost%s", ErrNotFormed, r.o.Timeout, done, r.g, lost, jerrs.String())
+			err = fmt.Errorf("%w (%v): burst: %d of %d groups connected with the new domain, %d lost%s", ErrNotFormed, r.o.Timeout, done, len(groups), lost, jerrs.String())
 		}
 		return err
 	}
