@@ -31,6 +31,14 @@ import (
 type Config struct {
 	// Client is the store client (required).
 	Client *clientv3.Client
+	// ElectionClient is the client the election runs on: the candidate's
+	// lease, its renewals and its key (nil: Run dials one of its own to
+	// Client's endpoints with store.Dial, and closes it when it returns;
+	// pass one if Client needs dial options store.Dial does not set). A
+	// connection of its own keeps the renewals of the election from
+	// queueing behind the leader's requests and watch, which grow with the
+	// number of groups.
+	ElectionClient *clientv3.Client
 	// Keys is the key layout (DefaultConfig: prefix "/idc").
 	Keys proto.Keys
 	// Mode is how departed members are handled in every group
@@ -53,9 +61,21 @@ type Config struct {
 	// Name identifies this candidate in the election ("": host:pid).
 	Name string
 	// ElectionTTL is the TTL of the election session, which bounds how long
-	// a crashed coordinator holds the election (DefaultConfig: 2 s, etcd's
-	// minimum at its default timings). A store that grants a longer one is
-	// refused.
+	// a crashed coordinator holds the election (DefaultConfig: 5 s; etcd's
+	// minimum at its default timings is 2 s). A store that grants a longer
+	// one is refused. The candidate renews every ElectionTTL/10 and gives
+	// each renewal until its term would end (CandidateConfig.Rho), so it
+	// holds the election through a store stall or latency of up to
+	// ElectionTTL·(0.8−ρ): 3.95 s at the default, longer than members at
+	// idc's defaults hold their leases through (a 5 s lease, valid 4.7 s
+	// from a renewal's send, renewed a second after the last answer: a
+	// stall of 3.7 s, a steady latency of 1.85 s). Under load the election
+	// is so not the first thing to break, and losing it would be costly:
+	// the successor lists and updates every group. The price is failover:
+	// a crashed coordinator's successor takes over up to 5 s later, as long
+	// as a crashed member takes to be noticed at idc's defaults. With 2 s,
+	// a stall of 1.58 s would end the term (1.1 s when renewals were each
+	// given TTL/3), and the election was lost under load at 4000 groups.
 	ElectionTTL time.Duration
 	// NoElection runs without an election: every candidate acts at once.
 	// Safe (every write is a compare-and-swap) but wasteful; for tests that
@@ -82,7 +102,7 @@ const (
 	DefaultQuiesceTimeout = 10 * time.Second
 	DefaultRho            = 0.01
 	DefaultLeaseMargin    = 500 * time.Millisecond
-	DefaultElectionTTL    = 2 * time.Second
+	DefaultElectionTTL    = 5 * time.Second
 	DefaultOpTimeout      = 5 * time.Second
 	DefaultWatchCheck     = 2 * time.Second
 	DefaultMaxTxnOps      = 128
@@ -152,6 +172,24 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	st := store.NewEtcd(cfg.Client)
 	defer st.Close()
+	var est store.Store = st
+	if !cfg.NoElection {
+		ecli := cfg.ElectionClient
+		if ecli == nil {
+			var err error
+			ecli, err = store.Dial(ctx, store.DialConfig{Endpoints: cfg.Client.Endpoints(), Logger: cfg.Logger})
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("coordinator: election client: %w", err)
+			}
+			defer ecli.Close()
+		}
+		e := store.NewEtcd(ecli)
+		defer e.Close()
+		est = e
+	}
 	lc := LeaderConfig{
 		Store: st, Clock: clock.System(), Keys: cfg.Keys, Machine: cfg.machineConfig(""),
 		OpTimeout: cfg.OpTimeout, WatchCheck: cfg.WatchCheck, MaxTxnOps: cfg.MaxTxnOps,
@@ -163,10 +201,18 @@ func Run(ctx context.Context, cfg Config) error {
 		l.Stop()
 		return nil
 	}
-	c := StartCandidate(CandidateConfig{Leader: lc, Name: cfg.Name, TTL: cfg.ElectionTTL, Rho: cfg.Rho})
+	c := StartCandidate(CandidateConfig{Leader: lc, Store: est, Name: cfg.Name, TTL: cfg.ElectionTTL, Rho: cfg.Rho})
 	select {
 	case <-ctx.Done():
 		c.Stop()
+		// Give the election lease back before the clients close, so that
+		// a standby need not wait it out.
+		t := time.NewTimer(cfg.OpTimeout)
+		defer t.Stop()
+		select {
+		case <-c.released:
+		case <-t.C:
+		}
 		return nil
 	case <-c.Done():
 		return c.Err()

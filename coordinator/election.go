@@ -14,9 +14,17 @@ import (
 
 // CandidateConfig configures a Candidate.
 type CandidateConfig struct {
-	// Leader is what the candidate runs while elected (its Store, Clock,
-	// Keys and Logger are the candidate's; Guard is set by the candidate).
+	// Leader is what the candidate runs while elected (its Clock, Keys,
+	// Logger and Metrics are the candidate's too; Guard is set by the
+	// candidate).
 	Leader LeaderConfig
+	// Store is what the candidate campaigns on and renews its election
+	// lease over (nil: Leader.Store). Run gives it a store client of its
+	// own (Config.ElectionClient), so that the renewals of the election
+	// never queue behind the leader's requests and watch on one
+	// connection: a leader busy with thousands of groups must not lose
+	// its election for being busy.
+	Store store.Store
 	// Name is the candidate's name, the value of its election key.
 	Name string
 	// TTL is the election lease's time to live, whole seconds; a store
@@ -28,8 +36,19 @@ type CandidateConfig struct {
 	// that cannot renew steps down before its key can expire. Safety never
 	// depends on it (every epoch write is a compare-and-swap guarded by the
 	// key); it keeps two leaders from working at once.
+	//
+	// The candidate sends a renewal every TTL/RenewFraction, whether or
+	// not the earlier ones were answered, and gives each until its term
+	// would end: an answer that comes at any time before then still
+	// extends the term. So the election holds through a store stall, or a
+	// store latency, of up to TTL·(1−ρ)−TTL/10−TTL/RenewFraction (3.95 s
+	// at Run's default 5 s TTL), not one renewal interval.
 	Rho float64
 }
+
+// RenewFraction: a Candidate renews its election lease every
+// TTL/RenewFraction.
+const RenewFraction = 10
 
 // Candidate campaigns for the coordinator role over a store.Store, in the
 // manner of etcd's election recipe — a key under the election prefix
@@ -37,15 +56,18 @@ type CandidateConfig struct {
 // and runs a Leader while elected, each epoch write guarded by its key's
 // create revision. It is event-driven like the other drivers, so the
 // simulator runs it; it renews its lease with single requests (which
-// store.Etcd repeats on another connection when one is dead) and counts
-// its term from the send of the last answered renewal.
+// store.Etcd repeats on another connection when one is dead), each
+// allowed the validity left, and counts its term from the send of the
+// last answered renewal (CandidateConfig.Rho).
 type Candidate struct {
 	cfg CandidateConfig
 	st  store.Store
 	clk clock.Clock
 	log *slog.Logger
+	met *Metrics
 
 	mu        sync.Mutex
+	stopping  bool // halting: a step-down then is no loss
 	stopped   bool
 	err       error // a configuration error: the candidate gave up
 	gen       uint64
@@ -57,11 +79,21 @@ type Candidate struct {
 	leader    *Leader
 	watch     store.Watch
 	done      chan struct{}
+	// released is closed once a stopped candidate's election lease is
+	// given back (or could not be): a successor need not wait it out.
+	released chan struct{}
 }
 
 // StartCandidate starts campaigning.
 func StartCandidate(cfg CandidateConfig) *Candidate {
-	c := &Candidate{cfg: cfg, st: cfg.Leader.Store, clk: cfg.Leader.Clock, log: cfg.Leader.Logger, done: make(chan struct{})}
+	if cfg.Store == nil {
+		cfg.Store = cfg.Leader.Store
+	}
+	if cfg.Leader.Metrics == nil {
+		cfg.Leader.Metrics = newMetrics(nil)
+	}
+	c := &Candidate{cfg: cfg, st: cfg.Store, clk: cfg.Leader.Clock, log: cfg.Leader.Logger, met: cfg.Leader.Metrics,
+		done: make(chan struct{}), released: make(chan struct{})}
 	c.start = c.clk.Now()
 	c.do(c.campaign)
 	return c
@@ -115,6 +147,7 @@ func (c *Candidate) halt(err error) {
 	if c.stopped {
 		return
 	}
+	c.stopping = true
 	c.resign()
 	c.stopped, c.err = true, err
 	close(c.done)
@@ -127,15 +160,26 @@ func (c *Candidate) resign() {
 	if c.leader != nil {
 		c.leader.Stop()
 		c.leader = nil
-		c.log.Warn("stepped down as coordinator")
+		if c.stopping {
+			c.log.Info("stepped down as coordinator: stopped")
+		} else {
+			c.log.Warn("stepped down as coordinator")
+			c.met.stepDowns.Inc()
+		}
 	}
 	if c.watch != nil {
 		c.watch.Cancel()
 		c.watch = nil
 	}
+	var done func(error)
+	if c.stopping {
+		done = func(error) { close(c.released) }
+	}
 	if c.lease != 0 {
-		c.st.Revoke(c.lease, c.cfg.Leader.OpTimeout, nil)
+		c.st.Revoke(c.lease, c.cfg.Leader.OpTimeout, done)
 		c.lease = 0
+	} else if done != nil {
+		done(nil)
 	}
 }
 
@@ -171,7 +215,7 @@ func (c *Candidate) campaign() {
 			c.valid = lease.NewTracker(lease.Config{TTL: l.TTL, Rho: c.cfg.Rho, Margin: l.TTL / 10})
 			c.valid.Renewed(sent)
 			c.armExpiry(gen)
-			c.after(c.cfg.TTL/3, gen, func() { c.renew(gen) })
+			c.after(c.every(), gen, func() { c.renew(gen) })
 			c.register(gen)
 		})
 	})
@@ -266,28 +310,37 @@ func (c *Candidate) lead(gen uint64) {
 	c.leader = StartLeader(lc)
 }
 
-// renew renews the election lease every TTL/3; validity counts from the
-// send of the last answered renewal.
+// every is the renewal interval, TTL/RenewFraction.
+func (c *Candidate) every() time.Duration { return c.cfg.TTL / RenewFraction }
+
+// renew sends a renewal of the election lease now and every every()
+// after, whether or not the earlier ones were answered, each allowed until
+// the term would end: validity counts from the send of the last answered
+// renewal (CandidateConfig.Rho), so an answer that comes at any time
+// before then still extends the term, and one slow or lost request holds
+// no later one back. (A renewal given one interval, as before, was given
+// up on at the first slow answer, and store.Etcd gives a request's first
+// attempt half its timeout.) At most TTL/every() renewals are in flight.
 func (c *Candidate) renew(gen uint64) {
 	sent := c.now()
-	c.st.KeepAlive(c.lease, c.cfg.TTL/3, func(_ time.Duration, err error) {
+	dl, _ := c.valid.Deadline()
+	if sent >= dl {
+		return // the term is over: armExpiry steps down
+	}
+	c.after(c.every(), gen, func() { c.renew(gen) })
+	c.st.KeepAlive(c.lease, dl-sent, func(_ time.Duration, err error) {
 		c.do(func() {
 			if c.stopped || gen != c.gen {
 				return
 			}
 			switch {
 			case err == nil:
-				if dl, ok := c.valid.Deadline(); ok && sent >= dl {
-					c.retry("election lease renewed too late", errors.New("renewal sent after the deadline"))
-					return
-				}
 				c.valid.Renewed(sent)
 				c.armExpiry(gen)
-				c.after(c.cfg.TTL/3, gen, func() { c.renew(gen) })
 			case errors.Is(err, store.ErrLeaseNotFound):
 				c.retry("election lease gone", err)
 			default:
-				c.after(c.cfg.TTL/15, gen, func() { c.renew(gen) })
+				c.log.Debug("election lease renewal failed", "err", err)
 			}
 		})
 	})

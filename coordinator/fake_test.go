@@ -48,9 +48,10 @@ type world struct {
 	held []heldTxn
 	// txns counts the transactions the drivers issued (not the test's own).
 	txns int
-	// keepAliveDelay delays the answer of every KeepAlive on this store.
-	keepAliveDelay time.Duration
-	keepAlives     int
+	// renewal, if set, says how the n-th KeepAlive (from 0) is answered:
+	// after delay, or (lost) never.
+	renewal    func(n int) (delay time.Duration, lost bool)
+	keepAlives int
 	// failedCmps counts transactions whose compares did not hold.
 	failedCmps int
 }
@@ -187,6 +188,7 @@ func (w *world) Grant(ttl, _ time.Duration, done func(store.Lease, error)) {
 }
 
 func (w *world) KeepAlive(id store.LeaseID, _ time.Duration, done func(time.Duration, error)) {
+	n := w.keepAlives
 	w.keepAlives++
 	answer := func() {
 		ttl, ok := w.leases[id]
@@ -196,8 +198,11 @@ func (w *world) KeepAlive(id store.LeaseID, _ time.Duration, done func(time.Dura
 		}
 		done(ttl, nil)
 	}
-	if w.keepAliveDelay > 0 {
-		w.AfterFunc(w.keepAliveDelay, answer)
+	if w.renewal != nil {
+		delay, lost := w.renewal(n)
+		if !lost {
+			w.AfterFunc(delay, answer)
+		}
 		return
 	}
 	w.later(answer)

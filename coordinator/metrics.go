@@ -18,6 +18,7 @@ type Metrics struct {
 	relists       prometheus.Counter
 	change        *prometheus.HistogramVec
 	revokes       *prometheus.CounterVec
+	stepDowns     prometheus.Counter
 }
 
 // NewMetrics returns the coordinator's metrics, registered with reg if it
@@ -42,6 +43,7 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 		cleanupFailed: counter("cleanup_failures_total", "Cleanups of obsolete records that failed, per group and kind (rejected, unavailable); they are retried.", "group", "kind"),
 		relists:       counter("relists_total", "Times the watch over every group failed or fell silent and everything was listed again.").WithLabelValues(),
 		revokes:       counter("revocations_total", "Leases of departed or excluded members revoked, per group.", "group"),
+		stepDowns:     counter("step_downs_total", "Times this candidate stopped leading other than by being stopped: its election lease lapsed by its own clock, was gone, or its key vanished.").WithLabelValues(),
 		change: promutil.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "idc", Subsystem: "coordinator", Name: "epoch_change_seconds",
 			Help:    "Time from writing an epoch quiescing to writing it connected (quiesce, departed handling, acknowledgements), per group and mode.",
