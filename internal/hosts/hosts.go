@@ -255,33 +255,36 @@ func (h *Host) Unblock(ctx context.Context, others ...*Host) error {
 
 // inside runs f on a thread that has entered the host's network
 // namespace, so the sockets f makes belong to the host (a socket keeps
-// its namespace for life, whichever thread uses it later).
+// its namespace for life, whichever thread uses it later). The thread
+// goes back to its own namespace afterwards: it must live on, because a
+// child process started from it (os/exec) with Pdeathsig, as
+// internal/scenario starts them, would be killed when it ended.
 func inside[T any](h *Host, f func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
+	var zero T
+	runtime.LockOSThread()
+	own, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return zero, fmt.Errorf("hosts: own namespace: %w", err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		// Never unlocked: the thread, in the host's namespace now, ends
-		// with this goroutine instead of running other goroutines.
-		runtime.LockOSThread()
-		var zero T
-		ns, err := os.Open("/var/run/netns/" + h.NS)
-		if err != nil {
-			ch <- result{zero, fmt.Errorf("hosts: %s: %w", h.Name, err)}
-			return
-		}
-		defer ns.Close()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{zero, fmt.Errorf("hosts: %s: setns: %w", h.Name, err)}
-			return
-		}
-		v, err := f()
-		ch <- result{v, err}
-	}()
-	r := <-ch
-	return r.v, r.err
+	defer own.Close()
+	ns, err := os.Open("/var/run/netns/" + h.NS)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return zero, fmt.Errorf("hosts: %s: %w", h.Name, err)
+	}
+	defer ns.Close()
+	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return zero, fmt.Errorf("hosts: %s: setns: %w", h.Name, err)
+	}
+	v, err := f()
+	if rerr := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); rerr != nil {
+		// The thread, stuck in the host's namespace, must run nothing else.
+		panic(fmt.Sprintf("hosts: cannot return a thread to its own network namespace: %v", rerr))
+	}
+	runtime.UnlockOSThread()
+	return v, err
 }
 
 // DialContext dials addr from inside the host, as a process running

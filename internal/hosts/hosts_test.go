@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,5 +165,38 @@ func TestHostsCloseRemovesEverything(t *testing.T) {
 	}
 	if strings.Contains(string(out), h.NS) || strings.Contains(string(out), strings.TrimSuffix(h.NS, "-x")+"-br") {
 		t.Fatalf("namespaces left after Close:\n%s", out)
+	}
+}
+
+// TestDialKeepsChildrenAlive: dialing inside a host must not end the
+// thread it ran on, or a child process started from that thread with
+// Pdeathsig (as internal/scenario starts every process) would be killed.
+func TestDialKeepsChildrenAlive(t *testing.T) {
+	_, hs := newNet(t, 2)
+	addr := serve(t, hs[1])
+	var children []*exec.Cmd
+	for range 8 {
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		children = append(children, cmd)
+		for range 8 {
+			if got, ok := reach(hs[0], addr, 2*time.Second); !ok {
+				t.Fatalf("h1 to h2: %s", got)
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	for _, c := range children {
+		if err := c.Process.Signal(syscall.Signal(0)); err != nil {
+			t.Fatalf("child %d died while the test dialed inside a host: %v", c.Process.Pid, err)
+		}
+		var ws syscall.WaitStatus
+		if pid, _ := syscall.Wait4(c.Process.Pid, &ws, syscall.WNOHANG, nil); pid != 0 {
+			t.Fatalf("child %d ended (%v) while the test dialed inside a host", pid, ws)
+		}
 	}
 }
