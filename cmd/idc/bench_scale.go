@@ -179,8 +179,8 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	row("burst: all groups changed", func(r bench.ScaleResult) string {
 		return if0(r.Burst > 0, fmt.Sprintf("%s (%.0f changes/s, %d lost)", secs(r.Burst), r.BurstPerSec, r.BurstLost))
 	})
-	row("coordinator: lost election / write failures / relists", func(r bench.ScaleResult) string {
-		return fmt.Sprintf("%d / %d / %d", r.LeaderLosses, r.WriteFailures, r.Relists)
+	row("coordinator: lost election (leaderless) / write failures / relists", func(r bench.ScaleResult) string {
+		return fmt.Sprintf("%d (%s) / %d / %d", r.LeaderLosses, secs(r.Leaderless), r.WriteFailures, r.Relists)
 	})
 	row("goroutines: formed / idle / after", func(r bench.ScaleResult) string {
 		return fmt.Sprintf("%d / %d / %d (before %d)", r.Formed.Goroutines, r.AfterIdl.Goroutines, r.After.Goroutines, r.Before.Goroutines)

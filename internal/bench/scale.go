@@ -260,11 +260,13 @@ type ScaleResult struct {
 	BurstPerSec    float64       `json:"burst_per_s"`
 
 	// LeaderLosses: times the coordinator's idc_coordinator_leader went
-	// from 1 to 0. WriteFailures and Relists are its
+	// from 1 to 0, and Leaderless the time it was 0 after that, in all
+	// (sampled every 250 ms). WriteFailures and Relists are its
 	// epoch_write_failures_total and relists_total.
-	LeaderLosses  int   `json:"leader_losses"`
-	WriteFailures int64 `json:"coordinator_write_failures"`
-	Relists       int64 `json:"coordinator_relists"`
+	LeaderLosses  int           `json:"leader_losses"`
+	Leaderless    time.Duration `json:"leaderless_ns"`
+	WriteFailures int64         `json:"coordinator_write_failures"`
+	Relists       int64         `json:"coordinator_relists"`
 	// WatchResyncs: times the harness's own epoch watch failed and was
 	// restarted from the current revision (events in between were lost).
 	WatchResyncs int `json:"watch_resyncs"`
@@ -297,7 +299,7 @@ func (r ScaleResult) problems() []string {
 		}
 	}
 	add(r.FormationLost == 0, "formation: %d groups lost", r.FormationLost)
-	add(r.LeaderLosses == 0, "the coordinator lost its election %d×", r.LeaderLosses)
+	add(r.LeaderLosses == 0, "the coordinator lost its election %d× (%v without a leader)", r.LeaderLosses, r.Leaderless.Round(time.Second))
 	add(r.SpontaneousEpochs == 0 && r.Ended == 0, "idle: %d spontaneous epoch changes, %d memberships ended", r.SpontaneousEpochs, r.Ended)
 	add(r.FencedLease == 0 && r.FencedEvicted == 0, "%d memberships fenced (lease) and %d evicted", r.FencedLease, r.FencedEvicted)
 	add(r.RenewFailuresTotal == 0, "%d renewals failed", r.RenewFailuresTotal)
@@ -367,7 +369,8 @@ type scaleRun struct {
 	phase atomic.Pointer[string]
 
 	e        *store.Embedded
-	ctl      *clientv3.Client // the coordinator's and the watch's
+	ctl      *clientv3.Client // the coordinator's
+	wcli     *clientv3.Client // the epoch watch's
 	run      context.Context  // ends when the size breaks or ctx ends
 	stop     context.CancelCauseFunc
 	bg       sync.WaitGroup // coordinator, monitors, watch
@@ -522,8 +525,13 @@ func (r *scaleRun) setup(ctx context.Context, dir string) error {
 	})
 	r.bg.Go(r.monitor)
 
+	// The watch on a client of its own, so that what it receives does not
+	// delay the coordinator's requests.
+	if r.wcli, err = r.dial(); err != nil {
+		return err
+	}
 	r.watch = &epochWatch{}
-	if err := r.watch.start(r.run, &r.bg, r.ctl, proto.Keys{}); err != nil {
+	if err := r.watch.start(r.run, &r.bg, r.wcli, proto.Keys{}); err != nil {
 		return err
 	}
 	// Wait for the coordinator to lead.
@@ -941,12 +949,20 @@ func (r *scaleRun) burst() error {
 // monitor watches the coordinator's leadership and the memory limit
 // until the size ends, and keeps the peak RSS.
 func (r *scaleRun) monitor() {
-	was := false
+	was, last := false, time.Now()
 	for sleep(r.run, 250*time.Millisecond) && !r.stopping.Load() {
 		lead := gaugeValue(r.coordReg, "idc_coordinator_leader") == 1
+		now := time.Now()
+		if !lead && r.res.LeaderLosses > 0 {
+			r.res.Leaderless += now.Sub(last)
+		}
+		last = now
 		if was && !lead {
 			r.res.LeaderLosses++
 			r.say("the coordinator lost its election (%d times so far)", r.res.LeaderLosses)
+		}
+		if !was && lead && r.res.LeaderLosses > 0 {
+			r.say("the coordinator leads again, after %v without a leader in all", r.res.Leaderless.Round(time.Millisecond))
 		}
 		was = lead
 		m := rss()
@@ -1005,8 +1021,10 @@ func (r *scaleRun) shutdown(dir string) {
 	r.clientsMu.Unlock()
 	r.stop(context.Canceled)
 	r.bg.Wait()
-	if r.ctl != nil {
-		r.ctl.Close()
+	for _, c := range []*clientv3.Client{r.ctl, r.wcli} {
+		if c != nil {
+			c.Close()
+		}
 	}
 	if r.e != nil {
 		r.e.Close()
