@@ -154,6 +154,9 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	row("idle CPU per 1000 memberships", func(r bench.ScaleResult) string {
 		return if0(idle(r), fmt.Sprintf("%.1f%% of a core", r.CPUPer1000*100))
 	})
+	row("other processes' CPU, cores", func(r bench.ScaleResult) string {
+		return if0(idle(r) && r.OtherCores >= 0, fmt.Sprintf("%.2f of %d", r.OtherCores, r.Cores))
+	})
 	row("renewals/s (expected)", func(r bench.ScaleResult) string {
 		return if0(idle(r) && r.Renewals >= 0, fmt.Sprintf("%.0f (%.0f)", r.RenewalsPerSec, r.RenewalsExpected))
 	})

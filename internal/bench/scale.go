@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,11 +200,16 @@ type ScaleResult struct {
 	// membership run in this process. CPUCores is their ratio, and
 	// CPUPer1000 the same per 1000 of the IdleMemberships (those live when
 	// the window began, the base group's included).
-	IdleMemberships int           `json:"idle_memberships"`
-	Idle            time.Duration `json:"idle_ns"`
-	IdleCPU         time.Duration `json:"idle_cpu_ns"`
-	CPUCores        float64       `json:"cpu_cores"`
-	CPUPer1000      float64       `json:"cpu_cores_per_1000"`
+	IdleMemberships int `json:"idle_memberships"`
+	// OtherCores is the CPU every other process of the machine used in
+	// the idle window, in cores (from /proc/stat; -1 if unknown), of
+	// Cores: what this run competed with.
+	OtherCores float64       `json:"other_cores"`
+	Cores      int           `json:"cores"`
+	Idle       time.Duration `json:"idle_ns"`
+	IdleCPU    time.Duration `json:"idle_cpu_ns"`
+	CPUCores   float64       `json:"cpu_cores"`
+	CPUPer1000 float64       `json:"cpu_cores_per_1000"`
 	// Renewals the store's leader answered in the idle window (etcd's
 	// etcd_debugging_lease_renewed_total, which also counts the
 	// coordinator's election session, about one renewal a second), -1
@@ -822,9 +828,9 @@ func (r *scaleRun) idle() error {
 		}
 	}
 	quiescing0 := r.watch.record(true)
-	cpu0, t0 := cpuTime(), time.Now()
+	cpu0, t0, busy0 := cpuTime(), time.Now(), machineBusy()
 	ok := sleep(r.run, r.o.Idle)
-	cpu1, t1 := cpuTime(), time.Now()
+	cpu1, t1, busy1 := cpuTime(), time.Now(), machineBusy()
 	quiescing1 := r.watch.record(false)
 	if prof != nil {
 		pprof.StopCPUProfile()
@@ -836,6 +842,11 @@ func (r *scaleRun) idle() error {
 	res := r.res
 	res.Idle, res.IdleCPU = t1.Sub(t0), cpu1-cpu0
 	res.CPUCores = res.IdleCPU.Seconds() / res.Idle.Seconds()
+	res.OtherCores = -1
+	if busy0 >= 0 && busy1 >= 0 {
+		res.OtherCores = max(0, (busy1-busy0-res.IdleCPU).Seconds()/res.Idle.Seconds())
+	}
+	res.Cores = runtime.NumCPU()
 	res.IdleMemberships = live + scaleMembers
 	res.CPUPer1000 = res.CPUCores * 1000 / float64(res.IdleMemberships)
 	renewed1 := counterSum(prometheus.DefaultGatherer, "etcd_debugging_lease_renewed_total")
@@ -856,8 +867,8 @@ func (r *scaleRun) idle() error {
 	res.SpontaneousEpochs = quiescing1 - quiescing0
 	res.SpontaneousReasons = r.watch.reasons()
 	res.Ended = r.ended() - ended0
-	r.say("idle: %.1f%% of a core (%.2f%% per 1000 memberships), %.0f renewals/s (expected %.0f), renewal p50 %v p99 %v, %d failed; %d spontaneous epoch changes, %d memberships ended",
-		res.CPUCores*100, res.CPUPer1000*100, res.RenewalsPerSec, res.RenewalsExpected,
+	r.say("idle: %.1f%% of a core (%.2f%% per 1000 memberships; other processes %.2f of %d cores), %.0f renewals/s (expected %.0f), renewal p50 %v p99 %v, %d failed; %d spontaneous epoch changes, %d memberships ended",
+		res.CPUCores*100, res.CPUPer1000*100, res.OtherCores, res.Cores, res.RenewalsPerSec, res.RenewalsExpected,
 		res.RenewP50.Round(time.Microsecond), res.RenewP99.Round(time.Microsecond), res.RenewFailures, res.SpontaneousEpochs, res.Ended)
 	return nil
 }
@@ -1130,6 +1141,30 @@ func gaugeValue(g prometheus.Gatherer, name string) float64 {
 		return ms[0].GetGauge().GetValue()
 	}
 	return 0
+}
+
+// machineBusy is the CPU time all processes of the machine have used
+// since boot (user, nice, system, irq, softirq and steal of /proc/stat,
+// at USER_HZ 100), or -1 where it cannot tell.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return -1
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system (idle iowait) irq softirq steal
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return -1
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // cpuTime is this process's CPU time, user and system.
