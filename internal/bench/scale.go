@@ -48,7 +48,7 @@ var (
 const (
 	DefaultScalePerClient = 50
 	DefaultScaleIdle      = 20 * time.Second
-	DefaultScaleReps      = 10
+	DefaultScaleReps      = 20
 	DefaultScaleTimeout   = 10 * time.Minute
 	DefaultScaleParallel  = 64
 )
@@ -72,7 +72,7 @@ type ScaleOptions struct {
 	// fences are counted (default 20 s).
 	Idle time.Duration
 	// Reps is how many epoch changes of one group are timed, alone and
-	// beside the idle groups (default 10).
+	// beside the idle groups (default 20).
 	Reps int
 	// Timeout bounds the formation of the groups, and separately the
 	// burst (default 10 min): a size that does not connect in time is
@@ -427,7 +427,6 @@ func scaleSize(ctx context.Context, o ScaleOptions, g int, dir string) ScaleResu
 	r.shutdown(dir)
 	res.After = resources()
 	res.Clients = len(r.clients)
-	r.collectCounts()
 	if !res.Broke() {
 		if p := res.problems(); len(p) > 0 {
 			res.Outcome = "degraded: " + strings.Join(p, "; ")
@@ -997,12 +996,11 @@ func (r *scaleRun) shutdown(dir string) {
 	if r.logs != nil {
 		r.logs.frozen.Store(true)
 	}
+	r.collectCounts()
 	if r.stopCoor != nil {
 		r.stopCoor()
 		<-r.coorDone
 	}
-	// Read the coordinator's and members' counters before the memberships
-	// go (collectCounts reads the registries, which outlive them).
 	var ds []*idc.Membership
 	for i := range r.slots {
 		if d := r.slots[i].Load(); d != nil {
@@ -1049,7 +1047,8 @@ func (r *scaleRun) shutdown(dir string) {
 	}
 }
 
-// collectCounts reads the counters kept across the size.
+// collectCounts reads the counters kept across the size, before the
+// shutdown.
 func (r *scaleRun) collectCounts() {
 	res := r.res
 	// A counter family with no sample yet is absent: 0.
