@@ -55,7 +55,7 @@ func newRoot() *cobra.Command {
 	}
 	root.AddCommand(newStoreCmd(g), newStatusCmd(g), newWatchCmd(g), newDemoCmd(g), newBenchCmd(g), newPingCmd(g))
 	root.AddCommand(newGroupCmd(g), newFenceCmd(g))
-	root.AddCommand(newStorageCmd(g), newDriverCmd(g), newDiskCmd(g))
+	root.AddCommand(newStorageCmd(g), newDriverCmd(g), newDiskCmd(g), newMemberCmd(g))
 	return root
 }
 
