@@ -40,6 +40,10 @@ type Options struct {
 	SharedClient bool
 	// Progress receives a line per phase (may be nil).
 	Progress io.Writer
+	// Endpoints, if set, are the client URLs of a running store, with
+	// coordinators of its own, to measure instead of a fresh embedded
+	// store (idc bench cluster: a cluster beside a single node).
+	Endpoints []string
 }
 
 // Result holds the figures of one run.
@@ -116,39 +120,45 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		o.BaselineReps = 50
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	dir := o.DataDir
-	if dir == "" {
-		d, err := os.MkdirTemp("", "idc-bench-")
+	endpoints := o.Endpoints
+	if len(endpoints) == 0 {
+		dir := o.DataDir
+		if dir == "" {
+			d, err := os.MkdirTemp("", "idc-bench-")
+			if err != nil {
+				return Result{}, err
+			}
+			defer os.RemoveAll(d)
+			dir = d
+		}
+		e, err := store.StartEmbedded(ctx, store.EmbedConfig{DataDir: dir, ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Logger: quiet})
 		if err != nil {
 			return Result{}, err
 		}
-		defer os.RemoveAll(d)
-		dir = d
+		defer e.Close()
+		endpoints = e.Endpoints
 	}
-	e, err := store.StartEmbedded(ctx, store.EmbedConfig{DataDir: dir, ClientURL: "http://127.0.0.1:0", PeerURL: "http://127.0.0.1:0", Logger: quiet})
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
 	dial := func() (*clientv3.Client, error) {
-		return store.Dial(ctx, store.DialConfig{Endpoints: e.Endpoints, Logger: quiet})
+		return store.Dial(ctx, store.DialConfig{Endpoints: endpoints, Logger: quiet})
 	}
 	ccli, err := dial()
 	if err != nil {
 		return Result{}, err
 	}
 	defer ccli.Close()
-	cctx, stop := context.WithCancel(ctx)
-	var cwg sync.WaitGroup
-	cwg.Add(1)
-	ccfg := coordinator.DefaultConfig()
-	ccfg.Client, ccfg.Logger = ccli, quiet
-	go func() { defer cwg.Done(); _ = coordinator.Run(cctx, ccfg) }()
-	defer func() { stop(); cwg.Wait() }()
+	if len(o.Endpoints) == 0 {
+		cctx, stop := context.WithCancel(ctx)
+		var cwg sync.WaitGroup
+		cwg.Add(1)
+		ccfg := coordinator.DefaultConfig()
+		ccfg.Client, ccfg.Logger = ccli, quiet
+		go func() { defer cwg.Done(); _ = coordinator.Run(cctx, ccfg) }()
+		defer func() { stop(); cwg.Wait() }()
+	}
 
 	res := Result{Members: o.Members, SharedClient: o.SharedClient}
 	o.say("baseline: %d × (Put + watch notification) on the same store", o.BaselineReps)
-	if res.Baseline, err = baseline(ctx, e.Endpoints, o.BaselineReps); err != nil {
+	if res.Baseline, err = baseline(ctx, endpoints, o.BaselineReps); err != nil {
 		return res, err
 	}
 
