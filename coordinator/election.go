@@ -55,10 +55,11 @@ const RenewFraction = 10
 // attached to the candidate's lease; the lowest create revision leads —
 // and runs a Leader while elected, each epoch write guarded by its key's
 // create revision. It is event-driven like the other drivers, so the
-// simulator runs it; it renews its lease with single requests (which
-// store.Etcd repeats on another connection when one is dead), each
-// allowed the validity left, and counts its term from the send of the
-// last answered renewal (CandidateConfig.Rho).
+// simulator runs it. It renews its lease with a request every
+// TTL/RenewFraction, not waiting for the earlier ones (store.Etcd repeats
+// a request on another connection when one is dead), each allowed the
+// validity left, and counts its term from the send of the last answered
+// renewal (CandidateConfig.Rho).
 type Candidate struct {
 	cfg CandidateConfig
 	st  store.Store
