@@ -185,14 +185,17 @@ func writeScaleTable(w io.Writer, rs []bench.ScaleResult) {
 	row("coordinator: lost election (leaderless) / write failures / relists", func(r bench.ScaleResult) string {
 		return fmt.Sprintf("%d (%s) / %d / %d", r.LeaderLosses, secs(r.Leaderless), r.WriteFailures, r.Relists)
 	})
+	// Resources at a moment the size did not reach are "-".
+	num := func(n int) string { return if0(n > 0, fmt.Sprint(n)) }
+	size := func(n int64) string { return if0(n > 0, formatBytes(uint64(max(n, 0)))) }
 	row("goroutines: formed / idle / after", func(r bench.ScaleResult) string {
-		return fmt.Sprintf("%d / %d / %d (before %d)", r.Formed.Goroutines, r.AfterIdl.Goroutines, r.After.Goroutines, r.Before.Goroutines)
+		return fmt.Sprintf("%s / %s / %d (before %d)", num(r.Formed.Goroutines), num(r.AfterIdl.Goroutines), r.After.Goroutines, r.Before.Goroutines)
 	})
 	row("fds: formed / idle / after", func(r bench.ScaleResult) string {
-		return fmt.Sprintf("%d / %d / %d (before %d)", r.Formed.FDs, r.AfterIdl.FDs, r.After.FDs, r.Before.FDs)
+		return fmt.Sprintf("%s / %s / %d (before %d)", num(r.Formed.FDs), num(r.AfterIdl.FDs), r.After.FDs, r.Before.FDs)
 	})
 	row("RSS: formed / peak", func(r bench.ScaleResult) string {
-		return fmt.Sprintf("%s / %s", formatBytes(uint64(max(r.Formed.RSS, 0))), formatBytes(uint64(max(r.PeakRSS, 0))))
+		return fmt.Sprintf("%s / %s", size(r.Formed.RSS), size(r.PeakRSS))
 	})
 	row("warnings logged", func(r bench.ScaleResult) string {
 		n := 0
