@@ -174,6 +174,18 @@ func (q quiet) check(t *testing.T, what string) {
 	}
 }
 
+// fenced fails if a domain said it was fenced, or its membership ended.
+func (q quiet) fenced(t *testing.T, what string) {
+	t.Helper()
+	for d, from := range q {
+		for _, l := range d.Proc().Lines()[from:] {
+			if strings.Contains(l, "fenced") || strings.Contains(l, "membership ended") {
+				t.Errorf("%s: %s said %q", what, d.Name, l)
+			}
+		}
+	}
+}
+
 // noEpochSince fails if any epoch record was written after mark.
 func noEpochSince(t *testing.T, c *clustertest.Cluster, h *testenv.History, mark testenv.Mark, what string) {
 	t.Helper()
@@ -221,6 +233,14 @@ func caughtUp(t *testing.T, c *clustertest.Cluster, s *clustertest.Node) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// nameOf names n, or says why there is none.
+func nameOf(n *clustertest.Node, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return n.Name
 }
 
 func must(t *testing.T, err error) {
@@ -292,7 +312,8 @@ func TestCluster(t *testing.T) {
 			must(t, c.MoveLeader(mctx, lead))
 			leaver := c.Domain("d3")
 			rest := slices.DeleteFunc(slices.Clone(all), func(s string) bool { return s == leaver.Name })
-			mark := h.Mark(t)
+			mark, q := h.Mark(t), quietFrom(c)
+			delete(q, leaver)
 			at := time.Now()
 			if how == "killed" {
 				lead.Proc().Kill()
@@ -310,8 +331,11 @@ func TestCluster(t *testing.T) {
 			if took > bound {
 				t.Errorf("L1: the epoch change took %v with the store's leader %s, want at most %v (election %v + 2 steps of %v%s)", took, how, bound, b.election, b.step, map[bool]string{true: fmt.Sprintf(" + client failover %v", b.failover)}[how == "partitioned"])
 			}
+			// The survivors' leases renewed through the election: their
+			// epoch ended for the change, and nothing else.
+			q.fenced(t, "leader "+lead.Name+" "+how)
 			if nl, err := c.Leader(bg); err != nil || nl == lead {
-				t.Errorf("leader after losing %s: %v, %v", lead.Name, nl, err)
+				t.Errorf("leader after losing %s: %v (want another)", lead.Name, nameOf(nl, err))
 			}
 			if how == "killed" {
 				restart(t, c, lead, b)
@@ -411,7 +435,7 @@ func TestCluster(t *testing.T) {
 			t.Errorf("L1: the epoch change took %v with the active coordinator killed, want at most %v (election TTL + E %v + 2 steps of %v)", took, bound, b.coordinator, b.step)
 		}
 		if nc, err := c.ActiveCoordinator(bg); err != nil || nc == co {
-			t.Errorf("active coordinator after killing %s's: %v, %v", co.Name, nc, err)
+			t.Errorf("active coordinator after killing %s's host: %v (want another)", co.Name, nameOf(nc, err))
 		}
 		restart(t, c, co, b)
 		<-leaver.Proc().Exited()

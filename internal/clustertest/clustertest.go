@@ -57,6 +57,9 @@ type Config struct {
 	Output io.Writer
 	// LogLevel is every process's --log-level (default "warn").
 	LogLevel string
+	// DomainFlags adds flags to a domain's command line, by its name
+	// (fault injection: --clock-rate, say).
+	DomainFlags map[string][]string
 }
 
 func (c *Config) defaults() error {
@@ -164,6 +167,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			"--listen", "tcp://"+h.IP+":0", "--lease-ttl", cfg.LeaseTTL.String(),
 			"--heartbeat", cfg.Heartbeat.String(), "--heartbeat-misses", strconv.Itoa(cfg.HeartbeatMisses),
 			"--etcd-endpoints", strings.Join(c.Endpoints(), ","), "--log-level", cfg.LogLevel)
+		n.argv = append(n.argv, cfg.DomainFlags[d]...)
 		c.Domains = append(c.Domains, n)
 	}
 	if c.Observer, err = nw.AddHost(ctx, "obs"); err != nil {
