@@ -51,7 +51,9 @@ type Config struct {
 	LeaseMargin time.Duration
 	// RenewInterval is how often the lease is renewed (DefaultConfig: 1 s,
 	// a fifth of the TTL); failed renewals are retried at a fifth of it. It
-	// must be below the lease's validity.
+	// must be below the lease's validity. A renewal waits for its answer as
+	// long as the lease is valid; the memberships sharing a Client renew
+	// over one long-lived keep-alive stream (store.Renewer).
 	RenewInterval time.Duration
 	// Priority breaks ties when two members report each other: the higher
 	// stays.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/idc-dev/idc/clock"
 	"github.com/idc-dev/idc/internal/membership"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/store"
@@ -24,7 +25,7 @@ import (
 type Membership struct {
 	cfg    Config
 	d      *membership.Driver
-	st     *store.Etcd
+	st     *clientStore
 	cli    *clientv3.Client
 	ownCli bool
 
@@ -60,7 +61,7 @@ func Join(ctx context.Context, cfg Config) (*Membership, error) {
 		}
 		dom.cli, dom.ownCli = cli, true
 	}
-	dom.st = store.NewEtcd(dom.cli)
+	dom.st = acquireStore(dom.cli)
 	type result struct {
 		d   *membership.Driver
 		err error
@@ -75,7 +76,7 @@ func Join(ctx context.Context, cfg Config) (*Membership, error) {
 		Group: cfg.Group, ID: cfg.ID, Incarnation: cfg.Incarnation, Priority: cfg.Priority,
 		Lease: cfg.lease(), RenewInterval: cfg.RenewInterval, OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: proto.Keys{Prefix: cfg.Prefix},
-		Store: dom.st, Clock: cfg.clock(), Logger: cfg.Logger, Metrics: cfg.Metrics,
+		Store: dom.st.shared, Clock: cfg.clock(), Logger: cfg.Logger, Metrics: cfg.Metrics,
 		Channels: chans,
 	}, func(d *membership.Driver, err error) { ch <- result{d, err} })
 	select {
@@ -117,7 +118,7 @@ func newIncarnation() uint64 {
 // release ends the store calls still in progress and closes the client if
 // Join opened it.
 func (d *Membership) release() {
-	d.st.Close()
+	d.st.release()
 	if d.ownCli {
 		d.cli.Close()
 	}
@@ -231,4 +232,49 @@ func (d *Membership) Close() error {
 		d.release()
 	})
 	return nil
+}
+
+// clientStores holds, per etcd client, the store the memberships on that
+// client share (store.Shared): one watch of a group's epoch record and one
+// write for the acknowledgements that gather, whatever the number of
+// memberships, and one keep-alive stream for their leases.
+var clientStores = struct {
+	sync.Mutex
+	m map[*clientv3.Client]*clientStore
+}{m: map[*clientv3.Client]*clientStore{}}
+
+// clientStore is a client's shared store and the memberships using it.
+type clientStore struct {
+	cli    *clientv3.Client
+	etcd   *store.Etcd
+	shared *store.Shared
+	refs   int
+}
+
+// acquireStore returns cli's shared store, counting one more user.
+func acquireStore(cli *clientv3.Client) *clientStore {
+	clientStores.Lock()
+	defer clientStores.Unlock()
+	cs := clientStores.m[cli]
+	if cs == nil {
+		e := store.NewEtcd(cli)
+		cs = &clientStore{cli: cli, etcd: e, shared: store.NewShared(e, clock.System(), 0)}
+		clientStores.m[cli] = cs
+	}
+	cs.refs++
+	return cs
+}
+
+// release counts one user less; the last one closes the store.
+func (cs *clientStore) release() {
+	clientStores.Lock()
+	cs.refs--
+	last := cs.refs == 0
+	if last {
+		delete(clientStores.m, cs.cli)
+	}
+	clientStores.Unlock()
+	if last {
+		cs.etcd.Close()
+	}
 }

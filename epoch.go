@@ -23,8 +23,11 @@ func (e *Epoch) Number() uint64 { return e.e.Number() }
 // Group returns the group's name.
 func (e *Epoch) Group() string { return e.d.cfg.Group }
 
-// Members returns the members of the epoch, sorted by ID.
+// Members returns the members of the epoch, sorted by ID (a copy).
 func (e *Epoch) Members() []Member { return e.e.Members() }
+
+// Size returns the number of members of the epoch, without copying them.
+func (e *Epoch) Size() int { return e.e.Size() }
 
 // Peers returns the members of the epoch other than this domain.
 func (e *Epoch) Peers() []Member {

@@ -4,5 +4,5 @@ package idc
 // revocation, no fence; its lease simply stops being renewed. For tests.
 func Crash(d *Membership) {
 	d.d.Crash()
-	d.st.Close()
+	d.st.release()
 }

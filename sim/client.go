@@ -103,17 +103,10 @@ func (c storeClient) Grant(ttl, to time.Duration, done func(store.Lease, error))
 	})
 }
 
+// KeepAlive renews over the keep-alive stream of the node's process, with
+// the store.Renewer the drivers use on etcd (stream.go).
 func (c storeClient) KeepAlive(id store.LeaseID, to time.Duration, done func(time.Duration, error)) {
-	w := c.w
-	c.request("keepalive", to, func() answer {
-		if !w.store.KeepAlive(int64(id)) {
-			return answer{err: store.ErrLeaseNotFound}
-		}
-		return answer{v: w.cfg.TTL}
-	}, func(a answer) {
-		ttl, _ := a.v.(time.Duration)
-		done(ttl, a.err)
-	})
+	c.w.renewer(c.n).KeepAlive(id, to, done)
 }
 
 func (c storeClient) Revoke(id store.LeaseID, to time.Duration, done func(error)) {

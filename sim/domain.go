@@ -99,7 +99,7 @@ func (d *Domain) join() {
 		Group: group, ID: d.id, Incarnation: ms.inc,
 		Lease: cfg.memberLease(), RenewInterval: cfg.renewInterval(), OpTimeout: cfg.OpTimeout,
 		WatchCheck: cfg.WatchCheck, Keys: keys,
-		Store: storeClient{w, d.n.id}, Clock: nodeClock{w, d.n.id}, Logger: quiet,
+		Store: w.sharedStore(d.n.id), Clock: nodeClock{w, d.n.id}, Logger: quiet,
 		OnChange: ms.changed, Channels: ch,
 	}, func(_ *membership.Driver, err error) {
 		d.joining = false

@@ -21,10 +21,11 @@ import (
 //   - the store revokes a live lease early (etcd issues 12528, 15247);
 //   - pause a coordinator, which then works off its backlog;
 //   - crash a coordinator, which restarts (a fresh process) later;
-//   - hang every watch of a domain or coordinator: the stream silently
-//     delivers nothing more, events and progress notifications alike;
+//   - hang every watch and keep-alive stream of a domain or coordinator:
+//     the stream silently delivers nothing more, events, progress
+//     notifications and renewals alike;
 //   - the store loses its leader for a while: requests fail with
-//     ErrNoLeader and every watch ends with it;
+//     ErrNoLeader and every watch and keep-alive stream ends with it;
 //   - the store compacts its history: a watch from an older revision fails
 //     with ErrCompacted;
 //   - in the storage scenario (storage.go), pause, crash or cut off the
@@ -153,11 +154,15 @@ func (w *World) inject() {
 		if w.chance(0.5) {
 			n = w.coords[w.rng.IntN(len(w.coords))].n
 		}
-		if n.down || w.store.hang(n.id) == 0 {
+		if n.down {
+			return
+		}
+		watches, streams := w.store.hang(n.id), w.hangStreams(n.id)
+		if watches+streams == 0 {
 			return
 		}
 		w.faults.HungWatches++
-		w.note(n.id, "nemesis: its watches hang")
+		w.note(n.id, "nemesis: its watches (%d) and keep-alive streams (%d) hang", watches, streams)
 	case k == 14: // the store loses its leader
 		until := w.until(w.uniform(50*time.Millisecond, 1500*time.Millisecond))
 		w.faults.NoLeader++

@@ -414,8 +414,10 @@ type World struct {
 	// listeners and conns are the simulated network's (netconn.go).
 	listeners map[string]*simListener
 	conns     map[NodeID][]*simConn
-	trace     *trace
-	nextID    uint64 // ops, watches, incarnations
+	// renewers are each node's lease renewer (stream.go).
+	renewers map[NodeID]*procStore
+	trace    *trace
+	nextID   uint64 // ops, watches, incarnations
 
 	steps, epochs, ios, refused int
 	sent, delivered             int

@@ -45,6 +45,7 @@ func (s *Store) loseLeader(until time.Duration) {
 		s.deliverEnd(wt, store.ErrNoLeader)
 	}
 	s.watchers = nil
+	s.w.endStreams(store.ErrNoLeader)
 }
 
 // hang makes every watch of node n silently deliver nothing more, as a

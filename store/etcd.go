@@ -28,22 +28,37 @@ type Etcd struct {
 	// because it hung would otherwise join the same dead stream. A Fresh
 	// watch starts the next number, and the watches after it share that.
 	streams atomic.Int64
+	// renew is the client's Renewer, shared with every Etcd on the same
+	// client: renewals travel on one long-lived keep-alive stream.
+	renew     *sharedRenewer
+	closeOnce sync.Once
 }
 
 // NewEtcd returns a Store on cli.
 func NewEtcd(cli *clientv3.Client) *Etcd {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Etcd{cli: cli, ctx: ctx, cancel: cancel}
+	return &Etcd{cli: cli, ctx: ctx, cancel: cancel, renew: acquireRenewer(cli)}
 }
+
+// RenewStreams returns how many keep-alive streams the client's Renewer
+// (shared by every Etcd on the client) has opened, and how many of them
+// it took for dead and replaced.
+func (s *Etcd) RenewStreams() (opened, replaced int) { return s.renew.r.Streams() }
 
 // Client returns the etcd client.
 func (s *Etcd) Client() *clientv3.Client { return s.cli }
 
 // Close cancels the calls and watches in progress and waits until their
 // goroutines have ended (their callbacks may still run meanwhile).
+// Renewals are left to their answers or timeouts, on the client's shared
+// stream; the last Etcd of a client to close closes that stream and fails
+// what still waits on it with ErrClosed.
 func (s *Etcd) Close() {
-	s.cancel()
-	s.wg.Wait()
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+		s.renew.release(s.cli)
+	})
 }
 
 // call runs f with a context that ends after timeout, on a goroutine.
@@ -110,21 +125,10 @@ func (s *Etcd) Grant(ttl, timeout time.Duration, done func(Lease, error)) {
 	})
 }
 
-// KeepAlive implements Store.
+// KeepAlive implements Store: one request on the client's shared
+// keep-alive stream (Renewer).
 func (s *Etcd) KeepAlive(id LeaseID, timeout time.Duration, done func(time.Duration, error)) {
-	s.call(timeout, func(ctx context.Context) {
-		resp, err := attempts(ctx, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
-			return s.cli.KeepAliveOnce(ctx, clientv3.LeaseID(id))
-		})
-		switch {
-		case err != nil:
-			done(0, Classify(err))
-		case resp.TTL <= 0:
-			done(0, ErrLeaseNotFound)
-		default:
-			done(time.Duration(resp.TTL)*time.Second, nil)
-		}
-	})
+	s.renew.r.KeepAlive(id, timeout, done)
 }
 
 // Revoke implements Store.

@@ -34,7 +34,8 @@ type Config struct {
 	// Lease is the lease timing: TTL as granted, ρ and the member margin.
 	Lease lease.Config
 	// RenewInterval is how often the lease is renewed; failed renewals are
-	// retried at a fifth of it.
+	// retried at a fifth of it. A renewal waits for its answer as long as
+	// the lease is valid by the member's reckoning.
 	RenewInterval time.Duration
 	// OpTimeout bounds each store request.
 	OpTimeout time.Duration

@@ -289,12 +289,25 @@ func (d *Driver) tick() {
 	d.handle()
 }
 
+// renewTimeout is how long a renewal sent at now may wait for its
+// answer: as long as the lease is valid by the member's reckoning. An
+// answer after that can no longer keep the membership (it fences itself
+// at its deadline), while an earlier give-up and retry would only add
+// load to a store that is slow to answer (the renewal's own stream
+// replaces a connection gone silent: store.Renewer).
+func (d *Driver) renewTimeout(now time.Duration) time.Duration {
+	if dl, ok := d.m.LeaseDeadline(); ok && dl > now {
+		return dl - now
+	}
+	return d.cfg.RenewInterval
+}
+
 func (d *Driver) renew() {
 	if d.stopped {
 		return
 	}
 	sent := d.now()
-	d.st.KeepAlive(d.lease, d.cfg.RenewInterval, func(_ time.Duration, err error) {
+	d.st.KeepAlive(d.lease, d.renewTimeout(sent), func(_ time.Duration, err error) {
 		d.do(func() {
 			if d.stopped {
 				return
@@ -307,6 +320,7 @@ func (d *Driver) renew() {
 					at = d.now()
 				}
 				d.m.Renewed(at)
+				d.met.renewed.Observe((d.now() - sent).Seconds())
 				d.rearm()
 				if dl, ok := d.m.LeaseDeadline(); ok {
 					d.met.leaseValid.Set((dl - d.now()).Seconds())

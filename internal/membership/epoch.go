@@ -48,6 +48,9 @@ func (e *Epoch) Number() uint64 { return e.num }
 // Members returns the members of the epoch, sorted by ID.
 func (e *Epoch) Members() []proto.Member { return slices.Clone(e.members) }
 
+// Size returns the number of members of the epoch.
+func (e *Epoch) Size() int { return len(e.members) }
+
 // Context ends when the epoch is disconnected or the membership stops; its
 // Err reads the lease clock.
 func (e *Epoch) Context() context.Context { return e.ctx }

@@ -20,6 +20,7 @@ type memberMetrics struct {
 	fencedEvict prometheus.Counter
 	leaseValid  prometheus.Gauge
 	renewFailed prometheus.Counter
+	renewed     prometheus.Observer
 	watchHung   prometheus.Counter
 	// disconnectedAt is when the last epoch was disconnected (the
 	// machine's clock; 0 if never).
@@ -52,6 +53,11 @@ func buildMemberMetrics(reg prometheus.Registerer, group, domain string) *member
 		Help:    "Time from an epoch's disconnect to this member's quiesce acknowledgement (its last operation of the epoch ended).",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	}, labels))
+	renewed := promutil.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "idc", Subsystem: "member", Name: "renew_seconds",
+		Help:    "Time from sending a lease renewal to its answer, for renewals the store answered (their count is the renewals made).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	}, labels))
 	fenced := counter("fenced_total", "Times the membership fenced itself, by reason (lease: its lease may have lapsed; evicted: the coordinator dropped it).", "reason")
 	return &memberMetrics{
 		epoch:       gauge("epoch", "The connected epoch's number (0 while not connected).").WithLabelValues(group, domain),
@@ -63,6 +69,7 @@ func buildMemberMetrics(reg prometheus.Registerer, group, domain string) *member
 		fencedEvict: fenced.WithLabelValues(group, domain, "evicted"),
 		leaseValid:  gauge("lease_valid_seconds", "How long the lease is certainly valid by the local clock, as of the last answered renewal.").WithLabelValues(group, domain),
 		renewFailed: counter("renew_failures_total", "Lease renewals the store did not answer.").WithLabelValues(group, domain),
+		renewed:     renewed.WithLabelValues(group, domain),
 		watchHung:   counter("watch_hung_total", "Epoch watches replaced because they delivered nothing, not even a requested progress notification, within two watch checks.").WithLabelValues(group, domain),
 	}
 }

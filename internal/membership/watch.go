@@ -61,7 +61,7 @@ func (d *Driver) readEpoch(gen uint64) {
 			}
 			if len(resp.Gets) > 0 {
 				for _, kv := range resp.Gets[0] {
-					d.observe(kv.Value)
+					d.observe(kv)
 				}
 			}
 			d.watchRead = true
@@ -119,18 +119,42 @@ func (d *Driver) checkWatch() {
 func (d *Driver) observeEvents(evs []store.Event) {
 	for _, ev := range evs {
 		if !ev.Delete && !d.stopped {
-			d.observe(ev.KV.Value)
+			d.observe(ev.KV)
 		}
 	}
 }
 
-// observe feeds an epoch record to the machine. Called with d.mu held.
-func (d *Driver) observe(val []byte) {
+// memo is what a store shared by the memberships of a process offers:
+// a value decoded once between them (store.Shared.Memo).
+type memo interface {
+	Memo(kv store.KV, decode func([]byte) any) any
+}
+
+// decoded is an epoch record or why it could not be decoded.
+type decoded struct {
+	rec *proto.EpochRecord
+	err error
+}
+
+func decodeEpoch(val []byte) any {
 	rec, err := proto.DecodeEpoch(val)
-	if err != nil {
-		d.log.Warn("ignoring malformed epoch record", "err", err)
+	return decoded{&rec, err}
+}
+
+// observe feeds an epoch record to the machine. A record decoded by the
+// store shared with other memberships is theirs too: nothing changes it.
+// Called with d.mu held.
+func (d *Driver) observe(kv store.KV) {
+	var r decoded
+	if m, ok := d.st.(memo); ok {
+		r = m.Memo(kv, decodeEpoch).(decoded)
+	} else {
+		r = decodeEpoch(kv.Value).(decoded)
+	}
+	if r.err != nil {
+		d.log.Warn("ignoring malformed epoch record", "err", r.err)
 		return
 	}
-	d.m.Observe(&rec)
+	d.m.Observe(r.rec)
 	d.handle()
 }

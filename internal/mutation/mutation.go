@@ -67,9 +67,13 @@ const (
 	// for the abandoned ones of its earlier connection, which may then
 	// overtake them.
 	NoReplayBarrier
+	// ForgetTimedOutRenewal: the lease renewer forgets a renewal once its
+	// caller gave up on it, so that its late answer on the keep-alive
+	// stream is taken for the next renewal's, sent later (breaks G6).
+	ForgetTimedOutRenewal
 
 	// last is the last variant: Kinds lists ConnectEarly to it.
-	last = NoReplayBarrier
+	last = ForgetTimedOutRenewal
 )
 
 var names = map[Kind]string{
@@ -79,6 +83,7 @@ var names = map[Kind]string{
 	MonotonicClock: "monotonic-clock", NoFrameEpochCheck: "no-frame-epoch-check",
 	GuardChecksAtAdmission: "guard-checks-at-admission", FenceOnlyDepartures: "fence-only-departures",
 	ResendAtOnce: "resend-at-once", NoReplayBarrier: "no-replay-barrier",
+	ForgetTimedOutRenewal: "forget-timed-out-renewal",
 }
 
 func (k Kind) String() string {
