@@ -51,13 +51,16 @@ func newBenchCmd(g *globals) *cobra.Command {
 	var (
 		members string
 		reps    int
+		hosts   int
 		asJSON  bool
 	)
 	epoch := &cobra.Command{
 		Use:   "epoch",
 		Short: "Time an epoch change (a domain joins, until every member is connected) beside a plain etcd Put + watch notification",
 		Long: `Starts a fresh embedded store and coordinator for each group size, joins the
-members (each with its own client), then times --reps epoch changes: a new
+members (each with its own client, or spread over --hosts clients, as
+processes each hosting a share of the domains), then times --reps epoch
+changes: a new
 domain calls Join, until every member holds the new connected epoch. In the
 same run it times plain etcd Puts and their watch notification at another
 client (one store round) and reports the ratio of the medians.`,
@@ -74,10 +77,13 @@ client (one store round) and reports the ratio of the medians.`,
 			if reps < 1 {
 				return fmt.Errorf("--reps %d: want at least 1", reps)
 			}
+			if hosts < 0 {
+				return fmt.Errorf("--hosts %d: want 0 (a client per member) or more", hosts)
+			}
 			var results []bench.Result
 			for _, n := range sizes {
 				fmt.Fprintf(cmd.ErrOrStderr(), "== %d members\n", n)
-				res, err := bench.EpochChange(cmd.Context(), bench.Options{Members: n, Reps: reps, Progress: cmd.ErrOrStderr()})
+				res, err := bench.EpochChange(cmd.Context(), bench.Options{Members: n, Reps: reps, Hosts: hosts, Progress: cmd.ErrOrStderr()})
 				if err != nil {
 					return err
 				}
@@ -94,6 +100,7 @@ client (one store round) and reports the ratio of the medians.`,
 	}
 	epoch.Flags().StringVar(&members, "members", "3,10,100", "group sizes to measure, comma-separated")
 	epoch.Flags().IntVar(&reps, "reps", 20, "epoch changes timed per group size")
+	epoch.Flags().IntVar(&hosts, "hosts", 0, "spread the members over this many clients (processes hosting a share of the domains each; 0: a client per member)")
 	epoch.Flags().BoolVar(&asJSON, "json", false, "print the raw samples as JSON")
 	cmd.AddCommand(epoch, newSoakCmd())
 	for _, sub := range benchCommands {
@@ -155,9 +162,13 @@ summary. Ctrl-C stops it early, with the summary.`,
 func writeBenchTable(w io.Writer, results []bench.Result) {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "members\tepoch ms (p50)\tp90\tfrom trigger ms (p50)\tstore round ms (p50)\tfloor ms (p50)\tepoch / round\tfrom trigger / round\tfrom trigger / floor\t")
+	fmt.Fprintln(tw, "members\thosts\tepoch ms (p50)\tp90\tfrom trigger ms (p50)\tstore round ms (p50)\tfloor ms (p50)\tepoch / round\tfrom trigger / round\tfrom trigger / floor\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%.1f×\t%.1f×\t%.1f×\t\n", r.Members,
+		h := "each"
+		if r.Hosts > 0 {
+			h = strconv.Itoa(r.Hosts)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f×\t%.1f×\t%.1f×\t\n", r.Members, h,
 			ms(bench.Median(r.Epoch)), ms(bench.Percentile(r.Epoch, 90)), ms(bench.Median(r.FromTrigger)),
 			ms(bench.Median(r.Baseline)), ms(bench.Median(r.Floor)), r.Ratio(), r.TriggerRatio(), r.FloorRatio())
 	}

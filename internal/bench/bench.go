@@ -38,6 +38,12 @@ type Options struct {
 	// in one process would; by default each has its own, as separate
 	// processes would.
 	SharedClient bool
+	// Hosts, if positive, spreads the members over that many clients, as
+	// processes each hosting a share of the group's domains would (each
+	// process watches the record once and writes its members'
+	// acknowledgements together: store.Shared); the joiner has a client of
+	// its own. It overrides SharedClient.
+	Hosts int
 	// Progress receives a line per phase (may be nil).
 	Progress io.Writer
 	// Endpoints, if set, are the client URLs of a running store, with
@@ -50,6 +56,7 @@ type Options struct {
 type Result struct {
 	Members      int  `json:"members"`
 	SharedClient bool `json:"shared_client"`
+	Hosts        int  `json:"hosts,omitempty"`
 	// Epoch: from the new domain calling Join to every member connected.
 	Epoch []time.Duration `json:"epoch_ns"`
 	// FromTrigger: from an observer's watch seeing the new member's record
@@ -156,7 +163,7 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		defer func() { stop(); cwg.Wait() }()
 	}
 
-	res := Result{Members: o.Members, SharedClient: o.SharedClient}
+	res := Result{Members: o.Members, SharedClient: o.SharedClient, Hosts: o.Hosts}
 	o.say("baseline: %d × (Put + watch notification) on the same store", o.BaselineReps)
 	if res.Baseline, err = baseline(ctx, endpoints, o.BaselineReps); err != nil {
 		return res, err
@@ -184,7 +191,7 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		return d, err
 	}
 	newClient := func() (*clientv3.Client, error) {
-		if o.SharedClient {
+		if o.SharedClient && o.Hosts <= 0 {
 			return ccli, nil
 		}
 		cli, err := dial()
@@ -201,9 +208,19 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		}
 	}()
 	var memberClients []*clientv3.Client
-	for i := range o.Members {
+	var hosts []*clientv3.Client
+	for range o.Hosts {
 		cli, err := newClient()
 		if err != nil {
+			return res, err
+		}
+		hosts = append(hosts, cli)
+	}
+	for i := range o.Members {
+		var cli *clientv3.Client
+		if len(hosts) > 0 {
+			cli = hosts[i%len(hosts)]
+		} else if cli, err = newClient(); err != nil {
 			return res, err
 		}
 		d, err := join(fmt.Sprintf("m%03d", i), cli)
@@ -282,16 +299,22 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 }
 
 // epochs tracks the latest connected epoch of every domain, fed by one
-// goroutine per domain blocked in Next, so waiting costs no polling.
+// goroutine per domain blocked in Next, so waiting costs no polling. It
+// counts the domains holding each (epoch, size), so that a waiter checks
+// every domain only once the count says they may all be there: at 1000
+// members a check per change would cost the bench itself O(members²) per
+// epoch change.
 type epochs struct {
 	mu      sync.Mutex
 	latest  map[*idc.Membership]*idc.Epoch
 	size    map[*idc.Membership]int // members of latest, counted once
+	holding map[[2]uint64]int       // (epoch, size) → domains whose latest it is
 	changed chan struct{}
 }
 
 func newEpochs() *epochs {
-	return &epochs{latest: map[*idc.Membership]*idc.Epoch{}, size: map[*idc.Membership]int{}, changed: make(chan struct{})}
+	return &epochs{latest: map[*idc.Membership]*idc.Epoch{}, size: map[*idc.Membership]int{},
+		holding: map[[2]uint64]int{}, changed: make(chan struct{})}
 }
 
 // follow records d's epochs until d stops.
@@ -302,9 +325,13 @@ func (t *epochs) follow(ctx context.Context, d *idc.Membership) {
 			if err != nil {
 				return
 			}
-			n := len(ep.Members())
+			n := ep.Size()
 			t.mu.Lock()
+			if old := t.latest[d]; old != nil {
+				t.holding[[2]uint64{old.Number(), uint64(t.size[d])}]--
+			}
 			t.latest[d], t.size[d] = ep, n
+			t.holding[[2]uint64{ep.Number(), uint64(n)}]++
 			close(t.changed)
 			t.changed = make(chan struct{})
 			t.mu.Unlock()
@@ -319,15 +346,17 @@ func (t *epochs) wait(ctx context.Context, ds []*idc.Membership, n int) error {
 	defer cancel()
 	for {
 		t.mu.Lock()
-		var num uint64
-		ok := true
-		for _, d := range ds {
-			ep := t.latest[d]
-			if ep == nil || ep.Context().Err() != nil || t.size[d] != n || num != 0 && ep.Number() != num {
-				ok = false
-				break
+		ok := false
+		if ep := t.latest[ds[0]]; ep != nil && t.holding[[2]uint64{ep.Number(), uint64(n)}] >= len(ds) {
+			num := ep.Number()
+			ok = true
+			for _, d := range ds {
+				ep := t.latest[d]
+				if ep == nil || ep.Context().Err() != nil || t.size[d] != n || ep.Number() != num {
+					ok = false
+					break
+				}
 			}
-			num = ep.Number()
 		}
 		ch := t.changed
 		t.mu.Unlock()

@@ -3,22 +3,26 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/idc-dev/idc/proto"
+	"github.com/idc-dev/idc/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // floor times the store work an epoch change needs, done with raw etcd
 // calls and nothing else: a compare-and-swap write of a record the size of
-// the real one, its watch notification at every member's client, one
-// acknowledgement Put per survivor (each as soon as its client saw the
-// record), the coordinator's watch seeing them all, and a second
-// compare-and-swap write (deleting the acknowledgements) notified to every
-// member again. Survivors use the clients the members use; the joiner has a
-// client of its own. It is the protocol's floor on this store: what idc adds
-// is the ratio of the epoch change to it.
+// the real one, its watch notification at every process (members on one
+// client are one process's, which watches once), the acknowledgements of
+// each process's survivors in one transaction (each as soon as its client
+// saw the record; one per survivor when each has a client of its own), the
+// coordinator's watch seeing them all, and a second compare-and-swap write
+// (deleting the acknowledgements) notified to every process again.
+// Survivors use the clients the members use; the joiner has a client of
+// its own. It is the protocol's floor on this store: what idc adds is the
+// ratio of the epoch change to it.
 func floor(ctx context.Context, coord *clientv3.Client, members []*clientv3.Client, joiner *clientv3.Client, reps int) ([]time.Duration, error) {
 	const (
 		key  = "/bench/floor/epoch"
@@ -33,14 +37,34 @@ func floor(ctx context.Context, coord *clientv3.Client, members []*clientv3.Clie
 	val := string(proto.EncodeEpoch(rec))
 
 	wctx, cancel := context.WithCancel(ctx)
-	// Every client watches the record: on a quiescing write a survivor
-	// acknowledges; on a connected write each reports it saw it.
+	// The members on one client are one process's: like idc's shared
+	// store (store.Shared), the process watches the record once and writes
+	// its survivors' acknowledgements together, in transactions of at most
+	// store.DefaultMaxBatchOps puts.
+	type host struct {
+		cli     *clientv3.Client
+		members []int
+	}
+	var hosts []*host
+	byClient := map[*clientv3.Client]*host{}
+	for i, cli := range members {
+		h := byClient[cli]
+		if h == nil {
+			h = &host{cli: cli}
+			byClient[cli] = h
+			hosts = append(hosts, h)
+		}
+		h.members = append(h.members, i)
+	}
+	// Every process watches the record: on a quiescing write it
+	// acknowledges for its survivors; on a connected write each member
+	// reports it saw it.
 	seen := make(chan struct{}, (n+1)*reps)
-	errs := make(chan error, n+1)
+	errs := make(chan error, len(hosts)+1)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	watch := func(i int, cli *clientv3.Client, survivor bool) {
-		wch := cli.Watch(wctx, key, clientv3.WithCreatedNotify())
+	watch := func(h *host, survivor bool) {
+		wch := h.cli.Watch(wctx, key, clientv3.WithCreatedNotify())
 		<-wch
 		wg.Add(1)
 		go func() {
@@ -49,20 +73,28 @@ func floor(ctx context.Context, coord *clientv3.Client, members []*clientv3.Clie
 				for _, ev := range wr.Events {
 					switch v := ev.Kv.Value; {
 					case len(v) > 0 && v[0] == 'q' && survivor:
-						if _, err := cli.Put(wctx, fmt.Sprintf("%s%d/%03d", acks, ev.Kv.ModRevision, i), "ack"); err != nil && wctx.Err() == nil {
-							errs <- err
+						for chunk := range slices.Chunk(h.members, store.DefaultMaxBatchOps) {
+							ops := make([]clientv3.Op, len(chunk))
+							for j, i := range chunk {
+								ops[j] = clientv3.OpPut(fmt.Sprintf("%s%d/%03d", acks, ev.Kv.ModRevision, i), "ack")
+							}
+							if _, err := h.cli.Txn(wctx).Then(ops...).Commit(); err != nil && wctx.Err() == nil {
+								errs <- err
+							}
 						}
 					case len(v) > 0 && v[0] == 'c':
-						seen <- struct{}{}
+						for range h.members {
+							seen <- struct{}{}
+						}
 					}
 				}
 			}
 		}()
 	}
-	for i, cli := range members {
-		watch(i, cli, true)
+	for _, h := range hosts {
+		watch(h, true)
 	}
-	watch(n, joiner, false)
+	watch(&host{cli: joiner, members: []int{n}}, false)
 	ackw := coord.Watch(wctx, acks, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 	<-ackw
 
