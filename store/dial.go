@@ -33,7 +33,12 @@ type DialConfig struct {
 	// a silently dropped connection is closed within that bound (defaults
 	// 10 s, gRPC's minimum, and 2 s). Until then idc's requests route
 	// around it (store.Etcd repeats a stuck request on the next
-	// connection) and its watches are replaced on a fresh stream.
+	// connection) and its watches are replaced on a fresh stream. Pings
+	// go only on connections with a call or stream in progress: etcd's
+	// server refuses pings on an idle connection (its enforcement policy
+	// does not permit them without a stream) and closes the connection
+	// after the second, which made clients of a cluster reconnect every
+	// half minute.
 	KeepAliveTime, KeepAliveTimeout time.Duration
 	// Logger receives one warning per failed attempt (default slog.Default()).
 	Logger *slog.Logger
@@ -117,7 +122,7 @@ func Dial(ctx context.Context, c DialConfig) (*clientv3.Client, error) {
 		DialTimeout:          c.AttemptTimeout,
 		DialKeepAliveTime:    c.KeepAliveTime,
 		DialKeepAliveTimeout: c.KeepAliveTimeout,
-		PermitWithoutStream:  true,
+		PermitWithoutStream:  false,
 		Logger:               zap.NewNop(),
 		Context:              context.WithoutCancel(ctx),
 	})
