@@ -41,13 +41,6 @@ type Shared struct {
 	watches map[watchKey]*sharedWatch
 	pending []*batchedPut // waiting for the write in flight
 	busy    bool          // a batch is in flight
-	memo    map[string]memoized
-}
-
-// memoized is the last value decoded for a key (Memo).
-type memoized struct {
-	rev int64
-	v   any
 }
 
 // DefaultMaxBatchOps is the most puts Shared sends in one transaction:
@@ -61,27 +54,7 @@ func NewShared(inner Store, clk clock.Clock, maxOps int) *Shared {
 	if maxOps <= 0 {
 		maxOps = DefaultMaxBatchOps
 	}
-	return &Shared{inner: inner, clk: clk, maxOps: maxOps, watches: map[watchKey]*sharedWatch{}, memo: map[string]memoized{}}
-}
-
-// Memo returns decode(kv.Value), decoded once for the key's revision: the
-// subscribers of a shared watch receive the same value and decode it once
-// between them. Only the latest revision of each key is kept. The value
-// returned is shared: callers must not change it.
-func (s *Shared) Memo(kv KV, decode func([]byte) any) any {
-	s.mu.Lock()
-	m, ok := s.memo[kv.Key]
-	s.mu.Unlock()
-	if ok && m.rev == kv.ModRev && kv.ModRev != 0 {
-		return m.v
-	}
-	v := decode(kv.Value)
-	s.mu.Lock()
-	if cur, ok := s.memo[kv.Key]; !ok || cur.rev < kv.ModRev {
-		s.memo[kv.Key] = memoized{kv.ModRev, v}
-	}
-	s.mu.Unlock()
-	return v
+	return &Shared{inner: inner, clk: clk, maxOps: maxOps, watches: map[watchKey]*sharedWatch{}}
 }
 
 // Grant implements Store.

@@ -194,7 +194,10 @@ func (m *Machine) Observe(rec *proto.EpochRecord) {
 	}
 	if !connected {
 		m.disconnect()
-		if proto.Contains(rec.Survivors(), me) && rec.Number > m.ackTarget {
+		// A survivor: in the record and in the last connected epoch (its
+		// Survivors, without building that list for each of a thousand
+		// members).
+		if inRec && proto.Contains(rec.Prev, me) && rec.Number > m.ackTarget {
 			m.ackTarget = rec.Number
 		}
 		m.maybeAck()

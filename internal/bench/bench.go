@@ -9,6 +9,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -115,6 +116,9 @@ func (o Options) say(format string, args ...any) {
 	}
 }
 
+// joinParallel is how many members EpochChange joins at once.
+const joinParallel = 32
+
 // EpochChange runs the measurement on a fresh embedded store.
 func EpochChange(ctx context.Context, o Options) (Result, error) {
 	if o.Members < 1 {
@@ -203,9 +207,13 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 	o.say("joining %d members", o.Members)
 	var ds []*idc.Membership
 	defer func() {
+		var wg sync.WaitGroup
 		for _, d := range ds {
-			d.Close()
+			if d != nil {
+				wg.Go(func() { d.Close() })
+			}
 		}
+		wg.Wait()
 	}()
 	var memberClients []*clientv3.Client
 	var hosts []*clientv3.Client
@@ -223,12 +231,25 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 		} else if cli, err = newClient(); err != nil {
 			return res, err
 		}
-		d, err := join(fmt.Sprintf("m%03d", i), cli)
-		if err != nil {
-			return res, err
-		}
-		ds = append(ds, d)
 		memberClients = append(memberClients, cli)
+	}
+	// Joined joinParallel at a time: one after the other, a thousand
+	// joins (four store requests each) take minutes on a loaded machine.
+	ds = make([]*idc.Membership, o.Members)
+	errs := make([]error, o.Members)
+	var jwg sync.WaitGroup
+	sem := make(chan struct{}, joinParallel)
+	for i := range o.Members {
+		sem <- struct{}{}
+		jwg.Go(func() {
+			defer func() { <-sem }()
+			ds[i], errs[i] = join(fmt.Sprintf("m%03d", i), memberClients[i])
+		})
+	}
+	jwg.Wait()
+	ds = slices.DeleteFunc(ds, func(d *idc.Membership) bool { return d == nil })
+	if err := errors.Join(errs...); err != nil {
+		return res, err
 	}
 	if err := tr.wait(ctx, ds, o.Members); err != nil {
 		return res, err

@@ -362,7 +362,7 @@ func (d *Driver) handle() {
 				e, ms := a.Epoch, a.Members
 				d.later(func() { d.mesh.Connect(e, ms) })
 			}
-			d.log.Info("connected", "epoch", a.Epoch, "members", proto.IDs(a.Members))
+			d.log.Info("connected", "epoch", a.Epoch, "members", memberList(a.Members))
 			d.met.epoch.Set(float64(a.Epoch))
 			d.met.connected.Set(1)
 			d.met.connects.Inc()
@@ -416,4 +416,14 @@ func (d *Driver) handle() {
 		}
 	}
 	d.changedNow()
+}
+
+// memberList is what a log line says of an epoch's members: their IDs,
+// or their number in a large group, where every member logging every ID
+// at every change would cost the group O(members²).
+func memberList(ms []proto.Member) any {
+	if len(ms) > 16 {
+		return fmt.Sprintf("%d members", len(ms))
+	}
+	return proto.IDs(ms)
 }

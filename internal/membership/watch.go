@@ -1,6 +1,8 @@
 package membership
 
 import (
+	"bytes"
+	"sync"
 	"time"
 
 	"github.com/idc-dev/idc/internal/watchdog"
@@ -124,33 +126,46 @@ func (d *Driver) observeEvents(evs []store.Event) {
 	}
 }
 
-// memo is what a store shared by the memberships of a process offers:
-// a value decoded once between them (store.Shared.Memo).
-type memo interface {
-	Memo(kv store.KV, decode func([]byte) any) any
-}
+// records holds the last epoch record decoded for each key in this
+// process, with the bytes it was decoded from: the memberships of a
+// process in one group receive the same record at every change, and at a
+// thousand members decoding it is most of their work. Decoding is a pure
+// function of the bytes, so a record is reused only for the same bytes,
+// whichever store or client they came from.
+var records = struct {
+	sync.Mutex
+	m map[string]decoded
+}{m: map[string]decoded{}}
 
-// decoded is an epoch record or why it could not be decoded.
+// decoded is an epoch record, or why it could not be decoded, and the
+// bytes it came from.
 type decoded struct {
+	val []byte
 	rec *proto.EpochRecord
 	err error
 }
 
-func decodeEpoch(val []byte) any {
-	rec, err := proto.DecodeEpoch(val)
-	return decoded{&rec, err}
+// decodeEpoch decodes kv's epoch record, or returns the one decoded from
+// the same bytes before. The record is shared: nothing may change it.
+func decodeEpoch(kv store.KV) decoded {
+	records.Lock()
+	d, ok := records.m[kv.Key]
+	records.Unlock()
+	if ok && bytes.Equal(d.val, kv.Value) {
+		return d
+	}
+	rec, err := proto.DecodeEpoch(kv.Value)
+	d = decoded{val: kv.Value, rec: &rec, err: err}
+	records.Lock()
+	records.m[kv.Key] = d
+	records.Unlock()
+	return d
 }
 
-// observe feeds an epoch record to the machine. A record decoded by the
-// store shared with other memberships is theirs too: nothing changes it.
-// Called with d.mu held.
+// observe feeds an epoch record to the machine; the record is shared with
+// the process's other memberships (decodeEpoch). Called with d.mu held.
 func (d *Driver) observe(kv store.KV) {
-	var r decoded
-	if m, ok := d.st.(memo); ok {
-		r = m.Memo(kv, decodeEpoch).(decoded)
-	} else {
-		r = decodeEpoch(kv.Value).(decoded)
-	}
+	r := decodeEpoch(kv)
 	if r.err != nil {
 		d.log.Warn("ignoring malformed epoch record", "err", r.err)
 		return
