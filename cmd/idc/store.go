@@ -27,7 +27,7 @@ func newStoreCmd(g *globals) *cobra.Command {
 		dataDir, clientURL, peerURL, mode, name, metricsAddr string
 		cl                                                   clusterOptions
 		noCoord                                              bool
-		quiesce, margin, flapWindow, flapHold                time.Duration
+		quiesce, margin, flapWindow, flapHold, electionTTL   time.Duration
 		flapDrops                                            int
 		rho                                                  float64
 		retention                                            time.Duration
@@ -82,6 +82,7 @@ failure does.`,
 			ccfg.QuiesceTimeout, ccfg.Rho, ccfg.LeaseMargin, ccfg.Name = quiesce, rho, margin, name
 			ccfg.Logger = log
 			ccfg.Damping = core.Damping{Drops: flapDrops, Window: flapWindow, Hold: flapHold}
+			ccfg.ElectionTTL = electionTTL
 			if err := ccfg.Validate(); err != nil {
 				return err
 			}
@@ -197,6 +198,7 @@ failure does.`,
 	cl.register(f)
 	f.BoolVar(&noCoord, "no-coordinator", false, "run only the store, no coordinator candidate")
 	f.StringVar(&mode, "mode", string(proto.ModeLease), "how departed members are handled in groups whose configuration does not say (idc group set): lease, fence or both")
+	f.DurationVar(&electionTTL, "election-ttl", coordinator.DefaultElectionTTL, "TTL of the coordinator election's lease, whole seconds: how long a crashed coordinator holds the election; renewed every tenth of it, held through store stalls of up to 0.8·TTL")
 	f.DurationVar(&quiesce, "quiesce-timeout", coordinator.DefaultQuiesceTimeout, "time survivors have to quiesce before they are dropped")
 	f.Float64Var(&rho, "rho", coordinator.DefaultRho, "clock-rate drift bound ρ")
 	f.DurationVar(&margin, "lease-margin", coordinator.DefaultLeaseMargin, "safety margin added to the wait for a departed member")
