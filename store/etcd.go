@@ -28,6 +28,10 @@ type Etcd struct {
 	// because it hung would otherwise join the same dead stream. A Fresh
 	// watch starts the next number, and the watches after it share that.
 	streams atomic.Int64
+	// progressMu guards progressAt: when a progress notification was last
+	// asked for on each watch stream and not yet answered.
+	progressMu sync.Mutex
+	progressAt map[int64]time.Time
 	// renew is the client's Renewer, shared with every Etcd on the same
 	// client: renewals travel on one long-lived keep-alive stream.
 	renew     *sharedRenewer
@@ -37,7 +41,7 @@ type Etcd struct {
 // NewEtcd returns a Store on cli.
 func NewEtcd(cli *clientv3.Client) *Etcd {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Etcd{cli: cli, ctx: ctx, cancel: cancel, renew: acquireRenewer(cli)}
+	return &Etcd{cli: cli, ctx: ctx, cancel: cancel, renew: acquireRenewer(cli), progressAt: map[int64]time.Time{}}
 }
 
 // RenewStreams returns how many keep-alive streams the client's Renewer
@@ -206,6 +210,7 @@ func (s *Etcd) Txn(t Txn, timeout time.Duration, done func(TxnResponse, error)) 
 // back for each response, in order.
 type etcdWatch struct {
 	s      *Etcd
+	stream int64
 	ctx    context.Context
 	cancel context.CancelFunc
 	ended  atomic.Bool
@@ -221,7 +226,7 @@ func (s *Etcd) Watch(r WatchRequest, fn func(WatchResponse)) Watch {
 	}
 	sctx := metadata.AppendToOutgoingContext(s.ctx, "idc-watch-stream", strconv.FormatInt(stream, 10))
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(sctx))
-	w := &etcdWatch{s: s, ctx: ctx, cancel: cancel}
+	w := &etcdWatch{s: s, stream: stream, ctx: ctx, cancel: cancel}
 	opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
 	if r.End != "" {
 		opts = append(opts, clientv3.WithRange(r.End))
@@ -245,6 +250,9 @@ func (s *Etcd) Watch(r WatchRequest, fn func(WatchResponse)) Watch {
 		}
 		for wr := range s.cli.Watch(ctx, r.Key, opts...) {
 			resp := WatchResponse{Created: wr.Created, Progress: wr.IsProgressNotify(), Revision: wr.Header.Revision}
+			if resp.Progress {
+				s.answered(stream)
+			}
 			if err := wr.Err(); err != nil {
 				if wr.CompactRevision != 0 {
 					err = fmt.Errorf("%w (at revision %d)", ErrCompacted, wr.CompactRevision)
@@ -263,7 +271,34 @@ func (s *Etcd) Watch(r WatchRequest, fn func(WatchResponse)) Watch {
 	return w
 }
 
+// progressMerge is how long a request for a progress notification on a
+// watch stream stands for every watch of the stream: etcd answers one
+// request with a notification to each watch on the stream, so the
+// watchdogs of a process's hundreds of watches need not each ask. A
+// request not answered within it may be sent again (etcd ignores one made
+// while a watch of the stream is catching up).
+const progressMerge = time.Second
+
+// answered notes a progress notification on watch stream n.
+func (s *Etcd) answered(n int64) {
+	s.progressMu.Lock()
+	delete(s.progressAt, n)
+	s.progressMu.Unlock()
+}
+
+// RequestProgress implements Watch: unless a request on the watch's
+// stream is already waiting for its answer (progressMerge), the store is
+// asked for a progress notification, which every watch of the stream
+// receives.
 func (w *etcdWatch) RequestProgress() {
+	s := w.s
+	s.progressMu.Lock()
+	if at, ok := s.progressAt[w.stream]; ok && time.Since(at) < progressMerge {
+		s.progressMu.Unlock()
+		return
+	}
+	s.progressAt[w.stream] = time.Now()
+	s.progressMu.Unlock()
 	w.s.wg.Add(1)
 	go func() {
 		defer w.s.wg.Done()
