@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/idc-dev/idc/clock"
+	"github.com/idc-dev/idc/clock/clocktest"
 	"github.com/idc-dev/idc/network"
 	"github.com/idc-dev/idc/proto"
 	"github.com/idc-dev/idc/wire"
@@ -411,61 +411,6 @@ func TestOneChannelPerEpoch(t *testing.T) {
 	}
 }
 
-// manualClock is a clock whose time and timers the test moves.
-type manualClock struct {
-	mu     sync.Mutex
-	now    time.Duration
-	timers []*manualTimer
-}
-
-type manualTimer struct {
-	c       *manualClock
-	at      time.Duration
-	f       func()
-	stopped bool
-}
-
-func (c *manualClock) Now() time.Duration { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-
-func (c *manualClock) AfterFunc(d time.Duration, f func()) clock.Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &manualTimer{c: c, at: c.now + d, f: f}
-	c.timers = append(c.timers, t)
-	return t
-}
-
-func (t *manualTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	was := !t.stopped
-	t.stopped = true
-	return was
-}
-
-// advance moves the clock by d and runs the timers then due.
-func (c *manualClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now += d
-	var due []*manualTimer
-	keep := c.timers[:0]
-	for _, t := range c.timers {
-		switch {
-		case t.stopped:
-		case t.at <= c.now:
-			t.stopped = true
-			due = append(due, t)
-		default:
-			keep = append(keep, t)
-		}
-	}
-	c.timers = keep
-	c.mu.Unlock()
-	for _, t := range due {
-		t.f()
-	}
-}
-
 // TestStallIsNotSilence: a heartbeat tick that comes late because this
 // process was starved suspects nobody (what the peer sent meanwhile may
 // not have been read yet); the next tick, if the peer is still silent,
@@ -476,9 +421,9 @@ func TestStallIsNotSilence(t *testing.T) {
 		t.Run(fmt.Sprintf("stall=%v", stall), func(t *testing.T) {
 			// Each its own clock; only a's moves, so b never ticks and,
 			// once the channel is open, sends nothing: a silent peer.
-			clk := &manualClock{}
+			clk := &clocktest.Manual{}
 			ca, cb := testConfig(t, "a", network.OS{}, true), testConfig(t, "b", network.OS{}, true)
-			ca.Clock, cb.Clock = clk, &manualClock{}
+			ca.Clock, cb.Clock = clk, &clocktest.Manual{}
 			a, b := newNode(t, ca), newNode(t, cb)
 			a.connect(1, a, b)
 			b.connect(1, a, b)
@@ -486,14 +431,14 @@ func TestStallIsNotSilence(t *testing.T) {
 			hb := a.m.cfg.Heartbeat
 			silent := hb * time.Duration(a.m.cfg.Misses)
 			if stall {
-				clk.advance(silent + hb) // one very late tick
+				clk.Jump(silent + hb) // one very late tick
 				if n := len(a.host.faults); n != 0 || a.m.Stats().Stalls == 0 {
 					t.Fatalf("a late tick: %d faults, stats %+v; want none and a stall counted", n, a.m.Stats())
 				}
-				clk.advance(hb / 2)
+				clk.Jump(hb / 2)
 			} else {
 				for i := time.Duration(0); i <= silent/(hb/2); i++ {
-					clk.advance(hb / 2)
+					clk.Jump(hb / 2)
 				}
 			}
 			select {

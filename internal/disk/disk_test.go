@@ -15,60 +15,11 @@ import (
 
 	"github.com/idc-dev/idc/block"
 	"github.com/idc-dev/idc/clock"
+	"github.com/idc-dev/idc/clock/clocktest"
 	"github.com/idc-dev/idc/core/multipath"
 	"github.com/idc-dev/idc/nbd"
 	"github.com/idc-dev/idc/token"
 )
-
-// manualClock is a clock.Clock the test moves.
-type manualClock struct {
-	mu     sync.Mutex
-	now    time.Duration
-	timers []*manualTimer
-}
-
-type manualTimer struct {
-	c    *manualClock
-	at   time.Duration
-	f    func()
-	done bool
-}
-
-func (c *manualClock) Now() time.Duration { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-
-func (c *manualClock) AfterFunc(d time.Duration, f func()) clock.Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &manualTimer{c: c, at: c.now + d, f: f}
-	c.timers = append(c.timers, t)
-	return t
-}
-
-func (t *manualTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	was := !t.done
-	t.done = true
-	return was
-}
-
-// advance moves the clock and fires the timers due, in their goroutine
-// (the test's).
-func (c *manualClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now += d
-	var due []*manualTimer
-	for _, t := range c.timers {
-		if !t.done && t.at <= c.now {
-			t.done = true
-			due = append(due, t)
-		}
-	}
-	c.mu.Unlock()
-	for _, t := range due {
-		t.f()
-	}
-}
 
 // call is a call the fake transport received.
 type call struct {
@@ -122,9 +73,9 @@ func answer(c *call, st block.Status, data []byte) {
 	c.done(block.AppendAnswer(nil, block.Answer{Status: st, ID: c.req.ID, Data: data}), nil)
 }
 
-func newTestDisk(t *testing.T) (*Disk, *fakeTransport, *manualClock) {
+func newTestDisk(t *testing.T) (*Disk, *fakeTransport, *clocktest.Manual) {
 	t.Helper()
-	tr, clk := &fakeTransport{}, &manualClock{}
+	tr, clk := &fakeTransport{}, &clocktest.Manual{}
 	d, err := New(Config{
 		Size: 1 << 20, Transport: tr, Clock: clk, FirstID: 100,
 		Multipath:  multipath.Config{Timeout: 500 * time.Millisecond, RetryDelay: 10 * time.Millisecond},
@@ -193,11 +144,11 @@ func TestTimeout(t *testing.T) {
 	d, tr, clk := newTestDisk(t)
 	d.Connected(1, tok(1), []string{"a", "b"})
 	d.Submit(block.Request{Op: block.OpRead, Length: 512}, func(Result) {})
-	clk.advance(499 * time.Millisecond)
+	clk.Jump(499 * time.Millisecond)
 	if len(tr.reports) != 0 {
 		t.Fatalf("reported early: %v", tr.reports)
 	}
-	clk.advance(time.Millisecond)
+	clk.Jump(time.Millisecond)
 	if !slices.Equal(tr.reports, []string{"a"}) {
 		t.Fatalf("reports %v", tr.reports)
 	}
@@ -214,7 +165,7 @@ func TestReadAndRefused(t *testing.T) {
 	if len(tr.take()) != 0 {
 		t.Fatal("sent again before the retry delay")
 	}
-	clk.advance(10 * time.Millisecond)
+	clk.Jump(10 * time.Millisecond)
 	calls := tr.take()
 	if len(calls) != 1 {
 		t.Fatalf("%d calls after the retry delay", len(calls))
@@ -309,7 +260,7 @@ func waitCall(t *testing.T, tr *fakeTransport) *call {
 }
 
 func TestConfig(t *testing.T) {
-	ok := Config{Size: 1, Transport: &fakeTransport{}, Clock: &manualClock{}, EpochEnded: func(error) bool { return false }}
+	ok := Config{Size: 1, Transport: &fakeTransport{}, Clock: &clocktest.Manual{}, EpochEnded: func(error) bool { return false }}
 	for _, bad := range []func(*Config){
 		func(c *Config) { c.Size = 0 },
 		func(c *Config) { c.Transport = nil },
