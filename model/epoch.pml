@@ -24,6 +24,22 @@
  *                the member's phase (no "connected in epoch e" check)
  *   BROKEN_CONNECT_EARLY, BROKEN_NO_CAS, BROKEN_TRUST_STORE_EXPIRY,
  *   BROKEN_VALIDITY_FROM_RECEIPT, BROKEN_GUARD_AT_ADMISSION: see README.
+ *
+ *   BATCH        batched quiesce acks (README "Batched acknowledgements"):
+ *                three members; M0 and M1 are memberships of one process
+ *                (host H0) that share one watch of the epoch record and one
+ *                ack writer, which writes the acks handed to it in batches
+ *                (one store transaction, each ack under its own member's
+ *                lease; a batch with a lease gone fails whole); M2 is a
+ *                solo member (its own watch, its acks written one by one,
+ *                as without BATCH). No fault reports and no channels.
+ *   BROKEN_BATCH_ALL  (with BATCH) the writer writes, with an ack handed
+ *                to it, the ack of every membership of the host, quiesced
+ *                or not
+ *   BROKEN_BATCH_LATEST_EPOCH  (with BATCH) the writer writes each ack for
+ *                the epoch the host saw last, not the one the membership
+ *                quiesced for: NOT caught, not in model/check (README,
+ *                finding B1)
  */
 
 #ifndef MODE
@@ -40,7 +56,23 @@
 #endif
 #endif
 
+#ifdef BATCH
+#define NM 3            /* members M0, M1 (host H0), M2 (solo) */
+#define HOSTED(i) ((i) < 2)     /* a membership of host H0 */
+#define JOINER(i) ((i) == 2)    /* M0 and M1 are there from the start */
+#define PASSIVE(i) ((i) == 2)   /* M2 only joins, watches and acks: no ops,
+                                   no leave, timely renewals, no early
+                                   revocation, so it does no I/O and counts
+                                   as harmless once departed (keeps the
+                                   state space small) */
+#if defined(CHANNELS) || defined(LIVE)
+#error "BATCH is a safety model without channels"
+#endif
+#else
 #define NM 2            /* members M0, M1 */
+#define JOINER(i) ((i) == 1)    /* M0 is there from the start */
+#define PASSIVE(i) 0
+#endif
 #define NR 1            /* guarded resources */
 #ifndef MAXEP
 #define MAXEP 4         /* epoch numbers 1..MAXEP: enough for formation,
@@ -119,6 +151,37 @@ byte rans[NM];        /* answered renewal in flight back to the member:
                          the validity it carries (ticks left), 0 none */
 bool joined1;         /* M1 has joined */
 
+#ifdef BATCH
+/* ---- host H0: the process of memberships M0 and M1 (BATCH) ------------ */
+/* its watch of groups/<g>/epoch, shared by M0 and M1: the record it last
+ * received (decoded once); each membership observes this copy when it likes,
+ * not the store */
+byte hnr;             /* Number */
+bool hconn;           /* State == Connected */
+byte hmem;            /* Members */
+byte hprev;           /* Prev */
+byte hexcl;           /* Excluded */
+/* its ack writer: the acks handed to it and not yet written; hand[d] is a
+ * set of epochs (bit e = M<d> has quiesced for epoch e and handed its ack) */
+byte hand[2];
+#endif
+
+/* the record a member observes: its host's copy (BATCH, M0 and M1) or the
+ * store's (a watch of its own) */
+#ifdef BATCH
+#define RNR(i)   (HOSTED(i) -> hnr : enr)
+#define RCONN(i) (HOSTED(i) -> hconn : econn)
+#define RMEM(i)  (HOSTED(i) -> hmem : emem)
+#define RPREV(i) (HOSTED(i) -> hprev : eprev)
+#define REXCL(i) (HOSTED(i) -> hexcl : eexcl)
+#else
+#define RNR(i)   enr
+#define RCONN(i) econn
+#define RMEM(i)  emem
+#define RPREV(i) eprev
+#define REXCL(i) eexcl
+#endif
+
 /* ---- network ----------------------------------------------------------- */
 byte nreq;            /* requests to the resource in flight: set of token
                          epochs; delivery may keep a copy (duplicate), any
@@ -153,7 +216,7 @@ byte connmem[MAXEP + 1];    /* members of each connected epoch */
 
 /* a member that may still act, for G4's "proven stopped": in fence mode
  * members are not trusted to stop (a departed member keeps sending) */
-#define CANACT(d) (USES_FENCE || (!STOPPED(d) && (mvalid[d] > 0 || (ANSWER_AGES && rans[d] > 0))))
+#define CANACT(d) (!PASSIVE(d) && (USES_FENCE || (!STOPPED(d) && (mvalid[d] > 0 || (ANSWER_AGES && rans[d] > 0)))))
 #define FENCED_ALL(n) (gfence[0] >= (n))
 
 /* a big fault may happen while the budget lasts; then faults stop */
@@ -167,7 +230,11 @@ inline expire(d) {
 	slease[d] = 0;
 	live = live & ~BIT(d);
 	ackset[d] = 0;
+#if NM == 2
 	frep[1 - d] = 0
+#else
+	skip
+#endif
 }
 
 /* ======================================================================== */
@@ -227,8 +294,12 @@ inline caswrite(n, conn, mem, prev, prevnum, excl, cleanleft) {
 			/* Cleanup{Before: n, Left}: same transaction */
 			ackset[0] = ackset[0] & ~BELOW(n);
 			ackset[1] = ackset[1] & ~BELOW(n);
+#if NM == 2
 			if :: frep[0] < n -> frep[0] = 0 :: else -> skip fi;
 			if :: frep[1] < n -> frep[1] = 0 :: else -> skip fi;
+#else
+			ackset[2] = ackset[2] & ~BELOW(n);
+#endif
 			leftm = leftm & ~cleanleft
 		:: else -> skip
 		fi;
@@ -246,11 +317,15 @@ inline snapshot() {
 		sa = 0;
 		if :: HAS(ackset[0], enr) -> sa = sa | 1 :: else -> skip fi;
 		if :: HAS(ackset[1], enr) -> sa = sa | 2 :: else -> skip fi;
+#if NM > 2
+		if :: HAS(ackset[2], enr) -> sa = sa | 4 :: else -> skip fi;
+#endif
 		sf = (gfence[0] >= enr);
 		/* valid fault reports and the DropSuspect policy: reporter live
 		 * and a member, suspect a member, report from the last connected
 		 * epoch; mutual reports: the smaller ID (M0) stays */
 		spol = 0;
+#if NM == 2
 		d = 0;
 		do
 		:: d < NM ->
@@ -264,6 +339,7 @@ inline snapshot() {
 		:: else -> break
 		od;
 		if :: spol == 3 -> spol = 2 :: else -> skip fi
+#endif
 }
 
 inline decide() {
@@ -411,10 +487,22 @@ inline fence() {
 inline maybeack() {
 	if
 	:: acktgt > acked && (mop[i] == 0 || mop[i] >= acktgt) && !STOPPED(i) ->
-		/* WriteAck, under the member's lease: fails once it is gone */
 		acked = acktgt;
+#ifdef BATCH
+		if
+		:: HOSTED(i) ->
+			/* quiesced: hand the ack (its own epoch) to the host's
+			 * writer, which writes it later, maybe with others */
+			printf("EV M%d quiesced for epoch %d, hands its ack to H0\n", i, acktgt);
+			hand[i] = hand[i] | BIT(acktgt)
+		:: else ->
+#endif
+		/* WriteAck, under the member's lease: fails once it is gone */
 		printf("EV M%d acks quiesce of epoch %d\n", i, acktgt);
 		if :: slease[i] -> ackset[i] = ackset[i] | BIT(acktgt) :: else -> skip fi
+#ifdef BATCH
+		fi
+#endif
 	:: else -> skip
 	fi
 }
@@ -432,34 +520,37 @@ inline maybeleave() {
 	fi
 }
 
-/* Observe(record): the epoch watch delivers the record now in the store */
+/* Observe(record): the epoch watch delivers the record now in the store
+ * (BATCH, M0 and M1: the record their host's shared watch received last) */
 inline observe() {
-	seen = enr; seenconn = econn;
+	seen = RNR(i); seenconn = RCONN(i);
 	if
-	:: HAS(eexcl, i) || (!HAS(emem, i) && HAS(eprev, i)) ||
-	   (!HAS(emem, i) && econn && mcur[i] != 0) ->
+	:: HAS(REXCL(i), i) || (!HAS(RMEM(i), i) && HAS(RPREV(i), i)) ||
+	   (!HAS(RMEM(i), i) && RCONN(i) && mcur[i] != 0) ->
 		fence()                                   /* ErrEvicted */
 	:: else ->
 		if
 		:: leaving -> skip
-		:: !leaving && !econn ->
+		:: !leaving && !RCONN(i) ->
 			disconnect();
-			printf("EV M%d sees epoch %d quiescing\n", i, enr);
+			printf("EV M%d sees epoch %d quiescing\n", i, RNR(i));
 			if
-			:: HAS(emem & eprev, i) && enr > acktgt -> acktgt = enr
+			:: HAS(RMEM(i) & RPREV(i), i) && RNR(i) > acktgt -> acktgt = RNR(i)
 			:: else -> skip
 			fi;
 			maybeack()
-		:: !leaving && econn && HAS(emem, i) && enr > mcur[i] ->
+		:: !leaving && RCONN(i) && HAS(RMEM(i), i) && RNR(i) > mcur[i] ->
 			disconnect();
-			mcur[i] = enr; mph[i] = CONNECTED;     /* Connect */
-			printf("EV M%d connected in epoch %d\n", i, enr)
+			mcur[i] = RNR(i); mph[i] = CONNECTED;     /* Connect */
+			printf("EV M%d connected in epoch %d\n", i, RNR(i))
 		:: else -> skip
 		fi
 	fi
 }
 
-#define WATCH(i)   (enr > seen || (enr == seen && econn && !seenconn))
+/* a record the member has not observed yet is there (BATCH: in its host's
+ * copy for M0 and M1) */
+#define WATCH(i)   (RNR(i) > seen || (RNR(i) == seen && RCONN(i) && !seenconn))
 #ifdef LIVE
 /* liveness runs: spin's weak fairness is per process, so what a member
  * must do is done before what it may do: first the watch, the self-fence
@@ -482,7 +573,8 @@ proctype member(byte i)
 	bool seenconn, leaving;
 
 	if
-	:: i == 1 -> atomic { live = live | BIT(1); slease[1] = 1; mvalid[1] = V; joined1 = 1 }
+	:: JOINER(i) -> atomic { live = live | BIT(i); slease[i] = 1; mvalid[i] = V;
+		joined1 = (joined1 || i == 1) }
 	:: else -> skip
 	fi;
 end:
@@ -521,7 +613,7 @@ end:
 	:: atomic { OPT(i) !STOPPED(i) -> mvalid[i] = 0; printf("EV M%d lease deadline passes\n", i) }
 #endif
 	/* Begin an operation; it sends a request with the epoch's token */
-	:: atomic { OPT(i) mph[i] == CONNECTED && mvalid[i] > 0 && mop[i] == 0 ->
+	:: atomic { OPT(i) !PASSIVE(i) && mph[i] == CONNECTED && mvalid[i] > 0 && mop[i] == 0 ->
 		assert(G6 && mvalid[i] > 0);
 		if
 		:: USES_LEASE -> assert(G4 && LASTCONN <= mcur[i])  /* no I/O of an epoch already superseded */
@@ -557,11 +649,13 @@ end:
 		:: else -> skip
 		fi; e = 0 }
 #endif
+#if NM == 2
 	/* a fault report: lost the peer while connected (reporter's lease) */
 	:: atomic { OPT(i) FAULT && mph[i] == CONNECTED && slease[i] && frep[1 - i] < mcur[i] ->
 		SPEND; frep[1 - i] = mcur[i]; printf("EV M%d reports losing M%d\n", i, 1 - i) }
+#endif
 	/* graceful Leave */
-	:: atomic { OPT(i) FAULT && !STOPPED(i) && !leaving && mph[i] != JOINING ->
+	:: atomic { OPT(i) FAULT && !PASSIVE(i) && !STOPPED(i) && !leaving && mph[i] != JOINING ->
 		SPEND; leaving = 1; printf("EV M%d leaves\n", i); disconnect(); maybeleave() }
 	/* a departed (fenced, left, paused, lapsed) member that keeps sending
 	 * with its old token: only a guard stops it (fence modes) */
@@ -623,6 +717,77 @@ end:
 	od
 }
 
+#ifdef BATCH
+/* ======================================================================== */
+/* Host H0 (BATCH): the process of memberships M0 and M1, with one watch of  */
+/* the group's epoch record and one ack writer for both                     */
+/* ======================================================================== */
+
+proctype host()
+{
+	byte bs, d, all;
+	bool ok;
+end:
+	do
+	/* the shared watch receives the record now in the store, decodes it
+	 * once and hands it to M0 and M1 (each observes it when it likes) */
+	:: atomic { enr > hnr || (enr == hnr && econn && !hconn) ->
+		hnr = enr; hconn = econn; hmem = emem; hprev = eprev; hexcl = eexcl;
+		printf("EV H0 watch receives epoch %d %e\n", hnr, (hconn -> Connected : Quiescing)) }
+	/* the writer writes a batch: any non-empty subset of the memberships
+	 * whose acks were handed to it (the acks that came while a write was
+	 * in flight), each with every ack it handed over, in ONE transaction;
+	 * each ack is its own key, put under its own membership's lease, so
+	 * the transaction fails whole if any of those leases is gone */
+	:: atomic { hand[0] != 0 || hand[1] != 0 ->
+		if
+		:: hand[0] != 0 -> bs = 1
+		:: hand[1] != 0 -> bs = 2
+		:: hand[0] != 0 && hand[1] != 0 -> bs = 3
+		fi;
+#ifdef BROKEN_BATCH_ALL
+		/* broken: with the first ack handed over, the writer writes the
+		 * ack of every membership of the host, quiesced or not */
+		all = hand[0] | hand[1]; hand[0] = all; hand[1] = all; bs = 3;
+#endif
+		ok = (!HAS(bs, 0) || slease[0]) && (!HAS(bs, 1) || slease[1]);
+		if
+		:: ok ->
+			d = 0;
+			do
+			:: d < 2 ->
+				if
+				:: HAS(bs, d) ->
+#ifdef BROKEN_BATCH_LATEST_EPOCH
+					/* broken: the epoch the host saw last, not the one
+					 * the membership quiesced for */
+					hand[d] = BIT(hnr);
+#endif
+					printf("EV H0 writes acks %d of M%d (batch %d)\n", hand[d], d, bs);
+					ackset[d] = ackset[d] | hand[d];
+					hand[d] = 0
+				:: else -> skip
+				fi;
+				d++
+			:: else -> break
+			od
+		:: !ok && bs != 3 ->
+			/* one ack, its lease gone: the write fails for good (the
+			 * membership has lost its lease; it is not written) */
+			d = bs - 1;
+			printf("EV H0 ack write of M%d fails: lease gone\n", d);
+			hand[d] = 0
+		:: !ok && bs == 3 ->
+			/* a lease in the batch is gone: the transaction fails whole,
+			 * nothing is written; the writer then writes the acks one by
+			 * one (the single-ack steps above) */
+			printf("EV H0 batch fails whole: a lease is gone\n")
+		fi;
+		bs = 0; d = 0; all = 0; ok = 0 }
+	od
+}
+#endif
+
 /* ======================================================================== */
 /* Network faults, the store's own lease clock and faults, and time          */
 /* ======================================================================== */
@@ -672,6 +837,7 @@ end:
 #if ANSWER_AGES
 		tickdown(rans[0]); tickdown(rans[1]);
 #endif
+		/* (BATCH: M2's renewals are timely, its validity does not run down) */
 		d = 0;
 		do
 		:: d < NC * NM -> if :: cw[d] > 1 -> cw[d]-- :: else -> skip fi; d++
@@ -684,8 +850,12 @@ end:
 	 * ended; how much after is up to the store (a leader change extends it) */
 	:: atomic { slease[0] && (STOPPED(0) || (mvalid[0] == 0 && rans[0] == 0)) -> expire(0) }
 	:: atomic { slease[1] && (STOPPED(1) || (mvalid[1] == 0 && rans[1] == 0)) -> expire(1) }
-	/* the store revokes a lease early (etcd issues 12528, 15247) */
-	:: atomic { FAULT && live != 0 ->
+#if NM > 2
+	:: atomic { slease[2] && (STOPPED(2) || (mvalid[2] == 0 && rans[2] == 0)) -> expire(2) }
+#endif
+	/* the store revokes a lease early (etcd issues 12528, 15247); BATCH:
+	 * M0's or M1's, not M2's */
+	:: atomic { FAULT && (live & 3) != 0 ->
 		SPEND; printf("EV store revokes a lease early\n");
 		if
 		:: HAS(live, 0) -> expire(0)
@@ -697,7 +867,13 @@ end:
 init {
 	atomic {
 		live = 1; slease[0] = 1; mvalid[0] = V;
+#ifdef BATCH
+		live = 3; slease[1] = 1; mvalid[1] = V;
+#endif
 		run member(0); run member(1);
+#ifdef BATCH
+		run member(2); run host();
+#endif
 		run coord(0);
 #if NC > 1
 		run coord(1);
