@@ -139,8 +139,14 @@ func (w *world) AfterFunc(d time.Duration, f func()) clock.Timer {
 
 func (w *world) later(f func()) { w.queue = append(w.queue, f) }
 
-// drain runs queued callbacks until none is left.
+// drain runs queued callbacks, and timers due now (a callback's
+// AfterFunc(0)), until none is left.
 func (w *world) drain() {
+	w.run(0)
+}
+
+// drainQueue runs queued callbacks until none is left.
+func (w *world) drainQueue() {
 	for len(w.queue) > 0 {
 		f := w.queue[0]
 		w.queue = w.queue[1:]
@@ -153,7 +159,7 @@ func (w *world) drain() {
 func (w *world) run(d time.Duration) {
 	end := w.now + d
 	for {
-		w.drain()
+		w.drainQueue()
 		if len(w.timers) == 0 {
 			break
 		}

@@ -73,9 +73,13 @@ type Leader struct {
 	watch   store.Watch
 	gen     uint64 // of the current listing and watch
 	heard   bool   // the watch delivered something since the last check
-	hung    bool   // the last watch was found hung: watch on a fresh stream
-	check   clock.Timer
-	maxOps  int
+	// dirty holds the groups watch events touched, updated together by
+	// the flush that flushing says is scheduled.
+	dirty    map[string]bool
+	flushing bool
+	hung     bool // the last watch was found hung: watch on a fresh stream
+	check    clock.Timer
+	maxOps   int
 
 	// dl holds every group that has a deadline, earliest first; timer is
 	// armed for the earliest (timerAt), and timerGen tells a timer that
@@ -208,6 +212,7 @@ func (l *Leader) list() {
 				func(wr store.WatchResponse) { l.do(func() { l.onWatch(gen, wr) }) })
 			// Every group is updated, once: one that vanished from the
 			// store has an empty view now, which its machine waits on (G1).
+			l.dirty = nil
 			for _, name := range slices.Sorted(maps.Keys(l.groups)) {
 				l.update(name)
 			}
@@ -228,13 +233,34 @@ func (l *Leader) onWatch(gen uint64, wr store.WatchResponse) {
 		l.clk.AfterFunc(100*time.Millisecond, l.locked(l.list))
 		return
 	}
-	touched := map[string]bool{}
 	for _, ev := range wr.Events {
 		if g := l.apply(ev.KV, ev.Delete); g != "" {
-			touched[g] = true
+			if l.dirty == nil {
+				l.dirty = map[string]bool{}
+			}
+			l.dirty[g] = true
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(touched)) {
+	if len(l.dirty) > 0 && !l.flushing {
+		// The groups are updated once the responses already on their way
+		// are in: at a thousand members an update costs a few hundred
+		// microseconds, and the acknowledgements of an epoch change come
+		// in a burst of responses that would otherwise each cost one.
+		l.flushing = true
+		l.clk.AfterFunc(0, l.locked(l.flush))
+	}
+}
+
+// flush updates every group that watch events touched since the last
+// flush, once each.
+func (l *Leader) flush() {
+	l.flushing = false
+	if l.stopped {
+		return
+	}
+	dirty := l.dirty
+	l.dirty = nil
+	for _, name := range slices.Sorted(maps.Keys(dirty)) {
 		l.update(name)
 	}
 	l.arm()

@@ -130,7 +130,7 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 	if o.BaselineReps <= 0 {
 		o.BaselineReps = 50
 	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet := slog.New(slog.DiscardHandler)
 	endpoints := o.Endpoints
 	if len(endpoints) == 0 {
 		dir := o.DataDir
@@ -396,7 +396,7 @@ func (t *epochs) wait(ctx context.Context, ds []*idc.Membership, n int) error {
 // baseline times a plain Put and the watch notification of it at another
 // client.
 func baseline(ctx context.Context, endpoints []string, reps int) ([]time.Duration, error) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	quiet := slog.New(slog.DiscardHandler)
 	w, err := store.Dial(ctx, store.DialConfig{Endpoints: endpoints, Logger: quiet})
 	if err != nil {
 		return nil, err

@@ -131,34 +131,48 @@ func (d *Driver) observeEvents(evs []store.Event) {
 // process in one group receive the same record at every change, and at a
 // thousand members decoding it is most of their work. Decoding is a pure
 // function of the bytes, so a record is reused only for the same bytes,
-// whichever store or client they came from.
+// whichever store or client they came from; the memberships that ask
+// while it is being decoded wait for it rather than decode it again.
 var records = struct {
 	sync.Mutex
-	m map[string]decoded
-}{m: map[string]decoded{}}
+	m map[string]*decoded
+}{m: map[string]*decoded{}}
 
 // decoded is an epoch record, or why it could not be decoded, and the
-// bytes it came from.
+// bytes it came from; ready is closed once rec and err are set.
 type decoded struct {
-	val []byte
-	rec *proto.EpochRecord
-	err error
+	val   []byte
+	ready chan struct{}
+	rec   *proto.EpochRecord
+	err   error
+}
+
+// same reports whether a and b hold the same bytes: at once when they
+// are the same slice (the subscribers of one shared watch), else by
+// comparing them.
+func same(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || bytes.Equal(a, b)
 }
 
 // decodeEpoch decodes kv's epoch record, or returns the one decoded from
 // the same bytes before. The record is shared: nothing may change it.
-func decodeEpoch(kv store.KV) decoded {
+func decodeEpoch(kv store.KV) *decoded {
 	records.Lock()
-	d, ok := records.m[kv.Key]
-	records.Unlock()
-	if ok && bytes.Equal(d.val, kv.Value) {
+	d := records.m[kv.Key]
+	if d != nil && same(d.val, kv.Value) {
+		records.Unlock()
+		<-d.ready
 		return d
 	}
-	rec, err := proto.DecodeEpoch(kv.Value)
-	d = decoded{val: kv.Value, rec: &rec, err: err}
-	records.Lock()
+	d = &decoded{val: kv.Value, ready: make(chan struct{})}
 	records.m[kv.Key] = d
 	records.Unlock()
+	rec, err := proto.DecodeEpoch(kv.Value)
+	d.rec, d.err = &rec, err
+	close(d.ready)
 	return d
 }
 
