@@ -15,9 +15,11 @@ import (
 //     inner store: the memberships of a process in one group receive each
 //     change of the epoch record once, not once each;
 //   - transactions that only put (no compare, no other operation) and
-//     arrive while another such is in flight go out together, as one
-//     transaction, when it is answered: the quiesce acknowledgements of a
-//     process's memberships cost one store write, not one each.
+//     arrive while another such is in flight, or while a watch response is
+//     being handed to the subscribers, go out together, as one
+//     transaction, when it is answered or handed: the quiesce
+//     acknowledgements of a process's memberships, made as they receive
+//     the record, cost one store write, not one each.
 //
 // Both keep every caller's view as it was. A caller's watch still starts
 // with its own Created response and then delivers every change after it,
@@ -41,6 +43,10 @@ type Shared struct {
 	watches map[watchKey]*sharedWatch
 	pending []*batchedPut // waiting for the write in flight
 	busy    bool          // a batch is in flight
+	// delivering counts watch responses being handed to subscribers: the
+	// puts they cause (a process's memberships acknowledging the record
+	// just delivered) wait for the last of them, to go out together.
+	delivering int
 }
 
 // DefaultMaxBatchOps is the most puts Shared sends in one transaction:
@@ -101,7 +107,7 @@ func (s *Shared) Txn(t Txn, timeout time.Duration, done func(TxnResponse, error)
 	}
 	s.mu.Lock()
 	s.pending = append(s.pending, &batchedPut{t: t, deadline: s.clk.Now() + timeout, timeout: timeout, done: done})
-	if s.busy {
+	if s.busy || s.delivering > 0 {
 		s.mu.Unlock()
 		return
 	}
@@ -166,7 +172,7 @@ func (s *Shared) send(b []*batchedPut) {
 // next sends the puts that gathered meanwhile, if any.
 func (s *Shared) next() {
 	s.mu.Lock()
-	if len(s.pending) == 0 {
+	if len(s.pending) == 0 || s.delivering > 0 {
 		s.busy = false
 		s.mu.Unlock()
 		return
@@ -245,10 +251,21 @@ func (w *sharedWatch) deliver(resp WatchResponse) {
 		}
 	}
 	subs := w.subs
+	s.delivering++
 	s.mu.Unlock()
 	for _, sub := range subs {
 		sub.push(resp)
 	}
+	s.mu.Lock()
+	s.delivering--
+	if s.delivering > 0 || s.busy || len(s.pending) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.busy = true
+	b := s.take()
+	s.mu.Unlock()
+	s.send(b)
 }
 
 // push queues resp and delivers the queue unless another goroutine is.

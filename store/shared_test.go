@@ -199,3 +199,30 @@ func TestSharedWatch(t *testing.T) {
 		t.Fatalf("%d inner watches; want a new one after the error", len(in.watches))
 	}
 }
+
+// TestSharedPutsOfADeliveryGoTogether: the puts subscribers make while a
+// watch response is handed to them (memberships acknowledging the record)
+// wait for the last subscriber and go out as one transaction.
+func TestSharedPutsOfADeliveryGoTogether(t *testing.T) {
+	in := &fakeInner{}
+	s := NewShared(in, &clocktest.Manual{}, 0)
+	var outcomes []*txnOutcome
+	for i := range 3 {
+		s.Watch(WatchRequest{Key: "k"}, func(r WatchResponse) {
+			if len(r.Events) > 0 {
+				outcomes = append(outcomes, put(s, fmt.Sprintf("ack%d", i), LeaseID(i+1)))
+			}
+		})
+	}
+	in.watches[0].fn(WatchResponse{Created: true})
+	in.watches[0].fn(WatchResponse{Events: []Event{{KV: KV{Key: "k"}}}})
+	if len(in.txns) != 1 || len(in.txns[0].t.Then) != 3 {
+		t.Fatalf("inner got %d transactions (first with %d puts); want the 3 acks in one", len(in.txns), len(in.txns[0].t.Then))
+	}
+	in.txns[0].done(TxnResponse{Succeeded: true, Revision: 3}, nil)
+	for i, o := range outcomes {
+		if !o.called || o.err != nil {
+			t.Fatalf("ack %d: %+v", i, o)
+		}
+	}
+}

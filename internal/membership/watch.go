@@ -2,6 +2,7 @@ package membership
 
 import (
 	"bytes"
+	"slices"
 	"sync"
 	"time"
 
@@ -145,16 +146,34 @@ type decoded struct {
 	ready chan struct{}
 	rec   *proto.EpochRecord
 	err   error
+	// seen are the first bytes of other slices found to hold val (each
+	// store client's watch delivers its own copy), so that the
+	// memberships on that client do not compare them again. Guarded by
+	// records.
+	seen []*byte
 }
 
-// same reports whether a and b hold the same bytes: at once when they
-// are the same slice (the subscribers of one shared watch), else by
-// comparing them.
-func same(a, b []byte) bool {
+// maxSeen bounds decoded.seen: copies beyond it are compared each time.
+const maxSeen = 64
+
+// same reports whether b holds d's bytes: at once when b is a slice seen
+// before (the subscribers of one shared watch share theirs), else by
+// comparing them. Called with records locked.
+func (d *decoded) same(b []byte) bool {
+	a := d.val
 	if len(a) != len(b) {
 		return false
 	}
-	return len(a) == 0 || &a[0] == &b[0] || bytes.Equal(a, b)
+	if len(a) == 0 || &a[0] == &b[0] || slices.Contains(d.seen, &b[0]) {
+		return true
+	}
+	if !bytes.Equal(a, b) {
+		return false
+	}
+	if len(d.seen) < maxSeen {
+		d.seen = append(d.seen, &b[0])
+	}
+	return true
 }
 
 // decodeEpoch decodes kv's epoch record, or returns the one decoded from
@@ -162,7 +181,7 @@ func same(a, b []byte) bool {
 func decodeEpoch(kv store.KV) *decoded {
 	records.Lock()
 	d := records.m[kv.Key]
-	if d != nil && same(d.val, kv.Value) {
+	if d != nil && d.same(kv.Value) {
 		records.Unlock()
 		<-d.ready
 		return d
