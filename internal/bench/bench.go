@@ -319,7 +319,6 @@ func EpochChange(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
-
 // epochs tracks the latest connected epoch of every domain, fed by one
 // goroutine per domain blocked in Next, so waiting costs no polling. It
 // counts the domains holding each (epoch, size), so that a waiter checks
