@@ -107,7 +107,13 @@ func (s *Shared) Txn(t Txn, timeout time.Duration, done func(TxnResponse, error)
 	}
 	s.mu.Lock()
 	s.pending = append(s.pending, &batchedPut{t: t, deadline: s.clk.Now() + timeout, timeout: timeout, done: done})
-	if s.busy || s.delivering > 0 {
+	s.kick()
+}
+
+// kick sends the puts that wait unless a batch is in flight or a watch
+// response is being handed out; called with s.mu held, it releases it.
+func (s *Shared) kick() {
+	if s.busy || s.delivering > 0 || len(s.pending) == 0 {
 		s.mu.Unlock()
 		return
 	}
@@ -172,14 +178,8 @@ func (s *Shared) send(b []*batchedPut) {
 // next sends the puts that gathered meanwhile, if any.
 func (s *Shared) next() {
 	s.mu.Lock()
-	if len(s.pending) == 0 || s.delivering > 0 {
-		s.busy = false
-		s.mu.Unlock()
-		return
-	}
-	b := s.take()
-	s.mu.Unlock()
-	s.send(b)
+	s.busy = false
+	s.kick()
 }
 
 // watchKey names the keys a watch covers.
@@ -258,14 +258,7 @@ func (w *sharedWatch) deliver(resp WatchResponse) {
 	}
 	s.mu.Lock()
 	s.delivering--
-	if s.delivering > 0 || s.busy || len(s.pending) == 0 {
-		s.mu.Unlock()
-		return
-	}
-	s.busy = true
-	b := s.take()
-	s.mu.Unlock()
-	s.send(b)
+	s.kick()
 }
 
 // push queues resp and delivers the queue unless another goroutine is.
